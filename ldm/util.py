@@ -1,0 +1,214 @@
+"""Config instantiation and safe checkpoint loading.
+
+Everything here is shared by training (`main.py`), the sampling scripts and the tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+logger = logging.getLogger(__name__)
+
+# Keys that released checkpoints carry and that are not parameters of the model (see environment.md):
+# a transformers<4.31 persistent buffer and the EMA bookkeeping scalars.
+DROPPED_CHECKPOINT_KEYS = (
+    "cond_stage_model.transformer.text_model.embeddings.position_ids",
+    "model_ema.decay",
+    "model_ema.num_updates",
+)
+# Keys the model has and released checkpoints never carry (textual-inversion parameters).
+MODEL_ONLY_PREFIXES = ("embedding_manager.",)
+TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+MAX_LISTED_KEYS = 20
+
+
+class ConfigError(ValueError):
+    """A config names a target that cannot be imported or built."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable, unsafe or does not fit the model."""
+
+
+def exists(value: Any) -> bool:
+    return value is not None
+
+
+def default(value: Any, fallback: Any) -> Any:
+    if value is not None:
+        return value
+    return fallback() if callable(fallback) else fallback
+
+
+def count_params(model: torch.nn.Module, verbose: bool = False) -> int:
+    total = sum(p.numel() for p in model.parameters())
+    if verbose:
+        logger.info("%s has %.2f M params.", model.__class__.__name__, total * 1.0e-6)
+    return total
+
+
+def get_obj_from_str(path: str, reload: bool = False) -> Any:
+    """Import `package.module.Name` and return `Name`."""
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        raise ImportError(f"'{path}' is not a dotted path of the form package.module.Name")
+    module = importlib.import_module(module_name)
+    if reload:
+        module = importlib.reload(module)
+    return getattr(module, attr)
+
+
+def instantiate_from_config(config: Mapping | DictConfig, **extra_kwargs: Any) -> Any:
+    """Build `config.target(**config.params, **extra_kwargs)`.
+
+    The error for a bad target names the target and where in the config it sits.
+    """
+    if not isinstance(config, Mapping | DictConfig) or "target" not in config:
+        if config in ("__is_first_stage__", "__is_unconditional__"):
+            return None
+        where = _config_location(config)
+        raise ConfigError(f"Expected a config with a 'target' key{where}, got: {config!r}")
+    target = config["target"]
+    try:
+        cls = get_obj_from_str(target)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(
+            f"Cannot import target '{target}'{_config_location(config)}: {err}. "
+            "Check the spelling of the dotted path in the YAML 'target' key."
+        ) from err
+    params = config.get("params", None) or {}
+    if isinstance(params, DictConfig):
+        params = OmegaConf.to_container(params, resolve=True)
+    try:
+        return cls(**params, **extra_kwargs)
+    except TypeError as err:
+        raise ConfigError(f"Cannot build '{target}'{_config_location(config)} from its params: {err}") from err
+
+
+def _config_location(config: Any) -> str:
+    if isinstance(config, DictConfig):
+        key = config._get_full_key(None)
+        if key:
+            return f" (at config key '{key}')"
+    return ""
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a tensor file safely: `.ckpt/.pt/.pth/.bin` with `weights_only=True`, or `.safetensors`.
+
+    The state dict may sit at `state_dict` or at top level. Nothing is ever unpickled beyond tensors and
+    plain containers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint '{path}' does not exist. Pass the path of a .ckpt or .safetensors file.")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"Checkpoint '{path}' is not a readable safetensors file ({err}).") from err
+    if path.suffix not in TORCH_SUFFIXES:
+        raise CheckpointError(
+            f"Checkpoint '{path}' has an unknown extension; use .safetensors or one of {', '.join(TORCH_SUFFIXES)}."
+        )
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"Refused to load '{path}': it contains objects other than tensors, which could run code when "
+            f"unpickled ({str(err).splitlines()[0]}). Convert it to .safetensors from a trusted environment."
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"Checkpoint '{path}' is truncated or corrupt ({err}). Download it again.") from err
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"Checkpoint '{path}' holds a {type(obj).__name__}, not a state dict.")
+    return dict(obj)
+
+
+def filter_checkpoint_keys(
+    state_dict: Mapping[str, torch.Tensor], model_keys: set[str], use_ema: bool
+) -> dict[str, torch.Tensor]:
+    """Drop, by name, the keys released files carry that the model does not have."""
+    kept = {}
+    for key, value in state_dict.items():
+        if key in DROPPED_CHECKPOINT_KEYS and key not in model_keys:
+            continue
+        if key.startswith("model_ema.") and not use_ema:
+            continue
+        kept[key] = value
+    return kept
+
+
+def _listing(title: str, items: list[str]) -> str:
+    shown = "\n    ".join(items[:MAX_LISTED_KEYS])
+    more = f"\n    ... and {len(items) - MAX_LISTED_KEYS} more" if len(items) > MAX_LISTED_KEYS else ""
+    return f"  {title} ({len(items)}):\n    {shown}{more}"
+
+
+def load_state_dict_into(
+    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True, source: str = "checkpoint"
+) -> tuple[list[str], list[str]]:
+    """Load `state_dict` into `model`, reporting missing, unexpected and mis-shaped keys in one error.
+
+    Returns (missing, unexpected) when `strict` is False.
+    """
+    own = model.state_dict()
+    use_ema = bool(getattr(model, "use_ema", False))
+    state_dict = filter_checkpoint_keys(state_dict, set(own), use_ema)
+    missing = [k for k in own if k not in state_dict and not k.startswith(MODEL_ONLY_PREFIXES)]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if strict and (missing or unexpected or mismatched):
+        parts = [f"{source} does not fit the model built from the config:"]
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
+            if items:
+                parts.append(_listing(title, items))
+        parts.append("Check that the config matches the checkpoint (model family, context_dim, channels).")
+        raise CheckpointError("\n".join(parts))
+    if mismatched:
+        raise CheckpointError(
+            "\n".join([f"{source} has tensors of the wrong shape:", _listing("shape mismatches", mismatched)])
+        )
+    loadable = {k: v for k, v in state_dict.items() if k in own}
+    model.load_state_dict(loadable, strict=False)
+    if missing:
+        logger.warning("%d keys missing from %s, e.g. %s", len(missing), source, missing[:5])
+    if unexpected:
+        logger.warning("%d unexpected keys in %s, e.g. %s", len(unexpected), source, unexpected[:5])
+    return missing, unexpected
+
+
+def load_model_from_config(
+    config: Mapping | DictConfig, ckpt: str | os.PathLike | None, strict: bool = True
+) -> torch.nn.Module:
+    """Instantiate `config.model` (or `config` itself when it has a target) and load `ckpt` into it."""
+    model_config = config["model"] if "model" in config else config
+    model = instantiate_from_config(model_config)
+    if ckpt:
+        logger.info("Loading model weights from %s", ckpt)
+        state_dict = load_state_dict_file(ckpt)
+        load_state_dict_into(model, state_dict, strict=strict, source=f"Checkpoint '{ckpt}'")
+    return model

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up everything from scratch (venv, CPU torch, the project) and run the test suite.
+# Usage: bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+"$VPY" -m pip install -q --upgrade pip >/dev/null
+# Install torch first (the CPU wheel on these machines), so no requirement pulls a multi-GB CUDA build.
+if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
+  "$VPY" -m pip install -q "torch==2.13.0"
+fi
+"$VPY" -m pip install -q -e ".[test]"
+exec "$VPY" -m pytest "$@"

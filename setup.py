@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="latent-diffusion-ti-ae",
+    version="0.1.0",
+    description="Textual Inversion + Attend-and-Excite on the latent-diffusion tree",
+    packages=find_packages(include=["ldm", "ldm.*"]),
+    package_data={
+        "ldm.modules.encoders": ["tokenizer_files/*/*"],
+        "ldm.evaluation": ["data/*"],
+    },
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "pytorch-lightning>=2.1,<3",
+        "omegaconf>=2.3",
+        "transformers>=4.38",
+        "einops>=0.7",
+        "numpy>=1.24",
+        "pillow>=10.0",
+        "tqdm>=4.60",
+        "kornia>=0.7",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "test": ["pytest>=7.4", "ruff>=0.5"],
+        "logging": ["tensorboard>=2.14"],
+    },
+)

@@ -1,0 +1,60 @@
+"""Shared test helpers: where the fixtures live, and the goldens' tiny models."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures"
+GOLDEN = FIXTURES / "golden"
+GOLDEN_WEIGHTS = {"sd": GOLDEN / "weights" / "tiny_sd.ckpt", "ldm": GOLDEN / "weights" / "tiny_ldm.safetensors"}
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def require_fixture(path: Path) -> Path:
+    """The fixture path, or skip (a failure under CI=true, where fixtures must be present)."""
+    if not path.exists():
+        message = f"fixture {path} is missing"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true: fixtures are required)")
+        pytest.skip(message)
+    return path
+
+
+def rel_err(x: torch.Tensor, golden: torch.Tensor) -> float:
+    """max|x - golden| / max|golden|, the goldens' comparison metric."""
+    return float((x.float() - golden.float()).abs().max() / golden.float().abs().max())
+
+
+@lru_cache(maxsize=2)
+def _golden_model(name: str):
+    from omegaconf import OmegaConf
+
+    from ldm.util import load_model_from_config
+
+    config = OmegaConf.load(REPO / "configs" / "tests" / f"golden_tiny_{name}.yaml")
+    model = load_model_from_config(config, GOLDEN_WEIGHTS[name], strict=True)
+    return model.eval()
+
+
+@pytest.fixture(params=["sd", "ldm"])
+def golden_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def golden_model(golden_name: str):
+    require_fixture(GOLDEN_WEIGHTS[golden_name])
+    return _golden_model(golden_name)
+
+
+def load_golden(name: str, file: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(require_fixture(GOLDEN / name / file)))

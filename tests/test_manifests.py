@@ -1,0 +1,30 @@
+"""The full-size released architectures, built on the meta device, have exactly the manifests' keys and shapes."""
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ldm.util import instantiate_from_config
+from tests.conftest import FIXTURES, REPO, require_fixture
+
+CASES = {
+    "sd_v1_state_dict.json": [
+        "configs/stable-diffusion/v1-inference.yaml",
+        "configs/stable-diffusion/v1-finetune.yaml",
+    ],
+    "ldm_txt2img_1p4B_state_dict.json": ["configs/latent-diffusion/txt2img-1p4B-finetune.yaml"],
+}
+
+
+@pytest.mark.parametrize(
+    "manifest,config", [(m, c) for m, configs in CASES.items() for c in configs], ids=lambda v: str(v).split("/")[-1]
+)
+def test_meta_model_matches_manifest(manifest, config):
+    expected = json.loads(require_fixture(FIXTURES / manifest).read_text())["keys"]
+    cfg = OmegaConf.load(REPO / config)
+    with torch.device("meta"):
+        model = instantiate_from_config(cfg.model)
+    got = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert got == expected
