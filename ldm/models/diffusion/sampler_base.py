@@ -91,7 +91,7 @@ class DiffusionSampler:
         log_every_t: int = 100,
         verbose: bool = True,
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """Visit `timesteps` (descending). Returns the final latent and `{'x_inter', 'pred_x0'}` (both start with x_T)."""
+        """Visit `timesteps` (descending); return the final latent and `{x_inter, pred_x0}` (both start with x_T)."""
         intermediates: dict[str, list[torch.Tensor]] = {"x_inter": [x], "pred_x0": [x]}
         total = len(timesteps)
         b = x.shape[0]

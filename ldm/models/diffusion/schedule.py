@@ -61,7 +61,8 @@ def make_ddim_timesteps(method: str, num_ddim_steps: int, num_train_steps: int) 
         raise ValueError(f"Unknown ddim_discretize '{method}'; use one of {DDIM_DISCRETIZATIONS}.")
     if len(steps) != num_ddim_steps:
         logger.warning(
-            "DDIM '%s' discretisation of %d steps runs %d steps (timesteps %d..%d); use 'uniform_exact' for exactly %d.",
+            "DDIM '%s' discretisation of %d steps runs %d steps (timesteps %d..%d); "
+            "use 'uniform_exact' for exactly %d.",
             method,
             num_ddim_steps,
             len(steps),
