@@ -1,0 +1,430 @@
+"""The diffusion UNet of LDM / Stable Diffusion (after Dhariwal & Nichol 2021, "ADM", with the LDM cross-attention).
+
+Constructor, module names and state_dict keys match CompVis latent-diffusion's ``UNetModel`` so released
+text2img-large and SD v1 checkpoints (``model.diffusion_model.*``) load unchanged. Additions: ``use_sdpa`` (fused
+attention for uncaptured layers), ``forward(..., stop_after=<block name>)`` to run only a prefix of the network, and
+``attention_block_ds`` (block name -> downsampling factor of every block holding a ``SpatialTransformer``).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldm.modules.attention import CrossAttention, SpatialTransformer
+from ldm.modules.diffusionmodules.util import (
+    avg_pool_nd,
+    checkpoint,
+    conv_nd,
+    linear,
+    normalization,
+    timestep_embedding,
+    zero_module,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AttentionBlock",
+    "Downsample",
+    "ResBlock",
+    "TimestepBlock",
+    "TimestepEmbedSequential",
+    "UNetModel",
+    "Upsample",
+]
+
+
+class TimestepBlock(nn.Module):
+    """A module whose ``forward`` takes the timestep embedding as a second argument."""
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Apply the module to ``x`` given the timestep embedding ``emb`` ``[B, time_embed_dim]``."""
+
+
+class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
+    """``nn.Sequential`` that passes ``emb`` to timestep blocks and ``context`` to spatial transformers."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, TimestepBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            else:
+                x = layer(x)
+        return x
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling (inner two dims only for ``dims=3``), optionally followed by a 3x3 conv."""
+
+    def __init__(
+        self, channels: int, use_conv: bool, dims: int = 2, out_channels: int | None = None, padding: int = 1
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.out_channels = out_channels or channels
+        self.use_conv = use_conv
+        self.dims = dims
+        if use_conv:
+            self.conv = conv_nd(dims, self.channels, self.out_channels, 3, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.channels:
+            raise ValueError(f"Upsample expects {self.channels} channels, got {x.shape[1]}")
+        if self.dims == 3:
+            x = F.interpolate(x, (x.shape[2], x.shape[3] * 2, x.shape[4] * 2), mode="nearest")
+        else:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return self.conv(x) if self.use_conv else x
+
+
+class Downsample(nn.Module):
+    """2x downsampling: a strided 3x3 conv (``use_conv``) or average pooling (inner two dims only for ``dims=3``)."""
+
+    def __init__(
+        self, channels: int, use_conv: bool, dims: int = 2, out_channels: int | None = None, padding: int = 1
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.out_channels = out_channels or channels
+        self.use_conv = use_conv
+        stride = 2 if dims != 3 else (1, 2, 2)
+        if use_conv:
+            self.op = conv_nd(dims, self.channels, self.out_channels, 3, stride=stride, padding=padding)
+        else:
+            if self.channels != self.out_channels:
+                raise ValueError("Downsample without a conv cannot change the number of channels")
+            self.op = avg_pool_nd(dims, kernel_size=stride, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.channels:
+            raise ValueError(f"Downsample expects {self.channels} channels, got {x.shape[1]}")
+        return self.op(x)
+
+
+class ResBlock(TimestepBlock):
+    """Residual block conditioned on the timestep embedding (ADM).
+
+    ``h = in_layers(x)``; then ``h = out_layers(h + emb_layers(emb))`` or, with ``use_scale_shift_norm``,
+    ``h = out_rest(norm(h) * (1 + scale) + shift)``; output ``skip_connection(x) + h``. ``up``/``down`` resample inside.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        emb_channels: int,
+        dropout: float,
+        out_channels: int | None = None,
+        use_conv: bool = False,
+        use_scale_shift_norm: bool = False,
+        dims: int = 2,
+        use_checkpoint: bool = False,
+        up: bool = False,
+        down: bool = False,
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.out_channels = out_channels or channels
+        self.use_checkpoint = use_checkpoint
+        self.use_scale_shift_norm = use_scale_shift_norm
+        out_ch = self.out_channels
+        self.in_layers = nn.Sequential(
+            normalization(channels), nn.SiLU(), conv_nd(dims, channels, out_ch, 3, padding=1)
+        )
+        self.updown = up or down
+        if up:
+            self.h_upd, self.x_upd = Upsample(channels, False, dims), Upsample(channels, False, dims)
+        elif down:
+            self.h_upd, self.x_upd = Downsample(channels, False, dims), Downsample(channels, False, dims)
+        else:
+            self.h_upd = self.x_upd = nn.Identity()
+        self.emb_layers = nn.Sequential(nn.SiLU(), linear(emb_channels, 2 * out_ch if use_scale_shift_norm else out_ch))
+        self.out_layers = nn.Sequential(
+            normalization(out_ch),
+            nn.SiLU(),
+            nn.Dropout(p=dropout),
+            zero_module(conv_nd(dims, out_ch, out_ch, 3, padding=1)),
+        )
+        if out_ch == channels:
+            self.skip_connection: nn.Module = nn.Identity()
+        elif use_conv:
+            self.skip_connection = conv_nd(dims, channels, out_ch, 3, padding=1)
+        else:
+            self.skip_connection = conv_nd(dims, channels, out_ch, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return checkpoint(self._forward, (x, emb), self.parameters(), self.use_checkpoint)
+
+    def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.updown:
+            h = self.in_layers[:-1](x)
+            h, x = self.h_upd(h), self.x_upd(x)
+            h = self.in_layers[-1](h)
+        else:
+            h = self.in_layers(x)  # [B, out_ch, *spatial]
+        emb_out = self.emb_layers(emb).type(h.dtype)  # [B, out_ch or 2*out_ch]
+        emb_out = emb_out.reshape(*emb_out.shape, *([1] * (h.dim() - emb_out.dim())))
+        if self.use_scale_shift_norm:
+            scale, shift = emb_out.chunk(2, dim=1)
+            h = self.out_layers[0](h) * (1 + scale) + shift
+            h = self.out_layers[1:](h)
+        else:
+            h = self.out_layers(h + emb_out)
+        return self.skip_connection(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over all spatial positions (ADM), used when ``use_spatial_transformer`` is off.
+
+    ``qkv`` is one 1x1 conv; ``use_new_attention_order`` splits it into q, k, v before the heads (``QKVAttention``),
+    otherwise heads first (``QKVAttentionLegacy``). Scores ``softmax(q^T k / sqrt(d))`` per head.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int = 1,
+        num_head_channels: int = -1,
+        use_checkpoint: bool = False,
+        use_new_attention_order: bool = False,
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        if num_head_channels == -1:
+            self.num_heads = num_heads
+        else:
+            if channels % num_head_channels:
+                raise ValueError(f"channels {channels} not divisible by num_head_channels {num_head_channels}")
+            self.num_heads = channels // num_head_channels
+        self.use_checkpoint = use_checkpoint
+        self.new_order = use_new_attention_order
+        self.norm = normalization(channels)
+        self.qkv = conv_nd(1, channels, channels * 3, 1)
+        self.proj_out = zero_module(conv_nd(1, channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint(self._forward, (x,), self.parameters(), self.use_checkpoint)
+
+    def _attention(self, qkv: torch.Tensor) -> torch.Tensor:
+        bs, width, length = qkv.shape  # [B, 3*C, T]
+        ch = width // (3 * self.num_heads)
+        if self.new_order:
+            q, k, v = (t.reshape(bs * self.num_heads, ch, length) for t in qkv.chunk(3, dim=1))
+        else:
+            q, k, v = qkv.reshape(bs * self.num_heads, ch * 3, length).split(ch, dim=1)  # [B*heads, d, T] each
+        scale = ch**-0.25  # applied to q and k separately (more stable in fp16)
+        weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)  # [B*heads, T, T]
+        weight = weight.float().softmax(dim=-1).type(weight.dtype)
+        return torch.einsum("bts,bcs->bct", weight, v).reshape(bs, -1, length)  # [B, C, T]
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, *spatial = x.shape
+        x = x.reshape(b, c, -1)  # [B, C, T]
+        h = self.proj_out(self._attention(self.qkv(self.norm(x))))
+        return (x + h).reshape(b, c, *spatial)
+
+
+class UNetModel(nn.Module):
+    """The LDM denoiser ``eps_theta(x_t, t, c)`` (Rombach et al. 2022, eq. 2): an ADM UNet with cross-attention.
+
+    Blocks (``ds`` starts at 1 and doubles at each downsample): ``input_blocks`` = conv_in, then per level
+    ``num_res_blocks`` x (ResBlock [+ attention if ``ds in attention_resolutions``]) and a Downsample except at the last
+    level; ``middle_block`` = ResBlock, attention, ResBlock; ``output_blocks`` = per level in reverse
+    ``num_res_blocks + 1`` x (ResBlock on the skip concatenation [+ attention]) with an Upsample closing each level but
+    the first. Attention is a ``SpatialTransformer`` when ``use_spatial_transformer`` else an ``AttentionBlock``.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int,
+        model_channels: int,
+        out_channels: int,
+        num_res_blocks: int,
+        attention_resolutions: Sequence[int],
+        dropout: float = 0,
+        channel_mult: Sequence[int] = (1, 2, 4, 8),
+        conv_resample: bool = True,
+        dims: int = 2,
+        num_classes: int | None = None,
+        use_checkpoint: bool = False,
+        use_fp16: bool = False,
+        num_heads: int = -1,
+        num_head_channels: int = -1,
+        num_heads_upsample: int = -1,
+        use_scale_shift_norm: bool = False,
+        resblock_updown: bool = False,
+        use_new_attention_order: bool = False,
+        use_spatial_transformer: bool = False,
+        transformer_depth: int = 1,
+        context_dim: int | None = None,
+        n_embed: int | None = None,
+        legacy: bool = True,
+        use_sdpa: bool = True,
+    ) -> None:
+        super().__init__()
+        if use_spatial_transformer and context_dim is None:
+            raise ValueError("UNetModel: use_spatial_transformer=True needs context_dim (the text embedding width)")
+        if context_dim is not None and not use_spatial_transformer:
+            raise ValueError("UNetModel: context_dim is set but use_spatial_transformer is False; set it to True")
+        if num_heads == -1 and num_head_channels == -1:
+            raise ValueError("UNetModel: set num_heads or num_head_channels (both are -1)")
+        if num_heads_upsample == -1:
+            num_heads_upsample = num_heads
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.model_channels = model_channels
+        self.out_channels = out_channels
+        self.num_res_blocks = num_res_blocks
+        self.attention_resolutions = list(attention_resolutions)
+        self.channel_mult = list(channel_mult)
+        self.num_classes = num_classes
+        self.use_checkpoint = use_checkpoint
+        self.dtype = torch.float16 if use_fp16 else torch.float32
+        self.predict_codebook_ids = n_embed is not None
+
+        def attention(ch: int, block_heads: int) -> nn.Module:
+            # Head rule of the original: a fixed head count, or a fixed head width; legacy configs mix the two.
+            # ``block_heads`` (num_heads_upsample on the decoder side) only reaches AttentionBlock, as in the original.
+            heads = num_heads if num_head_channels == -1 else ch // num_head_channels
+            dim_head = ch // heads if num_head_channels == -1 else num_head_channels
+            if legacy:
+                dim_head = ch // heads if use_spatial_transformer else num_head_channels
+            if use_spatial_transformer:  # the original passes no dropout to the transformer
+                return SpatialTransformer(
+                    ch, heads, dim_head, depth=transformer_depth, context_dim=context_dim, use_checkpoint=use_checkpoint
+                )
+            return AttentionBlock(ch, block_heads, dim_head, use_checkpoint, use_new_attention_order)
+
+        def resblock(ch: int, out_ch: int, **kw: bool) -> ResBlock:
+            return ResBlock(
+                ch, time_embed_dim, dropout, out_ch, dims=dims, use_checkpoint=use_checkpoint,
+                use_scale_shift_norm=use_scale_shift_norm, **kw,
+            )  # fmt: skip
+
+        time_embed_dim = model_channels * 4
+        self.time_embed = nn.Sequential(
+            linear(model_channels, time_embed_dim), nn.SiLU(), linear(time_embed_dim, time_embed_dim)
+        )
+        if num_classes is not None:
+            self.label_emb = nn.Embedding(num_classes, time_embed_dim)
+
+        self.attention_block_ds: dict[str, int] = {}
+        conv_in = conv_nd(dims, in_channels, model_channels, 3, padding=1)
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_in)])
+        skip_chans = [model_channels]
+        ch, ds = model_channels, 1
+        for level, mult in enumerate(self.channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [resblock(ch, mult * model_channels)]
+                ch = mult * model_channels
+                if ds in self.attention_resolutions:
+                    layers.append(attention(ch, num_heads))
+                self._add(self.input_blocks, "input_blocks", layers, ds)
+                skip_chans.append(ch)
+            if level != len(self.channel_mult) - 1:
+                down = resblock(ch, ch, down=True) if resblock_updown else Downsample(ch, conv_resample, dims, ch)
+                self._add(self.input_blocks, "input_blocks", [down], ds)
+                skip_chans.append(ch)
+                ds *= 2
+
+        self.middle_block = TimestepEmbedSequential(resblock(ch, ch), attention(ch, num_heads), resblock(ch, ch))
+        if use_spatial_transformer:
+            self.attention_block_ds["middle_block"] = ds
+
+        self.output_blocks = nn.ModuleList([])
+        for level, mult in list(enumerate(self.channel_mult))[::-1]:
+            for i in range(num_res_blocks + 1):
+                layers = [resblock(ch + skip_chans.pop(), model_channels * mult)]
+                ch = model_channels * mult
+                if ds in self.attention_resolutions:
+                    layers.append(attention(ch, num_heads_upsample))
+                block_ds = ds
+                if level and i == num_res_blocks:
+                    up = resblock(ch, ch, up=True) if resblock_updown else Upsample(ch, conv_resample, dims, ch)
+                    layers.append(up)
+                    ds //= 2
+                self._add(self.output_blocks, "output_blocks", layers, block_ds)
+
+        self.out = nn.Sequential(
+            normalization(ch), nn.SiLU(), zero_module(conv_nd(dims, model_channels, out_channels, 3, padding=1))
+        )
+        if self.predict_codebook_ids:
+            self.id_predictor = nn.Sequential(normalization(ch), conv_nd(dims, model_channels, n_embed, 1))
+        for module in self.modules():
+            if isinstance(module, CrossAttention):
+                module.use_sdpa = use_sdpa
+
+    def _add(self, blocks: nn.ModuleList, prefix: str, layers: list[nn.Module], ds: int) -> None:
+        name = f"{prefix}.{len(blocks)}"
+        if any(isinstance(layer, SpatialTransformer) for layer in layers):
+            self.attention_block_ds[name] = ds
+        blocks.append(TimestepEmbedSequential(*layers))
+
+    @property
+    def block_names(self) -> list[str]:
+        """Names accepted by ``forward(stop_after=...)``, in execution order."""
+        return (
+            [f"input_blocks.{i}" for i in range(len(self.input_blocks))]
+            + ["middle_block"]
+            + [f"output_blocks.{i}" for i in range(len(self.output_blocks))]
+        )
+
+    def convert_to_fp16(self) -> None:
+        """Cast the torso (input, middle and output blocks) to float16."""
+        for part in (self.input_blocks, self.middle_block, self.output_blocks):
+            part.half()
+
+    def convert_to_fp32(self) -> None:
+        """Cast the torso back to float32."""
+        for part in (self.input_blocks, self.middle_block, self.output_blocks):
+            part.float()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        *,
+        stop_after: str | None = None,
+    ) -> torch.Tensor:
+        """Predict the noise for ``x`` ``[B, C, H, W]`` at ``timesteps`` ``[B]`` given ``context`` ``[B, M, D]``.
+
+        With ``stop_after`` set to a block name (see ``block_names``) only the blocks up to and including it run and
+        that block's output hidden state is returned.
+        """
+        if (y is not None) != (self.num_classes is not None):
+            raise ValueError("UNetModel: pass class labels y if and only if the model is class-conditional")
+        if timesteps is None:
+            raise ValueError("UNetModel.forward needs timesteps [B]")
+        if stop_after is not None and stop_after not in self.block_names:
+            valid = ", ".join(self.block_names)
+            raise ValueError(f"UNetModel: unknown stop_after block {stop_after!r}; valid names: {valid}")
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))  # [B, 4*model_channels]
+        if self.num_classes is not None:
+            emb = emb + self.label_emb(y)
+        h = x.type(self.dtype)
+        skips = []
+        for i, block in enumerate(self.input_blocks):
+            h = block(h, emb, context)
+            if stop_after == f"input_blocks.{i}":
+                return h
+            skips.append(h)
+        h = self.middle_block(h, emb, context)
+        if stop_after == "middle_block":
+            return h
+        for i, block in enumerate(self.output_blocks):
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+            if stop_after == f"output_blocks.{i}":
+                return h
+        h = h.type(x.dtype)
+        return self.id_predictor(h) if self.predict_codebook_ids else self.out(h)
