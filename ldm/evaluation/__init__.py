@@ -1,0 +1,1 @@
+"""CLIP-based evaluation: Textual Inversion (reconstruction/editability) and Attend-and-Excite metrics."""

@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""Attend-and-Excite's CLIP scores (reference-spec 2.8) over a prompt set.
+
+For every prompt: full-prompt similarity (mean over images of the cosine with the prompt's text embedding averaged
+over the 80 ImageNet templates) and minimum-object similarity (mean over images of the minimum over the prompt's
+halves, split at " and ", else " with "; prompts with neither are skipped like in the reference).
+
+Images come either from folders, one per prompt:
+
+    <images_dir>/<prompt>/<*.png|*.jpg>        e.g.  outputs/sd/a cat and a dog/0000.png
+
+    python scripts/evaluate_attend_excite.py --images_dir outputs/sd outputs/ae \\
+        --clip_model /models/clip-vit-base-patch16
+
+or are generated first, without and with A&E, into ``<out_dir>/images/{without_ae,with_ae}/<prompt>/``:
+
+    python scripts/evaluate_attend_excite.py --generate --ckpt_path model.ckpt --config <config.yaml> \\
+        --clip_model /models/clip-vit-base-patch16 --n_samples 64 --out_dir outputs/ae_eval
+
+Writes ``clip_raw_metrics.json`` (per prompt and image), ``clip_aggregated_metrics.json`` (per category) and
+``clip_metrics.md`` (the table, also printed) to ``--out_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from ldm.evaluation import metrics  # noqa: E402
+from ldm.evaluation.clip import CLIPFeatureExtractor, resolve_clip_folder  # noqa: E402
+from ldm.evaluation.evaluators import (  # noqa: E402
+    aggregate,
+    collect_prompt_images,
+    evaluate_prompt_set,
+    markdown_table,
+    read_prompt_file,
+)
+from ldm.evaluation.images import list_images, save_images  # noqa: E402
+
+logger = logging.getLogger("evaluate_attend_excite")
+DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml"
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--prompts", default=str(metrics.PROMPTS_FILE), help="prompt file (category<TAB>prompt lines)")
+    p.add_argument("--images_dir", nargs="+", help="one or more folders laid out as <dir>/<prompt>/<images>")
+    p.add_argument("--labels", nargs="+", help="names of the --images_dir entries in the table (default: folder names)")
+    p.add_argument("--generate", action="store_true", help="generate the images without and with A&E first")
+    p.add_argument("--clip_model", required=True, help="local Hugging Face CLIP folder (the paper used ViT-B/16)")
+    p.add_argument("--templates", default=str(metrics.TEMPLATES_FILE), help="prompt templates, one per line with {}")
+    p.add_argument("--out_dir", default="outputs/attend_excite_eval", help="where results (and images) go")
+    p.add_argument("--categories", nargs="+", help="evaluate only these categories")
+    p.add_argument("--max_prompts", type=int, default=0, help="evaluate only the first N prompts (0: all)")
+    p.add_argument("--skip_missing", action="store_true", help="skip prompts without an image folder")
+    p.add_argument("--batch_size", type=int, default=8, help="sampling and CLIP batch size (default 8)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g = p.add_argument_group("generation (--generate)")
+    g.add_argument("--ckpt_path", help="diffusion model checkpoint")
+    g.add_argument("--config", default=DEFAULT_CONFIG, help=f"model config (default {DEFAULT_CONFIG})")
+    g.add_argument("--embedding_path", help="optional textual-inversion embeddings")
+    g.add_argument("--n_samples", type=int, default=64, help="images per prompt and method (default 64)")
+    g.add_argument("--ddim_steps", type=int, default=50, help="DDIM steps (default 50)")
+    g.add_argument("--scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5, as A&E)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the starting noise (the same for both methods)")
+    return p
+
+
+def select_prompts(args: argparse.Namespace) -> list[tuple[str, str]]:
+    prompts = read_prompt_file(args.prompts)
+    if args.categories:
+        known = {c for c, _ in prompts}
+        unknown = set(args.categories) - known
+        if unknown:
+            raise ValueError(f"--categories {sorted(unknown)} not in {args.prompts} (it has {sorted(known)})")
+        prompts = [(c, p) for c, p in prompts if c in args.categories]
+    if args.max_prompts > 0:
+        prompts = prompts[: args.max_prompts]
+    return prompts
+
+
+def object_words(prompt: str) -> list[str]:
+    """The noun of each part ("a cat with a crown" -> ["cat", "crown"]): the last word of each part."""
+    parts = metrics.split_prompt(prompt)
+    if parts is None:
+        raise ValueError(f"cannot find the objects of {prompt!r} (no ' and '/' with ')")
+    return [part.split()[-1] for part in parts]
+
+
+def attend_excite_guidance(model: torch.nn.Module, prompt: str) -> object:
+    """A&E guidance exciting the object nouns of ``prompt``.
+
+    The A&E module is imported lazily (it is only needed here). ASSUMED interface, to be checked against
+    ``ldm.models.diffusion.guidance.attend_and_excite`` when it lands: a config dataclass ``AttendExciteConfig``
+    with ``token_indices`` and every other knob defaulted, and ``AttendAndExcite(model, config)``.
+    """
+    from ldm.evaluation.generate import word_token_indices
+    from ldm.models.diffusion.guidance import attend_and_excite as ae
+
+    indices = word_token_indices(model.cond_stage_model.tokenizer, prompt, object_words(prompt))
+    logger.info("A&E on %r: token indices %s", prompt, indices)
+    try:
+        config = ae.AttendExciteConfig(token_indices=tuple(indices))
+        return ae.AttendAndExcite(model, config)
+    except (AttributeError, TypeError) as err:
+        raise RuntimeError(
+            f"ldm.models.diffusion.guidance.attend_and_excite does not offer the interface this script expects "
+            f"({err}); update scripts/evaluate_attend_excite.py::attend_excite_guidance"
+        ) from err
+
+
+def generate_all(args: argparse.Namespace, prompts: list[tuple[str, str]], device: torch.device) -> dict[str, Path]:
+    """Generate images for every prompt without and with A&E; existing complete folders are reused."""
+    from ldm.evaluation.generate import generate_images, load_diffusion_model
+
+    if not args.ckpt_path:
+        raise ValueError("--generate needs --ckpt_path (and --config)")
+    for _, prompt in prompts:
+        object_words(prompt)  # fail early on prompts A&E cannot use
+    model = load_diffusion_model(args.config, args.ckpt_path, args.embedding_path, device)
+    roots = {
+        "without_ae": Path(args.out_dir) / "images" / "without_ae",
+        "with_ae": Path(args.out_dir) / "images" / "with_ae",
+    }
+    for label, root in roots.items():
+        for _, prompt in prompts:
+            folder = root / prompt
+            if folder.is_dir() and len(list_images(folder)) >= args.n_samples:
+                logger.info("reusing %s", folder)
+                continue
+            guidance = attend_excite_guidance(model, prompt) if label == "with_ae" else None
+            images = generate_images(
+                model, prompt, args.n_samples, args.ddim_steps, args.scale, args.seed, args.batch_size, guidance
+            )  # [N, 3, H, W] in [0, 1]
+            save_images(images, folder)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return roots
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if bool(args.images_dir) == bool(args.generate):
+        raise ValueError("pass either --images_dir DIR [DIR ...] or --generate")
+    clip_folder = resolve_clip_folder(args.clip_model)
+    templates = metrics.load_templates(args.templates)
+    prompts = select_prompts(args)
+    prompt_texts = [p for _, p in prompts]
+
+    if args.generate:
+        dirs = generate_all(args, prompts, device)
+    else:
+        labels = args.labels or [Path(d).name for d in args.images_dir]
+        if len(labels) != len(args.images_dir) or len(set(labels)) != len(labels):
+            raise ValueError(f"--labels {labels}: need one distinct label per --images_dir entry")
+        dirs = dict(zip(labels, (Path(d) for d in args.images_dir), strict=True))
+    # Check every folder before the slow part.
+    images = {label: collect_prompt_images(d, prompt_texts, args.skip_missing) for label, d in dirs.items()}
+
+    extractor = CLIPFeatureExtractor.from_pretrained(clip_folder, device=device, batch_size=args.batch_size)
+    raw: dict[str, dict] = {}
+    aggregated: dict[str, dict] = {}
+    for label, found in images.items():
+        results, skipped = evaluate_prompt_set(extractor, prompts, found, templates)
+        raw[label] = {"images_dir": str(dirs[label]), "prompts": results, "skipped": skipped}
+        aggregated[label] = aggregate(results)
+
+    table = markdown_table(aggregated)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"clip_model": str(clip_folder), "templates": args.templates, "prompts": args.prompts}
+    (out_dir / "clip_raw_metrics.json").write_text(json.dumps({**meta, "methods": raw}, indent=2) + "\n")
+    (out_dir / "clip_aggregated_metrics.json").write_text(json.dumps({**meta, "methods": aggregated}, indent=2) + "\n")
+    (out_dir / "clip_metrics.md").write_text(table)
+    print(table)
+    print(f"wrote {out_dir / 'clip_raw_metrics.json'}, clip_aggregated_metrics.json and clip_metrics.md")
+    return {"raw": raw, "aggregated": aggregated, "table": table}
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None

@@ -1,0 +1,127 @@
+#!/usr/bin/env python
+"""Textual Inversion's CLIP scores for a learned concept (reference-spec 1.9, fixed: the results are printed and
+written to ``--out_dir`` instead of crashing on an undefined ``opt.out_dir``).
+
+Generates ``--n_samples`` images of ``--prompt`` (DDIM, eta 0, CFG ``--scale``), then reports
+- image similarity: mean CLIP cosine between the generated images and the training images of ``--data_dir``
+  (reconstruction), and
+- text similarity: mean CLIP cosine between the generated images and the prompt with ``*`` removed (editability).
+
+    python scripts/evaluate_model.py --prompt "a photo of *" --ckpt_path models/ldm/text2img-large/model.ckpt \\
+        --embedding_path logs/<run>/checkpoints/embeddings.pt --data_dir datasets/cat_statue \\
+        --clip_model /models/clip-vit-base-patch32 --out_dir outputs/eval/cat_statue
+
+With ``--gen_dir DIR`` the images in DIR are scored instead (no diffusion model is loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from ldm.evaluation.clip import CLIPFeatureExtractor, resolve_clip_folder  # noqa: E402
+from ldm.evaluation.evaluators import evaluate_inversion, strip_placeholder  # noqa: E402
+from ldm.evaluation.images import image_folder_files, load_images, save_images  # noqa: E402
+
+DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml"
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--prompt", required=True, help="prompt with the placeholder, e.g. 'a photo of *'")
+    p.add_argument("--ckpt_path", help="diffusion model checkpoint (.ckpt/.safetensors)")
+    p.add_argument("--embedding_path", help="learned embeddings (embeddings.pt / .safetensors)")
+    p.add_argument("--data_dir", required=True, help="folder of the training images of the concept")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"model config (default {DEFAULT_CONFIG})")
+    p.add_argument("--n_samples", type=int, default=64, help="images to generate (default 64)")
+    p.add_argument("--ddim_steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--scale", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the starting noise (default 42)")
+    p.add_argument("--batch_size", type=int, default=8, help="sampling and CLIP batch size (default 8)")
+    p.add_argument("--out_dir", default="outputs/evaluation", help="where the JSON and samples go")
+    p.add_argument("--clip_model", required=True, help="local Hugging Face CLIP folder (e.g. clip-vit-base-patch32)")
+    p.add_argument("--placeholder", default="*", help="placeholder string removed for the text score (default *)")
+    p.add_argument(
+        "--data_size",
+        type=int,
+        default=256,
+        help="resize training images to NxN (bicubic) as the TI dataset does; 0 keeps their size (default 256)",
+    )
+    p.add_argument("--gen_dir", help="score the images in this folder instead of generating")
+    p.add_argument("--no_save", action="store_true", help="do not write the generated images to out_dir/samples")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out_dir = Path(args.out_dir)
+
+    # Check every input before the slow steps.
+    clip_folder = resolve_clip_folder(args.clip_model)
+    source_files = image_folder_files(args.data_dir, "--data_dir")
+    if not strip_placeholder(args.prompt, args.placeholder):
+        raise SystemExit(f"--prompt {args.prompt!r} has no words besides the placeholder {args.placeholder!r}")
+
+    if args.gen_dir:
+        generated = load_images(image_folder_files(args.gen_dir, "--gen_dir"))
+    else:
+        from ldm.evaluation.generate import generate_images, load_diffusion_model
+
+        if not args.ckpt_path:
+            raise SystemExit("--ckpt_path is required to generate images (or pass --gen_dir to score existing ones)")
+        if args.placeholder in args.prompt and not args.embedding_path:
+            raise SystemExit(f"--prompt contains {args.placeholder!r} but no --embedding_path was given")
+        model = load_diffusion_model(args.config, args.ckpt_path, args.embedding_path, device)
+        images = generate_images(
+            model, args.prompt, args.n_samples, args.ddim_steps, args.scale, args.seed, args.batch_size
+        )  # [N, 3, H, W] in [0, 1]
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if not args.no_save:
+            save_images(images, out_dir / "samples")
+        generated = list(images)
+
+    source = load_images(source_files, size=args.data_size or None)
+    extractor = CLIPFeatureExtractor.from_pretrained(clip_folder, device=device, batch_size=args.batch_size)
+    result = evaluate_inversion(extractor, generated, source, args.prompt, args.placeholder)
+    result.update(
+        {
+            "clip_model": str(clip_folder),
+            "data_dir": str(args.data_dir),
+            "gen_dir": args.gen_dir,
+            "ckpt_path": args.ckpt_path,
+            "embedding_path": args.embedding_path,
+            "config": None if args.gen_dir else args.config,
+            "n_samples": len(generated),
+            "ddim_steps": None if args.gen_dir else args.ddim_steps,
+            "scale": None if args.gen_dir else args.scale,
+            "seed": None if args.gen_dir else args.seed,
+        }
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_file = out_dir / "clip_similarity.json"
+    out_file.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"image similarity (reconstruction): {result['image_similarity']:.4f}")
+    print(f"text similarity  (editability, {result['text']!r}): {result['text_similarity']:.4f}")
+    print(f"wrote {out_file}")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
