@@ -6,7 +6,7 @@ setup(
     description="Textual Inversion + Attend-and-Excite on the latent-diffusion tree",
     packages=find_packages(include=["ldm", "ldm.*"]),
     package_data={
-        "ldm.modules.encoders": ["tokenizer_files/*/*"],
+        "ldm.modules.encoders": ["tokenizer_files/*.md", "tokenizer_files/*/*"],
         "ldm.evaluation": ["data/*"],
     },
     include_package_data=True,

@@ -191,10 +191,11 @@ class DDPM(pl.LightningModule):
         }
         for name in SCHEDULE_BUFFERS:
             self.register_buffer(name, torch.tensor(values[name], dtype=torch.float32))
-        if self.parameterization == "eps":
-            lvlb = betas**2 / (2 * posterior_variance * alphas * (1 - alphas_cumprod))
-        else:
-            lvlb = 0.5 * np.sqrt(alphas_cumprod) / (2.0 * (1 - alphas_cumprod))
+        with np.errstate(divide="ignore"):  # posterior_variance[0] == 0; entry 0 is replaced below
+            if self.parameterization == "eps":
+                lvlb = betas**2 / (2 * posterior_variance * alphas * (1 - alphas_cumprod))
+            else:
+                lvlb = 0.5 * np.sqrt(alphas_cumprod) / (2.0 * (1 - alphas_cumprod))
         lvlb[0] = lvlb[1]
         self.register_buffer("lvlb_weights", torch.tensor(lvlb, dtype=torch.float32), persistent=False)
 

@@ -1,0 +1,3 @@
+from ldm.modules.losses.kl import KLReconstructionLoss
+
+__all__ = ["KLReconstructionLoss"]
