@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from ldm.models.diffusion.gaussian_diffusion import DDPM, freeze
+from ldm.models.diffusion.image_logging import log_images
+from ldm.models.diffusion.posterior_cache import PosteriorCache, batch_cache_keys
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.util import instantiate_from_config
 
@@ -34,6 +36,7 @@ class LatentDiffusion(DDPM):
         conditioning_key: str | None = None,
         scale_factor: float = 1.0,
         scale_by_std: bool = False,
+        cache_first_stage: bool = True,
         *args: Any,
         **kwargs: Any,
     ) -> None:
@@ -51,7 +54,8 @@ class LatentDiffusion(DDPM):
         self.concat_mode = concat_mode
         self.cond_stage_trainable = cond_stage_trainable
         self.cond_stage_key = cond_stage_key
-        self.num_downs = len(first_stage_config.params.ddconfig.ch_mult) - 1 if "params" in first_stage_config else 0
+        params = first_stage_config.get("params", {}) if hasattr(first_stage_config, "get") else {}
+        self.num_downs = len(params["ddconfig"]["ch_mult"]) - 1 if "ddconfig" in params else 0
         if scale_by_std:
             self.register_buffer("scale_factor", torch.tensor(scale_factor))
         else:
@@ -61,6 +65,15 @@ class LatentDiffusion(DDPM):
         self.cond_stage_forward = cond_stage_forward
         self.clip_denoised = False
         self.embedding_manager = None
+        # Posteriors of batches that say which image and flip they hold (the personalized datasets do).
+        self.posterior_cache = PosteriorCache() if cache_first_stage else None
+        self.restarted_from_ckpt = False
+        if ckpt_path:
+            # Base weights first, so initializer words are looked up in the trained token-embedding table.
+            # The checkpoint's own embedding_manager.* entries (if any) are not used: -r restores a run's embeddings,
+            # `embedding_manager_ckpt` loads a saved file.
+            self.init_from_ckpt(ckpt_path, [*ignore_keys, "embedding_manager."])
+            self.restarted_from_ckpt = True
         if personalization_config is not None:
             if not self.unfreeze_model:
                 freeze(self.model)
@@ -69,10 +82,10 @@ class LatentDiffusion(DDPM):
             self.embedding_manager = instantiate_from_config(personalization_config, embedder=self.cond_stage_model)
             for param in self.embedding_manager.embedding_parameters():
                 param.requires_grad = True
-        self.restarted_from_ckpt = False
-        if ckpt_path:
-            self.init_from_ckpt(ckpt_path, ignore_keys)
-            self.restarted_from_ckpt = True
+            if not self.unfreeze_model:
+                # Frozen-run checkpoints hold only the embeddings (on_save_checkpoint): resume loads them non-strictly;
+                # the frozen weights come again from `ckpt_path`.
+                self.strict_loading = False
 
     def instantiate_first_stage(self, config: Any) -> None:
         self.first_stage_model = instantiate_from_config(config)
@@ -160,10 +173,18 @@ class LatentDiffusion(DDPM):
                 c = self.get_learned_conditioning(c)
         return z, c
 
+    def get_first_stage_input(self, batch: dict) -> torch.Tensor:
+        """The batch images as `[B, 3, H, W]` on the model's device."""
+        return DDPM.get_input(self, batch, self.first_stage_key).to(self.device)
+
     def latent_from_batch(self, batch: dict, x: torch.Tensor) -> torch.Tensor:
-        """Encode the batch images; subclasses/callbacks may serve cached posteriors instead."""
-        with torch.no_grad():
-            posterior = self.encode_first_stage(x)
+        """z = scale_factor * (a sample of q(z | x)); the posterior comes from the cache when the batch allows it."""
+        keys = batch_cache_keys(batch, x) if self.posterior_cache is not None else None
+        if keys is not None:
+            posterior = self.posterior_cache.posterior(keys, x, self.encode_first_stage)
+        else:
+            with torch.no_grad():
+                posterior = self.encode_first_stage(x)
         return self.get_first_stage_encoding(posterior).detach()
 
     def shared_step(self, batch: dict, **kwargs: Any):
@@ -175,6 +196,11 @@ class LatentDiffusion(DDPM):
         if self.model.conditioning_key is not None and self.cond_stage_trainable:
             c = self.get_learned_conditioning(c)
         return self.p_losses(x, c, t, *args, **kwargs)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.embedding_manager is not None:
+            self.embedding_manager.set_progress(self.global_step)  # progressive_words follows the optimiser step
+        return super().training_step(batch, batch_idx)
 
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         """eps_theta(x_t, t, c): cond is a context tensor, a list of them, or the original's dict form."""
@@ -206,6 +232,22 @@ class LatentDiffusion(DDPM):
         return torch.optim.AdamW(
             [{"params": embedding_params, "lr": self.learning_rate}, {"params": model_params, "lr": self.model_lr}]
         )
+
+    # --- checkpoints and logging ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A frozen inversion run saves only `embedding_manager.*` (kilobytes, not the frozen gigabytes).
+
+        Optimizer, loop and callback states stay, so `-r` resumes at the saved step; the embeddings files
+        themselves are written by the EmbeddingWriter callback.
+        """
+        if self.embedding_manager is None or self.unfreeze_model:
+            return
+        state = checkpoint.get("state_dict", {})
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if k.startswith("embedding_manager.")}
+
+    def log_images(self, batch: dict, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Inputs, reconstructions, captions and DDIM samples without/with CFG (see `image_logging.log_images`)."""
+        return log_images(self, batch, **kwargs)
 
     # --- sampling --------------------------------------------------------------------------------------------
     @torch.no_grad()

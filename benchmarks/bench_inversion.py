@@ -1,0 +1,127 @@
+"""Textual-inversion training steps per second: posterior cache and SDPA attention on/off (random weights).
+
+For each config (the goldens' tiny LDM and SD v1), four variants run in one process on the same batch stream:
+  baseline  = no posterior cache, explicit-softmax attention (the original's path)
+  cache     = posterior cache, explicit attention
+  sdpa      = no cache, scaled_dot_product_attention
+  cache+sdpa (the default path)
+and their steps/s are printed with ratios to the baseline (printed, not asserted). Target on SD v1: cache+sdpa at
+least 1.5x the baseline. A step = first stage (or cache) + text encoder with the placeholder + UNet forward/backward
++ AdamW on the placeholder vector, batch 1.
+
+Usage: python benchmarks/bench_inversion.py [--configs tiny sd] [--steps 5] [--size 512] [--bf16]
+(defaults: 512 px and 5 steps on CUDA; 256 px and 2 steps on CPU, where SD v1 takes about a minute per step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from common import pick_device, timed  # noqa: E402
+
+from ldm.data.personalized import PersonalizedBase  # noqa: E402
+from ldm.models.diffusion.posterior_cache import PosteriorCache  # noqa: E402
+from ldm.modules.attention import CrossAttention  # noqa: E402
+from ldm.util import instantiate_from_config  # noqa: E402
+
+CONFIGS = {
+    "tiny": REPO / "configs" / "tests" / "golden_tiny_ldm.yaml",
+    "sd": REPO / "configs" / "stable-diffusion" / "v1-finetune.yaml",
+}
+VARIANTS = (("baseline", False, False), ("cache", True, False), ("sdpa", False, True), ("cache+sdpa", True, True))
+
+
+def set_sdpa(model: torch.nn.Module, enabled: bool) -> None:
+    for module in model.modules():
+        if isinstance(module, CrossAttention):
+            module.use_sdpa = enabled
+
+
+def make_dataset(folder: Path, size: int, count: int = 3) -> PersonalizedBase:
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return PersonalizedBase(folder, size=size, repeats=100)
+
+
+def collate(items: list[dict]) -> dict:
+    return {
+        "image": torch.from_numpy(np.stack([it["image"] for it in items])),
+        "caption": [it["caption"] for it in items],
+        "image_path": [it["image_path"] for it in items],
+        "flipped": torch.tensor([it["flipped"] for it in items]),
+    }
+
+
+def build(name: str, device: torch.device) -> torch.nn.Module:
+    config = OmegaConf.load(CONFIGS[name]).model
+    config.params.pop("ckpt_path", None)
+    with torch.device("cpu"):
+        model = instantiate_from_config(config)  # random weights
+    model.learning_rate = 5.0e-3
+    return model.to(device)
+
+
+def bench(name: str, device: torch.device, size: int, steps: int, bf16: bool) -> dict[str, float]:
+    model = build(name, device)
+    optimizer = model.configure_optimizers()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = make_dataset(Path(tmp), size)
+        batches = [collate([dataset[i]]) for i in range(steps + 1)]
+
+        def run_steps(batch_list: list[dict]) -> None:
+            for batch in batch_list:
+                with autocast:
+                    loss, _ = model.shared_step(batch)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        results = {}
+        for label, cache, sdpa in VARIANTS:
+            model.posterior_cache = PosteriorCache() if cache else None
+            set_sdpa(model, sdpa)
+            torch.manual_seed(0)
+            run_steps(batches[:1])  # warm-up (fills the cache with the first image, as training would)
+            seconds = timed(lambda: run_steps(batches[1:]), device)
+            results[label] = steps / seconds
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["tiny", "sd"])
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--size", type=int, default=None, help="image side for SD v1 (the tiny model uses 64)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    args = parser.parse_args()
+    device = pick_device()
+    steps = args.steps or (5 if device.type == "cuda" else 2)
+    print(f"device {device}, {steps} steps per variant, batch 1, bf16={args.bf16}")
+    for name in args.configs:
+        size = 64 if name == "tiny" else (args.size or (512 if device.type == "cuda" else 256))
+        results = bench(name, device, size, steps, args.bf16)
+        base = results["baseline"]
+        print(f"\n{name} ({size}px):")
+        for label, rate in results.items():
+            print(f"  {label:>11}: {rate:8.3f} steps/s  ({rate / base:5.2f}x baseline)")
+
+
+if __name__ == "__main__":
+    main()

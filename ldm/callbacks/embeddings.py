@@ -1,0 +1,75 @@
+"""Writes the textual-inversion embeddings next to the checkpoints (Gal et al. 2022 keep only v*).
+
+- at every checkpoint: `checkpoints/embeddings.pt` (overwritten) and `checkpoints/embeddings_gs-<step>.pt`, each with a
+  `.safetensors` twin; files are written to a temporary name and renamed, so a crash never leaves half a file;
+- at the end of training, and on an exception or Ctrl-C during training: `embeddings.pt` (+ `.safetensors`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+logger = logging.getLogger(__name__)
+
+
+def atomic_save(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call `write(tmp_path)` for a temporary file in the same folder, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class EmbeddingWriter(pl.Callback):
+    """Saves `pl_module.embedding_manager` (if any) in the original format plus safetensors (rank 0 only)."""
+
+    def __init__(self, ckptdir: str | os.PathLike, safetensors: bool = True) -> None:
+        super().__init__()
+        self.ckptdir = Path(ckptdir)
+        self.safetensors = safetensors
+
+    def write(self, pl_module: pl.LightningModule, global_step: int | None = None) -> list[Path]:
+        """Write `embeddings.pt` (and `embeddings_gs-<global_step>.pt` when a step is given); return the paths."""
+        manager = getattr(pl_module, "embedding_manager", None)
+        if manager is None:
+            return []
+        stems = ["embeddings"] + ([f"embeddings_gs-{global_step}"] if global_step is not None else [])
+        suffixes = [".pt"] + ([".safetensors"] if self.safetensors else [])
+        written = []
+        for stem in stems:
+            for suffix in suffixes:
+                path = self.ckptdir / f"{stem}{suffix}"
+                atomic_save(path, manager.save)  # the format follows the suffix, which the temp file keeps
+                written.append(path)
+        return written
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]):
+        if trainer.is_global_zero:
+            self.write(pl_module, trainer.global_step)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.write(pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not trainer.is_global_zero or not (trainer.training or trainer.global_step > 0):
+            return
+        try:
+            paths = self.write(pl_module)
+            if paths:
+                logger.warning("Training stopped by %s; wrote %s", type(exception).__name__, paths[0])
+        except Exception:
+            logger.exception("Could not write the embeddings after %s", type(exception).__name__)

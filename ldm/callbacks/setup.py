@@ -1,0 +1,72 @@
+"""Run-folder setup: `logs/<run>/{checkpoints,configs,images}` and the merged configs written at fit start."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+logger = logging.getLogger(__name__)
+
+
+class SetupCallback(pl.Callback):
+    """Creates the run folders and writes `configs/<now>-project.yaml` and `configs/<now>-lightning.yaml` (rank 0).
+
+    On an exception or Ctrl-C during training it saves `checkpoints/last.ckpt` (single-process runs: a DDP save
+    would wait for ranks that may be gone).
+    """
+
+    def __init__(
+        self,
+        resume: bool,
+        now: str,
+        logdir: str | Path,
+        ckptdir: str | Path,
+        cfgdir: str | Path,
+        config: DictConfig,
+        lightning_config: DictConfig,
+    ) -> None:
+        super().__init__()
+        self.resume = resume
+        self.now = now
+        self.logdir, self.ckptdir, self.cfgdir = Path(logdir), Path(ckptdir), Path(cfgdir)
+        self.config = config
+        self.lightning_config = lightning_config
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or not trainer.is_global_zero:
+            return
+        for folder in (self.logdir, self.ckptdir, self.cfgdir, self.logdir / "images"):
+            folder.mkdir(parents=True, exist_ok=True)
+        project = self.cfgdir / f"{self.now}-project.yaml"
+        OmegaConf.save(self.config, project)
+        OmegaConf.save(
+            OmegaConf.create({"lightning": self.lightning_config}), self.cfgdir / f"{self.now}-lightning.yaml"
+        )
+        logger.info("Run folder %s (configs in %s)", self.logdir, self.cfgdir)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not trainer.training or trainer.world_size > 1:
+            return
+        path = self.ckptdir / "last.ckpt"
+        try:
+            self.ckptdir.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(str(path))
+            logger.warning("Training stopped by %s; saved %s", type(exception).__name__, path)
+        except Exception:  # the original exception matters more; report ours and carry on
+            logger.exception("Could not save %s after %s", path, type(exception).__name__)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Save `last.ckpt` at the final step if no checkpoint was taken there (e.g. max_steps between saves)."""
+        callback = trainer.checkpoint_callback
+        last_step = getattr(callback, "_last_global_step_saved", None) if callback is not None else None
+        if trainer.global_step > 0 and last_step != trainer.global_step:
+            trainer.save_checkpoint(str(self.ckptdir / "last.ckpt"))
+
+
+def config_summary(config: Any) -> str:
+    """The config as YAML, for logs."""
+    return OmegaConf.to_yaml(config)

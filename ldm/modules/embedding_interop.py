@@ -1,0 +1,277 @@
+"""Reading and writing textual-inversion embeddings in the formats other tools use.
+
+Formats (all read with `torch.load(weights_only=True)` or safetensors; nothing else is ever unpickled):
+
+- `ti`: this project and rinongal/textual_inversion. `.pt`: `{"string_to_token": {p: 0-dim int64},
+  "string_to_param": nn.ParameterDict{p: [nv, D]}}` (the only class allowed beyond tensors and containers is
+  `torch.nn.ParameterDict`); `.safetensors`: `string_to_token.<p>` and `string_to_param.<p>` tensors.
+- `a1111`: AUTOMATIC1111 web UI. `.pt`: `{"string_to_token": {"*": int}, "string_to_param": {"*": [nv, D]},
+  "name": str, "step": int, "sd_checkpoint": str|None, "sd_checkpoint_name": str|None}`; `.safetensors`:
+  `{"emb_params": [nv, D]}`. The trigger word is `name` (or the file stem), not the `*` key.
+- `diffusers`: `learned_embeds.bin` / `.safetensors`: `{token: [D] or [nv, D]}`.
+
+The vector size tells the model family: 768 SD v1 (CLIP ViT-L/14), 1024 SD v2 (OpenCLIP ViT-H/14), 1280 LDM
+text2img-large (BERT). A file of the wrong size is refused with the family it fits named.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+FAMILIES: dict[int, str] = {
+    768: "SD v1 (CLIP ViT-L/14 text encoder)",
+    1024: "SD v2 (OpenCLIP ViT-H/14 text encoder)",
+    1280: "LDM text2img-large (BERT text encoder)",
+}
+FORMATS = ("ti", "a1111", "diffusers")
+TORCH_SUFFIXES = (".pt", ".bin", ".ckpt", ".pth")
+# Exactly the classes the original TI files pickle besides tensors and builtin containers.
+ALLOWED_GLOBALS = [nn.ParameterDict]
+
+
+class EmbeddingFileError(ValueError):
+    """An embeddings file cannot be read, has an unknown layout, or does not fit the model."""
+
+
+@dataclass
+class Embeddings:
+    """Placeholder vectors independent of the file format.
+
+    vectors: placeholder -> `[num_vectors, D]` float32. tokens: placeholder -> token id where the file says it
+    (TI files); foreign formats leave it empty. name: the A1111 trigger word, if any.
+    """
+
+    vectors: dict[str, torch.Tensor]
+    tokens: dict[str, int] = field(default_factory=dict)
+    source_format: str = "ti"
+    name: str | None = None
+
+    @property
+    def dim(self) -> int:
+        dims = {int(v.shape[-1]) for v in self.vectors.values()}
+        if len(dims) != 1:
+            raise EmbeddingFileError(f"placeholders have different vector sizes {sorted(dims)}")
+        return dims.pop()
+
+
+def family_of(dim: int) -> str:
+    return FAMILIES.get(int(dim), f"no known model family (vector size {dim})")
+
+
+def check_dim(embeddings: Embeddings, expected_dim: int, source: str | os.PathLike) -> None:
+    """Raise `EmbeddingFileError` naming both families when the vector size does not fit the model."""
+    dim = embeddings.dim
+    if dim != expected_dim:
+        raise EmbeddingFileError(
+            f"Embeddings '{source}' have vectors of size {dim}, which fits {family_of(dim)}; this model is "
+            f"{family_of(expected_dim)} and needs size {expected_dim}. Use an embedding trained for this model."
+        )
+
+
+def _as_matrix(value: Any, where: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise EmbeddingFileError(f"{where} is a {type(value).__name__}, not a tensor")
+    value = value.detach().float().cpu()
+    if value.ndim == 1:
+        value = value[None]  # [D] -> [1, D]
+    if value.ndim != 2:
+        raise EmbeddingFileError(f"{where} has shape {tuple(value.shape)}; expected [D] or [num_vectors, D]")
+    return value.contiguous()
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise EmbeddingFileError(
+            f"Refused to load '{path}': it pickles objects other than tensors and an nn.ParameterDict "
+            f"({str(err).splitlines()[0]}). Convert it in a trusted environment."
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise EmbeddingFileError(f"Embeddings file '{path}' is truncated or corrupt ({err}).") from err
+
+
+def _params_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, nn.ParameterDict):
+        return dict(value._parameters)  # as pickled by any torch version
+    if isinstance(value, dict):
+        return dict(value)
+    raise EmbeddingFileError(f"'string_to_param' is a {type(value).__name__}, not a dict")
+
+
+def read_embeddings(path: str | os.PathLike) -> Embeddings:
+    """Read any supported embeddings file (format detected from its content)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EmbeddingFileError(f"Embeddings file '{path}' does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            flat = load_file(str(path))
+        except Exception as err:
+            raise EmbeddingFileError(f"'{path}' is not a readable safetensors file ({err}).") from err
+        return _from_flat(flat, path)
+    if path.suffix not in TORCH_SUFFIXES:
+        raise EmbeddingFileError(f"'{path}': unknown extension; use .safetensors or one of {TORCH_SUFFIXES}")
+    obj = _torch_load(path)
+    if not isinstance(obj, dict):
+        raise EmbeddingFileError(f"'{path}' holds a {type(obj).__name__}, not a dict of embeddings")
+    if "string_to_param" in obj:
+        params = _params_dict(obj["string_to_param"])
+        vectors = {k: _as_matrix(v, f"'{path}' string_to_param[{k!r}]") for k, v in params.items()}
+        tokens = {k: int(torch.as_tensor(v).reshape(())) for k, v in dict(obj.get("string_to_token", {})).items()}
+        is_a1111 = "name" in obj or "step" in obj
+        return Embeddings(vectors, tokens, "a1111" if is_a1111 else "ti", obj.get("name") if is_a1111 else None)
+    return _diffusers(obj, path)
+
+
+def _from_flat(flat: dict[str, torch.Tensor], path: Path) -> Embeddings:
+    if "emb_params" in flat:
+        return Embeddings({"*": _as_matrix(flat["emb_params"], f"'{path}' emb_params")}, {}, "a1111", path.stem)
+    if any(k.startswith("string_to_param.") for k in flat):
+        prefix = "string_to_param."
+        vectors = {k[len(prefix) :]: _as_matrix(v, f"'{path}' {k}") for k, v in flat.items() if k.startswith(prefix)}
+        tokens = {k.split(".", 1)[1]: int(v.reshape(())) for k, v in flat.items() if k.startswith("string_to_token.")}
+        return Embeddings(vectors, tokens, "ti")
+    return _diffusers(flat, path)
+
+
+def _diffusers(obj: dict[str, Any], path: Path) -> Embeddings:
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors or len(tensors) != len(obj):
+        raise EmbeddingFileError(
+            f"'{path}' is not a known embeddings layout (keys {sorted(obj)[:10]}); expected TI "
+            "('string_to_param'), A1111 ('emb_params' or 'string_to_param' + 'name') or diffusers ({token: tensor})."
+        )
+    return Embeddings({k: _as_matrix(v, f"'{path}' [{k!r}]") for k, v in tensors.items()}, {}, "diffusers")
+
+
+def write_embeddings(embeddings: Embeddings, path: str | os.PathLike, fmt: str = "ti") -> Path:
+    """Write `embeddings` as `fmt` (ti | a1111 | diffusers); `.safetensors` or a torch suffix picks the container."""
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise EmbeddingFileError(f"unknown format '{fmt}'; choose one of {FORMATS}")
+    safetensors = path.suffix == ".safetensors"
+    vectors = {k: v.detach().float().cpu().contiguous() for k, v in embeddings.vectors.items()}
+    if fmt == "ti":
+        missing = sorted(set(vectors) - set(embeddings.tokens))
+        if missing:
+            raise EmbeddingFileError(f"TI files need a token id for every placeholder; missing for {missing}")
+        tokens = {k: torch.tensor(embeddings.tokens[k], dtype=torch.int64) for k in vectors}
+        if safetensors:
+            flat = {f"string_to_token.{k}": t for k, t in tokens.items()}
+            flat.update({f"string_to_param.{k}": v for k, v in vectors.items()})
+            _save_safetensors(flat, path)
+        else:
+            params = nn.ParameterDict({k: nn.Parameter(v) for k, v in vectors.items()})
+            torch.save({"string_to_token": tokens, "string_to_param": params}, path)
+    elif fmt == "a1111":
+        if len(vectors) != 1:
+            raise EmbeddingFileError(f"A1111 files hold one embedding; got {sorted(vectors)}. Convert them one by one.")
+        (key, vector), name = next(iter(vectors.items())), embeddings.name or path.stem
+        if safetensors:
+            _save_safetensors({"emb_params": vector}, path)
+        else:
+            data = {"string_to_token": {"*": int(embeddings.tokens.get(key, 265))}, "string_to_param": {"*": vector},
+                    "name": name, "step": 0, "sd_checkpoint": None, "sd_checkpoint_name": None}  # fmt: skip
+            torch.save(data, path)
+    elif safetensors:
+        _save_safetensors(vectors, path)
+    else:
+        torch.save(vectors, path)
+    return path
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+
+
+def single_token_id(tokenizer: Any, word: str) -> int:
+    """The id of `word` if the tokenizer maps it to exactly one token; an error showing the pieces otherwise."""
+    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise EmbeddingFileError(
+            f"'{word}' is not a single token: it tokenises to {len(ids)} tokens {pieces}. Choose a placeholder that "
+            "is one token (e.g. '*', '@', or a short rare word), or rename it with --rename/--placeholder."
+        )
+    return int(ids[0])
+
+
+def tokenizer_for_dim(dim: int) -> Any:
+    """The tokenizer of the family a vector size belongs to (bundled files; nothing is downloaded)."""
+    from ldm.modules.encoders import modules as enc
+
+    if dim == 1280:
+        from transformers import BertTokenizerFast
+
+        return BertTokenizerFast(str(enc.BERT_VOCAB_FILE))
+    if dim in (768, 1024):  # SD v2's OpenCLIP uses the same BPE vocabulary as CLIP
+        from transformers import CLIPTokenizer
+
+        return CLIPTokenizer(str(enc.CLIP_VOCAB_FILE), str(enc.CLIP_MERGES_FILE))
+    raise EmbeddingFileError(f"vector size {dim} fits {family_of(dim)}; no tokenizer for it")
+
+
+def with_token_ids(embeddings: Embeddings, tokenizer: Any | None = None) -> Embeddings:
+    """Fill in missing token ids from the family's tokenizer (each placeholder must be a single token)."""
+    missing = [k for k in embeddings.vectors if k not in embeddings.tokens]
+    if not missing:
+        return embeddings
+    tokenizer = tokenizer or tokenizer_for_dim(embeddings.dim)
+    tokens = dict(embeddings.tokens)
+    tokens.update({k: single_token_id(tokenizer, k) for k in missing})
+    return Embeddings(dict(embeddings.vectors), tokens, embeddings.source_format, embeddings.name)
+
+
+def renamed(embeddings: Embeddings, mapping: dict[str, str]) -> Embeddings:
+    """Rename placeholders (their token ids are dropped, to be looked up again for the new strings)."""
+    vectors = {mapping.get(k, k): v for k, v in embeddings.vectors.items()}
+    tokens = {k: t for k, t in embeddings.tokens.items() if k not in mapping}
+    return Embeddings(vectors, tokens, embeddings.source_format, embeddings.name)
+
+
+def load_into_manager(manager: Any, path: str | os.PathLike, placeholder: str | None = None, tokenizer: Any = None):
+    """Put the vectors of any supported file into an `EmbeddingManager` (added to, or replacing, its placeholders).
+
+    `placeholder` renames a single-embedding file (A1111 and diffusers files name the concept differently);
+    token ids are looked up with `tokenizer` (the model's), so a string that is not one token is an error.
+    """
+    embeddings = read_embeddings(path)
+    check_dim(embeddings, manager.token_dim, path)
+    if placeholder is not None:
+        if len(embeddings.vectors) != 1:
+            raise EmbeddingFileError(f"'{path}' holds {sorted(embeddings.vectors)}; a placeholder renames one only")
+        embeddings = renamed(embeddings, {next(iter(embeddings.vectors)): placeholder})
+    embeddings = with_token_ids(embeddings, tokenizer)
+    device = next(iter(manager.string_to_param_dict.values())).device if len(manager.string_to_param_dict) else None
+    for key, vector in embeddings.vectors.items():
+        manager.string_to_token_dict[key] = torch.tensor(embeddings.tokens[key], dtype=torch.int64)
+        manager.string_to_param_dict[key] = nn.Parameter(vector.to(device) if device is not None else vector)
+    manager.max_vectors_per_token = max(v.shape[0] for v in manager.string_to_param_dict.values())
+    logger.info("Loaded %s embeddings %s from %s", embeddings.source_format, sorted(embeddings.vectors), path)
+    return embeddings
+
+
+def manager_embeddings(manager: Any) -> Embeddings:
+    """The placeholders of an `EmbeddingManager` as `Embeddings` (for export)."""
+    return Embeddings(
+        {k: v.detach().float().cpu() for k, v in manager.string_to_param_dict.items()},
+        {k: int(t) for k, t in manager.string_to_token_dict.items()},
+        "ti",
+    )

@@ -1,0 +1,94 @@
+"""Merge several embeddings files into one (textual inversion: several concepts in one prompt).
+
+    python scripts/merge_embeddings.py --manager_ckpts cat/embeddings.pt dog/embeddings.pt \
+        --output_path merged.pt -sd --rename '*=@'
+
+Inputs may be in any supported format (TI, A1111, diffusers). A placeholder used by two files is a clash: each
+`--rename OLD=NEW` renames the next clashing OLD (in file order) to NEW; a clash without a rename is an error.
+Never prompts. `-sd` means the files are for Stable Diffusion (CLIP tokens); without it, LDM (BERT tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from ldm.modules.embedding_interop import (  # noqa: E402
+    EmbeddingFileError,
+    Embeddings,
+    check_dim,
+    read_embeddings,
+    single_token_id,
+    tokenizer_for_dim,
+    write_embeddings,
+)
+
+logger = logging.getLogger(__name__)
+SD_DIM, LDM_DIM = 768, 1280
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--manager_ckpts", nargs="+", required=True, help="embeddings files to merge")
+    p.add_argument("--output_path", required=True, help="merged file (.pt, or .safetensors)")
+    p.add_argument("-sd", "--stable_diffusion", action="store_true", help="SD v1 embeddings (else LDM)")
+    p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW", help="resolve a placeholder clash")
+    return p
+
+
+def parse_renames(values: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for value in values:
+        old, sep, new = value.partition("=")
+        if not sep or not old or not new:
+            raise EmbeddingFileError(f"--rename '{value}' must look like OLD=NEW (e.g. --rename '*=@')")
+        pairs.append((old, new))
+    return pairs
+
+
+def merge(paths: list[str], renames: list[tuple[str, str]], expected_dim: int) -> Embeddings:
+    tokenizer = tokenizer_for_dim(expected_dim)
+    pending = list(renames)
+    merged = Embeddings({}, {}, "ti")
+    for path in paths:
+        embeddings = read_embeddings(path)
+        check_dim(embeddings, expected_dim, path)
+        for key, vector in embeddings.vectors.items():
+            token = embeddings.tokens.get(key)
+            if key in merged.vectors:
+                match = next((pair for pair in pending if pair[0] == key), None)
+                if match is None:
+                    raise EmbeddingFileError(
+                        f"Placeholder '{key}' of '{path}' is already used by an earlier file. "
+                        f"Rename it with --rename '{key}=<new single-token string>'."
+                    )
+                pending.remove(match)
+                key, token = match[1], None
+                if key in merged.vectors:
+                    raise EmbeddingFileError(f"--rename target '{key}' is itself already used; choose another string")
+            merged.vectors[key] = vector
+            merged.tokens[key] = token if token is not None else single_token_id(tokenizer, key)
+    if pending:
+        logger.warning("Unused --rename values (no clash on them): %s", [f"{o}={n}" for o, n in pending])
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    opt = get_parser().parse_args(argv)
+    try:
+        merged = merge(opt.manager_ckpts, parse_renames(opt.rename), SD_DIM if opt.stable_diffusion else LDM_DIM)
+        write_embeddings(merged, opt.output_path, "ti")
+    except EmbeddingFileError as err:
+        logger.error("%s", err)
+        return 2
+    logger.info("Merged %s into %s", sorted(merged.vectors), opt.output_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
