@@ -9,6 +9,7 @@ import importlib
 import logging
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -103,6 +104,13 @@ def _config_location(config: Any) -> str:
     return ""
 
 
+def describe_unpickling_error(err: BaseException) -> str:
+    """The informative part of torch's weights_only refusal (which class was refused), without terminal codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    match = re.search(r"Unsupported global: GLOBAL [\w.]+|Unsupported operand[^\n.]*", text)
+    return match.group(0) if match else text.splitlines()[0]
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a tensor file safely: `.ckpt/.pt/.pth/.bin` with `weights_only=True`, or `.safetensors`.
 
@@ -129,7 +137,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"Refused to load '{path}': it contains objects other than tensors, which could run code when "
-            f"unpickled ({str(err).splitlines()[0]}). Convert it to .safetensors from a trusted environment."
+            f"unpickled ({describe_unpickling_error(err)}). Convert it to .safetensors from a trusted environment."
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise CheckpointError(f"Checkpoint '{path}' is truncated or corrupt ({err}). Download it again.") from err

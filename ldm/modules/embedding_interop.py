@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ldm.util import describe_unpickling_error
+
 logger = logging.getLogger(__name__)
 
 FAMILIES: dict[int, str] = {
@@ -97,7 +99,7 @@ def _torch_load(path: Path) -> Any:
     except pickle.UnpicklingError as err:
         raise EmbeddingFileError(
             f"Refused to load '{path}': it pickles objects other than tensors and an nn.ParameterDict "
-            f"({str(err).splitlines()[0]}). Convert it in a trusted environment."
+            f"({describe_unpickling_error(err)}). Convert it in a trusted environment."
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise EmbeddingFileError(f"Embeddings file '{path}' is truncated or corrupt ({err}).") from err

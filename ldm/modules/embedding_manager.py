@@ -176,66 +176,35 @@ class EmbeddingManager(nn.Module):
         """Write the placeholder tokens and vectors (``.pt`` in the original format, or ``.safetensors``)."""
         path = Path(path)
         if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
+            from ldm.modules.embedding_interop import manager_embeddings, write_embeddings
 
-            flat = {f"string_to_token.{k}": v.reshape(()).to(torch.int64) for k, v in self.string_to_token_dict.items()}
-            flat.update(
-                {f"string_to_param.{k}": v.detach().cpu().contiguous() for k, v in self.string_to_param_dict.items()}
-            )
-            save_file(flat, str(path))
+            write_embeddings(manager_embeddings(self), path, fmt="ti")
             return
         torch.save({"string_to_token": self.string_to_token_dict, "string_to_param": self.string_to_param_dict}, path)
 
     def load(self, path: str | os.PathLike) -> None:
         """Replace the placeholders and vectors with those of an embeddings file (``initial_embeddings`` is kept).
 
-        ``.pt`` files are read with ``torch.load(weights_only=True)``; the original files pickle an
-        ``nn.ParameterDict``, which is the one extra class allowed. A plain dict of tensors is accepted too.
+        Any format of ``ldm.modules.embedding_interop`` is accepted (ours/the original's, A1111, diffusers); ``.pt``
+        files are read with ``torch.load(weights_only=True)`` and only ``nn.ParameterDict`` is allowed beyond
+        tensors. A vector size that does not fit this text encoder is refused with the family it fits named.
         """
+        from ldm.modules.embedding_interop import check_dim, read_embeddings, with_token_ids
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
                 f"Embeddings file '{path}' does not exist (embedding_manager_ckpt / --embedding_path)"
             )
-        tokens, params = _read_embeddings(path)
-        bad = {k: tuple(v.shape) for k, v in params.items() if v.ndim != 2 or v.shape[1] != self.token_dim}
-        if bad:
-            raise ValueError(
-                f"Embeddings file '{path}' holds vectors of shape {bad}, but this text encoder uses dimension "
-                f"{self.token_dim}: was it trained for another model (SD v1: 768, LDM text2img-large: 1280)?"
-            )
-        missing = set(params) ^ set(tokens)
-        if missing:
-            raise ValueError(f"Embeddings file '{path}': placeholders {sorted(missing)} lack a token or a vector")
+        embeddings = read_embeddings(path)
+        check_dim(embeddings, self.token_dim, path)
+        embeddings = with_token_ids(embeddings)
         device = self._device()
-        self.string_to_token_dict = {k: torch.as_tensor(v).reshape(()).to(torch.int64) for k, v in tokens.items()}
+        self.string_to_token_dict = {
+            k: torch.tensor(t, dtype=torch.int64) for k, t in embeddings.tokens.items() if k in embeddings.vectors
+        }
         self.string_to_param_dict = nn.ParameterDict(
-            {k: nn.Parameter(v.detach().float().to(device)) for k, v in params.items()}
+            {k: nn.Parameter(v.float().to(device)) for k, v in embeddings.vectors.items()}
         )
-        self.max_vectors_per_token = max((v.shape[0] for v in params.values()), default=1)
-        logger.info("Loaded embeddings for %s from %s", sorted(params), path)
-
-
-def _read_embeddings(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Read ``(string_to_token, string_to_param)`` from a ``.pt``/``.bin`` or ``.safetensors`` embeddings file."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        flat = load_file(str(path))
-        tokens = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("string_to_token.")}
-        params = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("string_to_param.")}
-        return tokens, params
-    try:
-        with torch.serialization.safe_globals([nn.ParameterDict]):
-            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle.UnpicklingError or a corrupt zip
-        raise ValueError(
-            f"Cannot read embeddings file '{path}' safely: {str(err).splitlines()[0]}. Only files holding tensors "
-            "and an nn.ParameterDict (the original format) are accepted."
-        ) from err
-    if not isinstance(ckpt, dict) or not {"string_to_token", "string_to_param"} <= set(ckpt):
-        raise ValueError(f"Embeddings file '{path}' lacks the keys 'string_to_token' and 'string_to_param'")
-    params = ckpt["string_to_param"]
-    if isinstance(params, nn.ParameterDict):
-        params = dict(params._parameters)  # works for ParameterDicts pickled by any torch version
-    return dict(ckpt["string_to_token"]), dict(params)
+        self.max_vectors_per_token = max((v.shape[0] for v in embeddings.vectors.values()), default=1)
+        logger.info("Loaded embeddings for %s from %s", sorted(embeddings.vectors), path)
