@@ -311,6 +311,21 @@ def scale_learning_rate(model: Any, config: DictConfig, options: dict[str, Any],
     )  # fmt: skip
 
 
+def install_checkpoint_signal(trainer: Any, ckptdir: Path) -> None:
+    """SIGUSR1 saves `checkpoints/last.ckpt` (and the embeddings, through the model's checkpoint hook), as before."""
+    import signal
+
+    if not hasattr(signal, "SIGUSR1"):
+        return
+
+    def save_last(*_: Any) -> None:
+        if trainer.global_rank == 0:
+            logger.info("SIGUSR1: saving %s", ckptdir / "last.ckpt")
+            trainer.save_checkpoint(str(ckptdir / "last.ckpt"))
+
+    signal.signal(signal.SIGUSR1, save_last)
+
+
 @dataclass
 class RunResult:
     """What `run` built: the trainer, the model and the run folder."""
@@ -352,6 +367,7 @@ def run(argv: list[str] | None = None) -> RunResult:
         **options, logger=make_logger(opt.logger, logdir), callbacks=callbacks, default_root_dir=str(logdir)
     )
     logger.info("Run %s in %s", run_name, logdir)
+    install_checkpoint_signal(trainer, ckptdir)
     if opt.train:
         trainer.fit(model, data, ckpt_path=resume_ckpt)
     has_test = "test" in getattr(data, "dataset_configs", {})
