@@ -60,7 +60,9 @@ def main() -> None:
             results[name] = (seconds, mem["peak"] / 2**20)
         (te, me), (ts, ms) = results["explicit"], results["sdpa"]
         diff = float((outputs["sdpa"] - outputs["explicit"]).abs().max())
-        print(f"{bs:5d} | {te:10.2f} | {ts:6.2f} | {ts / te:10.2f} | {me:12.0f} | {ms:8.0f} | {ms / max(me, 1e-9):12.2f}")
+        print(
+            f"{bs:5d} | {te:10.2f} | {ts:6.2f} | {ts / te:10.2f} | {me:12.0f} | {ms:8.0f} | {ms / max(me, 1e-9):12.2f}"
+        )
         print(f"      max |sdpa - explicit| = {diff:.2e}")
 
 

@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Text-to-image with Stable Diffusion v1 (CLIP), optional textual-inversion embeddings and Attend-and-Excite.
+
+    python scripts/stable_txt2img.py --ckpt <sd-v1.ckpt> --prompt "a cat and a frog" --ae_tokens 2,5
+
+Outputs (as the original): <outdir>/samples/{00000}.png, grids <outdir>/<prompt-with-dashes>-{0000}.png, plus
+<outdir>/settings.json and, with --save_attention, <outdir>/attention/{00000}.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from ldm import inference  # noqa: E402
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompt", type=str, nargs="?", default="a painting of a virus monster playing guitar")
+    p.add_argument("--outdir", type=str, nargs="?", default="outputs/txt2img-samples")
+    p.add_argument("--skip_grid", action="store_true", help="do not save a grid, only individual samples")
+    p.add_argument("--skip_save", action="store_true", help="do not save individual samples")
+    p.add_argument("--ddim_steps", type=int, default=50, help="number of sampling steps")
+    p.add_argument("--plms", action="store_true", help="use PLMS sampling")
+    p.add_argument("--ddpm", action="store_true", help="use DDPM ancestral sampling (--ddim_steps steps)")
+    p.add_argument("--laion400m", action="store_true", help="use the LAION400M (LDM text2img-large) model")
+    p.add_argument("--fixed_code", action="store_true", help="use the same starting code for all batches")
+    p.add_argument("--ddim_eta", type=float, default=0.0, help="eta 0.0 is deterministic DDIM")
+    p.add_argument("--n_iter", type=int, default=2, help="sample this often")
+    p.add_argument("--H", type=int, default=512, help="image height, in pixel space")
+    p.add_argument("--W", type=int, default=512, help="image width, in pixel space")
+    p.add_argument("--C", type=int, default=4, help="latent channels")
+    p.add_argument("--f", type=int, default=8, help="downsampling factor")
+    p.add_argument("--n_samples", type=int, default=3, help="how many samples per prompt (batch size)")
+    p.add_argument("--n_rows", type=int, default=0, help="rows in the grid (default: n_samples)")
+    p.add_argument("--scale", type=float, default=7.5, help="unconditional guidance scale")
+    p.add_argument("--from-file", type=str, help="a file of prompts, one per line (batches of --n_samples)")
+    p.add_argument("--config", type=str, default="configs/stable-diffusion/v1-inference.yaml")
+    p.add_argument("--ckpt", "--ckpt_path", dest="ckpt", type=str, default="models/ldm/stable-diffusion-v1/model.ckpt")
+    p.add_argument("--seed", type=int, default=42, help="seed of the starting noise")
+    p.add_argument("--precision", type=str, choices=["full", "autocast"], default="autocast")
+    p.add_argument("--embedding_path", type=str, default=None, help="textual-inversion embeddings (.pt/.safetensors)")
+    p.add_argument("--device", type=str, default=None, help="torch device (default: cuda if available)")
+    inference.add_attend_excite_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    opt = get_parser().parse_args(argv)
+    if opt.laion400m:
+        logging.info("Falling back to the LAION 400M model (LDM text2img-large)")
+        opt.config = "configs/latent-diffusion/txt2img-1p4B-eval.yaml"
+        opt.ckpt = "models/ldm/text2img-large/model.ckpt"
+        opt.outdir = "outputs/txt2img-samples-laion400m"
+    batches = inference.read_prompts(opt.prompt, opt.from_file, opt.n_samples)
+    device = inference.pick_device(opt.device)
+    model = inference.load_model(opt.config, opt.ckpt, opt.embedding_path, device)
+    options = inference.SamplingOptions(
+        outdir=opt.outdir, sampler="plms" if opt.plms else "ddpm" if opt.ddpm else "ddim", steps=opt.ddim_steps,
+        eta=opt.ddim_eta, scale=opt.scale, n_iter=opt.n_iter, H=opt.H, W=opt.W, C=opt.C, f=opt.f, seed=opt.seed,
+        fixed_code=opt.fixed_code, skip_grid=opt.skip_grid, skip_save=opt.skip_save, n_rows=opt.n_rows,
+        precision=opt.precision, layout="sd", ae_tokens=opt.ae_tokens, save_attention=opt.save_attention,
+        extra_settings=vars(opt),
+    )  # fmt: skip
+    inference.run_txt2img(model, batches, options, inference.attend_excite_config(opt))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""Text-to-image with the LDM text2img model (BERT), optional textual-inversion embeddings and Attend-and-Excite.
+
+    python scripts/txt2img.py --ckpt_path <model.ckpt> --embedding_path <embeddings.pt> \\
+        --prompt "a photo of * and a dog" --ae_tokens "*,dog"
+
+Outputs (as the original): <outdir>/samples/{0000}.png, the grid <outdir>/<prompt-with-dashes>.png, plus
+<outdir>/settings.json and, with --save_attention, <outdir>/attention/{00000}.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from ldm import inference  # noqa: E402
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompt", type=str, nargs="?", default="a painting of a virus monster playing guitar")
+    p.add_argument("--from-file", type=str, help="a file of prompts, one per line (batches of --n_samples)")
+    p.add_argument("--outdir", type=str, nargs="?", default="outputs/txt2img-samples")
+    p.add_argument("--ddim_steps", type=int, default=200, help="number of sampling steps")
+    p.add_argument("--plms", action="store_true", help="use PLMS sampling")
+    p.add_argument("--ddpm", action="store_true", help="use DDPM ancestral sampling (--ddim_steps steps)")
+    p.add_argument("--ddim_eta", type=float, default=0.0, help="eta 0.0 is deterministic DDIM")
+    p.add_argument("--n_iter", type=int, default=1, help="sample this often")
+    p.add_argument("--H", type=int, default=256, help="image height, in pixel space")
+    p.add_argument("--W", type=int, default=256, help="image width, in pixel space")
+    p.add_argument("--n_samples", type=int, default=4, help="how many samples per prompt (batch size)")
+    p.add_argument("--scale", type=float, default=5.0, help="unconditional guidance scale")
+    p.add_argument("--config", type=str, default="configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml")
+    p.add_argument("--ckpt_path", "--ckpt", dest="ckpt_path", type=str,
+                   default="/data/pretrained_models/ldm/text2img-large/model.ckpt")  # fmt: skip
+    p.add_argument("--embedding_path", type=str, default=None, help="textual-inversion embeddings (.pt/.safetensors)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the starting noise")
+    p.add_argument("--device", type=str, default=None, help="torch device (default: cuda if available)")
+    inference.add_attend_excite_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    opt = get_parser().parse_args(argv)
+    batches = inference.read_prompts(opt.prompt, opt.from_file, opt.n_samples)
+    device = inference.pick_device(opt.device)
+    model = inference.load_model(opt.config, opt.ckpt_path, opt.embedding_path, device)
+    options = inference.SamplingOptions(
+        outdir=opt.outdir, sampler="plms" if opt.plms else "ddpm" if opt.ddpm else "ddim", steps=opt.ddim_steps,
+        eta=opt.ddim_eta, scale=opt.scale, n_iter=opt.n_iter, H=opt.H, W=opt.W, seed=opt.seed, layout="ldm",
+        f=inference.first_stage_factor(opt.config),
+        n_rows=opt.n_samples, ae_tokens=opt.ae_tokens, save_attention=opt.save_attention, extra_settings=vars(opt),
+    )  # fmt: skip
+    inference.run_txt2img(model, batches, options, inference.attend_excite_config(opt))
+
+
+if __name__ == "__main__":
+    main()

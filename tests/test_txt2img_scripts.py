@@ -1,0 +1,72 @@
+"""The two sampling scripts end to end on the goldens' tiny models, and the attention images."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import GOLDEN_WEIGHTS, REPO, require_fixture
+from PIL import Image
+
+from ldm.models.diffusion.guidance.visualize import render_attention
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = ["--H", "64", "--W", "64", "--ddim_steps", "2", "--n_samples", "1", "--ae_max_refinement_steps", "1"]
+
+
+def test_stable_txt2img_with_ae_and_attention_images(tmp_path):
+    require_fixture(GOLDEN_WEIGHTS["sd"])
+    out = tmp_path / "sd"
+    load_script("stable_txt2img").main([
+        "--config", str(REPO / "configs/tests/golden_tiny_sd.yaml"), "--ckpt", str(GOLDEN_WEIGHTS["sd"]),
+        "--prompt", "a cat and a frog", "--ae_tokens", "cat,5", "--f", "2", "--n_iter", "1", "--precision", "full",
+        "--outdir", str(out), "--save_attention", "--plms", *TINY,
+    ])  # fmt: skip
+    assert (out / "samples" / "00000.png").is_file() and (out / "a-cat-and-a-frog-0000.png").is_file()
+    sheet = Image.open(out / "attention" / "00000.png")
+    assert sheet.size == (3 * 64, 64 + 20)
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["prompts"]["a cat and a frog"]["excited"] == [[2], [5]]
+    # 2 steps: 0 -> 0, 10 -> round(0.4) = 0 (the higher threshold wins), 20 -> round(0.8) = 1
+    assert settings["attend_and_excite"]["thresholds"] == {"0": 0.5, "1": 0.8}
+    assert settings["options"]["sampler"] == "plms"
+
+
+def test_ldm_txt2img_with_ae(tmp_path):
+    require_fixture(GOLDEN_WEIGHTS["ldm"])
+    out = tmp_path / "ldm"
+    load_script("txt2img").main([
+        "--config", str(REPO / "configs/tests/golden_tiny_ldm.yaml"), "--ckpt_path", str(GOLDEN_WEIGHTS["ldm"]),
+        "--prompt", "a cat and a frog", "--ae_tokens", "frog", "--outdir", str(out), "--seed", "3", *TINY,
+    ])  # fmt: skip
+    assert (out / "samples" / "0000.png").is_file() and (out / "a-cat-and-a-frog.png").is_file()
+    with pytest.raises(ValueError, match="'dog'.*Token table"):
+        load_script("txt2img").main([
+            "--config", str(REPO / "configs/tests/golden_tiny_ldm.yaml"), "--ckpt_path", str(GOLDEN_WEIGHTS["ldm"]),
+            "--prompt", "a cat and a frog", "--ae_tokens", "dog", "--outdir", str(out), *TINY,
+        ])  # fmt: skip
+
+
+@pytest.mark.parametrize("hot", [(1, 1), (6, 5)])
+def test_attention_image_hot_region_follows_the_map(hot):
+    image = Image.new("RGB", (64, 64), (128, 128, 128))
+    maps = torch.zeros(2, 8, 8)
+    maps[0, hot[0], hot[1]] = 1.0  # token 0: hot at `hot`; token 1: hot in the opposite corner
+    maps[1, 7 - hot[0], 7 - hot[1]] = 1.0
+    sheet = np.asarray(render_attention(image, maps, ["cat", "frog"]), dtype=np.float32)
+    for k, (r, c) in enumerate([hot, (7 - hot[0], 7 - hot[1])]):
+        tile = sheet[:64, 64 * (k + 1) : 64 * (k + 2)]
+        red = tile[..., 0] - tile[..., 2]  # jet: red where the map is high, blue where low
+        y, x = np.unravel_index(red.argmax(), red.shape)
+        assert abs(y // 8 - r) <= 1 and abs(x // 8 - c) <= 1
+    assert sheet[64:].min() < 128  # the label band has text in it
