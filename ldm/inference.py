@@ -1,17 +1,21 @@
-"""The text-to-image routine behind ``scripts/txt2img.py`` (LDM) and ``scripts/stable_txt2img.py`` (SD v1).
+"""Model loading and sampling shared by ``scripts/txt2img.py`` (LDM), ``scripts/stable_txt2img.py`` (SD v1) and the
+evaluation scripts (``ldm/evaluation/generate.py``).
 
-Builds the conditioning (placeholders go through the embedding manager), picks DDIM / PLMS / DDPM, plugs in
-Attend-and-Excite when ``--ae_tokens`` is given, decodes, and saves the samples, the grids, optional attention
-images and a ``settings.json`` of everything used. The scripts only parse flags.
+- :func:`load_model`: the one loader (strict; files checked first, errors name the flag).
+- :func:`sample_prompts`: the one prompts -> images routine: conditioning (placeholders go through the embedding
+  manager) and the empty-prompt ``uc`` for classifier-free guidance, Attend-and-Excite when tokens are given, the
+  sampler (DDIM / PLMS / DDPM), decoding to ``[0, 1]``.
+- :func:`run_txt2img`: the txt2img scripts' run: batches, ``n_iter``, and the samples, grids, optional attention
+  images and a ``settings.json`` of everything used. The scripts only parse flags.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ldm.ae_flags import AE_FIELDS, DEFAULT_AE_CONFIG, add_attend_excite_args, attend_excite_config
 from ldm.models.diffusion.guidance.attend_and_excite import (
     AttendAndExcite,
     AttendExciteConfig,
@@ -40,84 +45,46 @@ from ldm.models.diffusion.schedule import make_ddim_timesteps
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_AE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "guidance" / "attend_and_excite.yaml"
-AE_FIELDS = [f.name for f in dataclasses.fields(AttendExciteConfig) if f.name != "token_indices"]
-
-
-# --- A&E flags ---------------------------------------------------------------------------------------------------
-def _pairs(text: str) -> dict[int, float]:
-    try:
-        return {int(k): float(v) for k, v in (item.split(":") for item in text.split(",") if item.strip())}
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected 'step:threshold,...' like '0:0.05,10:0.5', got {text!r}") from err
-
-
-def _range(text: str) -> tuple[float, float]:
-    parts = [float(p) for p in text.split(",")]
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"expected 'start,end' like '1.0,0.5', got {text!r}")
-    return parts[0], parts[1]
-
-
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("none", "null", "") else int(text)
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def add_attend_excite_args(parser: argparse.ArgumentParser) -> None:
-    """``--ae_tokens``, ``--ae_config`` and one ``--ae_<field>`` flag per ``AttendExciteConfig`` field."""
-    g = parser.add_argument_group("Attend-and-Excite (flags override --ae_config)")
-    tokens_help = "tokens to excite: words and/or 1-based positions ('*,dog', '2,5'); empty = plain sampling"
-    g.add_argument("--ae_tokens", type=str, default="", help=tokens_help)
-    config_help = "YAML with the A&E fields (configs/guidance/seed_fork.yaml: the earlier fork's preset)"
-    g.add_argument("--ae_config", type=str, default=str(DEFAULT_AE_CONFIG), help=config_help)
-    g.add_argument("--save_attention", action="store_true", help="save each excited token's map over the image")
-    kinds: dict[str, Any] = {
-        "attention_res": int, "max_iter_to_alter": int, "thresholds": _pairs, "scale_factor": float,
-        "scale_range": _range, "smooth_attentions": _bool, "sigma": float, "kernel_size": int,
-        "softmax_scale": float, "softmax_end": str, "max_refinement_steps": int, "loss_reduction": str,
-        "schedule_steps": _optional_int,
-    }  # fmt: skip
-    for name in AE_FIELDS:
-        g.add_argument(f"--ae_{name}", type=kinds[name], default=None, help=f"AttendExciteConfig.{name}")
-
-
-def attend_excite_config(args: argparse.Namespace) -> AttendExciteConfig:
-    """The YAML of ``--ae_config`` with the ``--ae_<field>`` flags that were given on top."""
-    path = Path(args.ae_config)
-    if not path.is_file():
-        raise FileNotFoundError(f"--ae_config {path}: no such file (see configs/guidance/)")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    values = dict(raw.get("attend_and_excite", raw))
-    unknown = set(values) - {f.name for f in dataclasses.fields(AttendExciteConfig)}
-    if unknown:
-        raise ValueError(f"--ae_config {path}: unknown fields {sorted(unknown)}; allowed: {AE_FIELDS}")
-    for name in AE_FIELDS:
-        if getattr(args, f"ae_{name}", None) is not None:
-            values[name] = getattr(args, f"ae_{name}")
-    values.pop("token_indices", None)
-    return AttendExciteConfig(**values)
+__all__ = [  # the A&E flags live in ldm.ae_flags; the scripts reach them through this module
+    "AE_FIELDS", "DEFAULT_AE_CONFIG", "add_attend_excite_args", "attend_excite_config",
+    "load_model", "make_sampler", "steps_run", "schedule_for_run", "sampling_scope", "SampledBatch",
+    "sample_prompts", "resolve_batch_tokens", "SamplingOptions", "run_txt2img", "read_prompts", "pick_device",
+    "first_stage_factor", "make_grid", "to_pil",
+]  # fmt: skip
 
 
 # --- model and sampler -------------------------------------------------------------------------------------------
-def load_model(config_path: str, ckpt: str, embedding_path: str | None, device: torch.device) -> torch.nn.Module:
+def load_model(
+    config_path: str | Path,
+    ckpt: str | Path | None,
+    embedding_path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    ckpt_flag: str = "--ckpt",
+) -> torch.nn.Module:
+    """Build ``config.model``, load ``ckpt`` strictly and (if given) the textual-inversion embeddings; eval mode.
+
+    The files are checked first; a missing one is an error naming its flag (``ckpt_flag`` is the script's name for
+    the checkpoint flag). The released checkpoints' extra keys are dropped by name in ``load_model_from_config``.
+    """
     from ldm.util import load_model_from_config
 
-    for flag, p in (("--config", config_path), ("--ckpt", ckpt), ("--embedding_path", embedding_path)):
-        if p and not Path(p).is_file():
+    for flag, p, required in (("--config", config_path, True), (ckpt_flag, ckpt, True),
+                              ("--embedding_path", embedding_path, False)):  # fmt: skip
+        if not p:
+            if required:
+                raise FileNotFoundError(f"{flag} is required")
+        elif not Path(p).expanduser().is_file():
             raise FileNotFoundError(f"{flag} {p}: no such file")
-    model = load_model_from_config(OmegaConf.load(config_path), ckpt, strict=False)
+    config = OmegaConf.load(Path(config_path).expanduser())
+    model_config = config.model if "model" in config else config
+    if embedding_path and OmegaConf.select(model_config, "params.personalization_config") is None:
+        raise ValueError(
+            f"--embedding_path given, but --config {config_path} builds no embedding manager; use a config with "
+            "personalization_config (e.g. configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml)"
+        )
+    model = load_model_from_config(config, str(Path(ckpt).expanduser()), strict=True)
     if embedding_path:
-        if getattr(model, "embedding_manager", None) is None:
-            raise ValueError(f"--embedding_path given but {config_path} has no personalization_config")
-        model.embedding_manager.load(embedding_path)
+        model.embedding_manager.load(str(Path(embedding_path).expanduser()))
     return model.to(device).eval()
 
 
@@ -137,6 +104,33 @@ def steps_run(sampler_name: str, steps: int, num_timesteps: int) -> int:
     if sampler_name == "ddpm":
         return steps
     return len(make_ddim_timesteps("uniform", steps, num_timesteps))
+
+
+def schedule_for_run(
+    ae_config: AttendExciteConfig, sampler_name: str, steps: int, num_timesteps: int, log: bool = True
+) -> tuple[AttendExciteConfig, int]:
+    """The A&E config with its schedule scaled to the steps the sampler really runs, and that step count."""
+    n_run = steps_run(sampler_name, steps, num_timesteps)
+    used = scale_schedule(ae_config, n_run)
+    if log:
+        logger.info(
+            "A&E over %d steps: thresholds %s, updates at steps < %d, up to %d refinement iterations, %s loss",
+            n_run, used.thresholds, used.max_iter_to_alter, used.max_refinement_steps, used.loss_reduction,
+        )  # fmt: skip
+    return used, n_run
+
+
+@contextlib.contextmanager
+def sampling_scope(model: torch.nn.Module, precision: str = "full") -> Iterator[None]:
+    """No gradients (A&E enables them itself), autocast on CUDA when ``precision="autocast"``, the EMA weights."""
+    device = next(model.parameters()).device
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.no_grad())
+        if precision == "autocast" and device.type == "cuda":
+            stack.enter_context(torch.autocast(device.type))
+        if hasattr(model, "ema_scope"):
+            stack.enter_context(model.ema_scope())
+        yield
 
 
 @dataclass
@@ -193,8 +187,16 @@ def _prompt_tokens(model: torch.nn.Module, prompt: str) -> tuple[list[int], dict
     return ids[0].tolist(), placeholders
 
 
-def resolve_batch_tokens(model: torch.nn.Module, prompts: list[str], spec: str) -> tuple[list, list[int], dict]:
-    """Per-sample token groups and end-of-text positions, and a per-prompt report (logged and saved)."""
+def resolve_batch_tokens(
+    model: torch.nn.Module, prompts: Sequence[str], spec: str
+) -> tuple[list[tuple[tuple[int, ...], ...]], list[int], dict[str, dict]]:
+    """The positions ``spec`` (``"cat,dog"``, ``"*,2"``: words and/or 1-based positions) excites in each prompt.
+
+    Positions are those the UNet attends to (after any multi-vector placeholder splice); a word split into several
+    sub-tokens, or a multi-vector placeholder, is one group of positions (rules in ``guidance/tokens.py``).
+    Returns per sample the position groups and the end-of-text position, and a per-prompt report (logged, saved).
+    Raises ``ValueError`` showing the token table for a word not in a prompt.
+    """
     tokenizer = model.cond_stage_model.tokenizer
     groups, eots, report = [], [], {}
     for prompt in prompts:
@@ -211,6 +213,57 @@ def resolve_batch_tokens(model: torch.nn.Module, prompts: list[str], spec: str) 
     return groups, eots, report
 
 
+@dataclass
+class SampledBatch:
+    """What :func:`sample_prompts` made for one batch of prompts."""
+
+    images: torch.Tensor  # [n, 3, H, W] in [0, 1], on the CPU
+    latents: torch.Tensor  # [n, C, h, w], the sampler's output
+    cond: torch.Tensor  # [n, 77, D], the prompts' conditioning
+    guidance: AttendAndExcite | None = None  # the A&E object that ran (its ``records``), None without A&E
+    token_groups: list | None = None  # per sample, the excited position groups
+    report: dict = field(default_factory=dict)  # prompt -> {"tokens": table, "excited": groups}
+
+
+def sample_prompts(
+    model: torch.nn.Module,
+    sampler: Any,
+    prompts: Sequence[str],
+    latent_shape: tuple[int, int, int],
+    steps: int,
+    scale: float,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    x_T: torch.Tensor | None = None,
+    ae_tokens: str = "",
+    ae_config: AttendExciteConfig | None = None,
+) -> SampledBatch:
+    """One image per prompt: conditioning, ``uc`` = the empty prompt for CFG (skipped at ``scale`` 1), A&E on the
+    ``ae_tokens`` words/positions (``ae_config`` with absolute steps, see :func:`schedule_for_run`), sampling from
+    ``x_T`` (or noise from ``generator``), decoding and clamping to [0, 1]. ``eta`` is ignored by DDPM.
+    """
+    from ldm.models.diffusion.ddpm_sampler import DDPMSampler
+
+    n = len(prompts)
+    guidance, groups, report = None, None, {}
+    with torch.no_grad():
+        uc = model.get_learned_conditioning(n * [""]) if scale != 1.0 else None  # [n, 77, D]
+        c = model.get_learned_conditioning(list(prompts))  # [n, 77, D]
+        if ae_tokens.strip():
+            if ae_config is None:
+                raise ValueError("A&E tokens given without an AttendExciteConfig")
+            groups, eots, report = resolve_batch_tokens(model, prompts, ae_tokens)
+            guidance = AttendAndExcite(model.model.diffusion_model, ae_config, token_indices=groups, eot_positions=eots)
+        kwargs: dict[str, Any] = {} if isinstance(sampler, DDPMSampler) else {"eta": eta}
+        samples, _ = sampler.sample(
+            steps, n, latent_shape, conditioning=c, x_T=x_T, verbose=False, generator=generator,
+            unconditional_guidance_scale=scale, unconditional_conditioning=uc, latent_guidance=guidance, **kwargs,
+        )  # fmt: skip
+        x = model.decode_first_stage(samples).float()  # [n, 3, H, W] in [-1, 1]
+    images = ((x + 1.0) / 2.0).clamp(0.0, 1.0).cpu()  # [n, 3, H, W] in [0, 1]
+    return SampledBatch(images, samples, c, guidance, groups, report)
+
+
 # --- the run -----------------------------------------------------------------------------------------------------
 def run_txt2img(
     model: torch.nn.Module, batches: list[list[str]], opts: SamplingOptions, ae_config: AttendExciteConfig
@@ -220,24 +273,17 @@ def run_txt2img(
     outdir = Path(opts.outdir)
     sample_dir = outdir / "samples"
     sample_dir.mkdir(parents=True, exist_ok=True)
-    sampler = make_sampler(model, opts.sampler)
-    n_run = steps_run(opts.sampler, opts.steps, model.num_timesteps)
-    ae_used = scale_schedule(ae_config, n_run)
     use_ae = bool(opts.ae_tokens.strip())
-    if use_ae:
-        logger.info(
-            "A&E over %d steps: thresholds %s, updates at steps < %d, up to %d refinement iterations, %s loss",
-            n_run, ae_used.thresholds, ae_used.max_iter_to_alter, ae_used.max_refinement_steps,
-            ae_used.loss_reduction,
-        )  # fmt: skip
+    if opts.save_attention and not use_ae:
+        raise ValueError("--save_attention needs --ae_tokens (the tokens whose maps to show)")
+    sampler = make_sampler(model, opts.sampler)
+    ae_used, n_run = schedule_for_run(ae_config, opts.sampler, opts.steps, model.num_timesteps, log=use_ae)
     generator = torch.Generator(device=device).manual_seed(opts.seed)
     latent_shape = (opts.C, opts.H // opts.f, opts.W // opts.f)
     batch_size = len(batches[0])
     start_code = None
     if opts.fixed_code:
         start_code = torch.randn((batch_size, *latent_shape), generator=generator, device=device)
-    precision = torch.autocast(device.type) if opts.precision == "autocast" and device.type == "cuda" else None
-    ema = model.ema_scope() if hasattr(model, "ema_scope") else contextlib.nullcontext()
     unet = model.model.diffusion_model
     settings: dict[str, Any] = {"options": dataclasses.asdict(opts), "attend_and_excite": None, "prompts": {}}
     if use_ae:
@@ -245,36 +291,25 @@ def run_txt2img(
     base_count = len(list(sample_dir.glob("*.png")))
     grid_count = len(list(outdir.glob("*.png")))
     all_samples: list[torch.Tensor] = []
-    with torch.no_grad(), precision or contextlib.nullcontext(), ema:
+    with sampling_scope(model, opts.precision):
         for _ in tqdm(range(opts.n_iter), desc="Sampling"):
             for prompts in tqdm(batches, desc="data"):
-                n = len(prompts)
-                uc = model.get_learned_conditioning(n * [""]) if opts.scale != 1.0 else None  # [n, 77, D]
-                c = model.get_learned_conditioning(list(prompts))  # [n, 77, D]
-                guidance, groups = None, None
-                if use_ae or opts.save_attention:
-                    if not use_ae:
-                        raise ValueError("--save_attention needs --ae_tokens (the tokens whose maps to show)")
-                    groups, eots, report = resolve_batch_tokens(model, list(prompts), opts.ae_tokens)
-                    settings["prompts"].update(report)
-                    guidance = AttendAndExcite(unet, ae_used, token_indices=groups, eot_positions=eots)
-                x_T = start_code[:n] if start_code is not None else None
-                kwargs: dict[str, Any] = {"eta": opts.eta} if opts.sampler != "ddpm" else {}
-                samples, _ = sampler.sample(
-                    opts.steps, n, latent_shape, conditioning=c, x_T=x_T, verbose=False, generator=generator,
-                    unconditional_guidance_scale=opts.scale, unconditional_conditioning=uc,
-                    latent_guidance=guidance, **kwargs,
+                x_T = start_code[: len(prompts)] if start_code is not None else None
+                out = sample_prompts(
+                    model, sampler, prompts, latent_shape, opts.steps, opts.scale, eta=opts.eta, generator=generator,
+                    x_T=x_T, ae_tokens=opts.ae_tokens, ae_config=ae_used,
                 )  # fmt: skip
-                images = ((model.decode_first_stage(samples).float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
-                for k, image in enumerate(images):
+                settings["prompts"].update(out.report)
+                for k, image in enumerate(out.images):
                     if not opts.skip_save:
                         name = f"{base_count:05}.png" if opts.layout == "sd" else f"{base_count:04}.png"
                         to_pil(image).save(sample_dir / name)
                     if opts.save_attention:
-                        _save_attention(model, unet, samples[k : k + 1], c[k : k + 1], groups[k], prompts[k],
-                                        image, ae_used, outdir / "attention" / f"{base_count:05}.png")  # fmt: skip
+                        _save_attention(model, unet, out.latents[k : k + 1], out.cond[k : k + 1],
+                                        out.token_groups[k], prompts[k], image, ae_used,
+                                        outdir / "attention" / f"{base_count:05}.png")  # fmt: skip
                     base_count += 1
-                all_samples.append(images)
+                all_samples.append(out.images)
     if not opts.skip_grid and all_samples:
         grid = make_grid(torch.cat(all_samples), nrow=opts.n_rows or batch_size)
         stem = batches[0][0].replace(" ", "-")[:100]

@@ -17,6 +17,10 @@ or are generated first, without and with A&E, into ``<out_dir>/images/{without_a
     python scripts/evaluate_attend_excite.py --generate --ckpt_path model.ckpt --config <config.yaml> \\
         --clip_model /models/clip-vit-base-patch16 --n_samples 64 --out_dir outputs/ae_eval
 
+A&E excites the last word of each half of the prompt (``--ae_tokens`` overrides that for every prompt); every A&E
+knob has an ``--ae_<field>`` flag (as in scripts/txt2img.py) and the schedule is scaled to the DDIM steps run. Each
+generated folder gets a ``settings.json`` of what was used and what the guidance did.
+
 Writes ``clip_raw_metrics.json`` (per prompt and image), ``clip_aggregated_metrics.json`` (per category) and
 ``clip_metrics.md`` (the table, also printed) to ``--out_dir``.
 """
@@ -24,6 +28,7 @@ Writes ``clip_raw_metrics.json`` (per prompt and image), ``clip_aggregated_metri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -35,6 +40,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from ldm import inference  # noqa: E402
 from ldm.evaluation import metrics  # noqa: E402
 from ldm.evaluation.clip import CLIPFeatureExtractor, resolve_clip_folder  # noqa: E402
 from ldm.evaluation.evaluators import (  # noqa: E402
@@ -44,6 +50,7 @@ from ldm.evaluation.evaluators import (  # noqa: E402
     markdown_table,
     read_prompt_file,
 )
+from ldm.evaluation.generate import add_size_args, generate_images, guidance_summary, latent_shape  # noqa: E402
 from ldm.evaluation.images import list_images, save_images  # noqa: E402
 
 logger = logging.getLogger("evaluate_attend_excite")
@@ -72,6 +79,9 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--ddim_steps", type=int, default=50, help="DDIM steps (default 50)")
     g.add_argument("--scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5, as A&E)")
     g.add_argument("--seed", type=int, default=0, help="seed of the starting noise (the same for both methods)")
+    add_size_args(g)
+    tokens_help = "words/positions to excite in every prompt (default: the last word of each half of the prompt)"
+    inference.add_attend_excite_args(p, tokens_help=tokens_help, save_attention=False)
     return p
 
 
@@ -96,37 +106,42 @@ def object_words(prompt: str) -> list[str]:
     return [part.split()[-1] for part in parts]
 
 
-def attend_excite_guidance(model: torch.nn.Module, prompt: str) -> object:
-    """A&E guidance exciting the object nouns of ``prompt``.
+def ae_spec(args: argparse.Namespace, prompt: str) -> str:
+    """What A&E excites in ``prompt``: ``--ae_tokens``, or its object words (``"cat,crown"``)."""
+    return args.ae_tokens.strip() or ",".join(object_words(prompt))
 
-    The A&E module is imported lazily (it is only needed here). ASSUMED interface, to be checked against
-    ``ldm.models.diffusion.guidance.attend_and_excite`` when it lands: a config dataclass ``AttendExciteConfig``
-    with ``token_indices`` and every other knob defaulted, and ``AttendAndExcite(model, config)``.
+
+def check_tokens(model: torch.nn.Module, args: argparse.Namespace, prompts: list[tuple[str, str]]) -> None:
+    """Resolve every prompt's A&E tokens before the slow part (a word not in a prompt is an error)."""
+    for _, prompt in prompts:
+        (groups,), _, _ = inference.resolve_batch_tokens(model, [prompt], ae_spec(args, prompt))
+        if len(set(groups)) < len(groups):
+            logger.warning("A&E on %r excites positions %s: a word occurs twice (its first occurrence is used; "
+                           "give positions with --ae_tokens to pick another)", prompt, list(groups))  # fmt: skip
+
+
+def generate_all(
+    args: argparse.Namespace, prompts: list[tuple[str, str]], device: torch.device
+) -> tuple[dict[str, Path], dict]:
+    """Generate images for every prompt without and with A&E; existing complete folders are reused.
+
+    Returns the image roots and the generation settings (written to each folder's ``settings.json`` too).
     """
-    from ldm.evaluation.generate import word_token_indices
-    from ldm.models.diffusion.guidance import attend_and_excite as ae
-
-    indices = word_token_indices(model.cond_stage_model.tokenizer, prompt, object_words(prompt))
-    logger.info("A&E on %r: token indices %s", prompt, indices)
-    try:
-        config = ae.AttendExciteConfig(token_indices=tuple(indices))
-        return ae.AttendAndExcite(model, config)
-    except (AttributeError, TypeError) as err:
-        raise RuntimeError(
-            f"ldm.models.diffusion.guidance.attend_and_excite does not offer the interface this script expects "
-            f"({err}); update scripts/evaluate_attend_excite.py::attend_excite_guidance"
-        ) from err
-
-
-def generate_all(args: argparse.Namespace, prompts: list[tuple[str, str]], device: torch.device) -> dict[str, Path]:
-    """Generate images for every prompt without and with A&E; existing complete folders are reused."""
-    from ldm.evaluation.generate import generate_images, load_diffusion_model
-
     if not args.ckpt_path:
         raise ValueError("--generate needs --ckpt_path (and --config)")
-    for _, prompt in prompts:
-        object_words(prompt)  # fail early on prompts A&E cannot use
-    model = load_diffusion_model(args.config, args.ckpt_path, args.embedding_path, device)
+    if not args.ae_tokens.strip():
+        for _, prompt in prompts:
+            object_words(prompt)  # fail early on prompts A&E cannot use
+    ae_config = inference.attend_excite_config(args)
+    model = inference.load_model(args.config, args.ckpt_path, args.embedding_path, device, ckpt_flag="--ckpt_path")
+    check_tokens(model, args, prompts)
+    shape = latent_shape(model, inference.first_stage_factor(args.config), args.H, args.W)
+    ae_used, n_run = inference.schedule_for_run(ae_config, "ddim", args.ddim_steps, model.num_timesteps)
+    settings = {
+        "ckpt_path": args.ckpt_path, "config": args.config, "embedding_path": args.embedding_path,
+        "n_samples": args.n_samples, "ddim_steps": args.ddim_steps, "scale": args.scale, "seed": args.seed,
+        "latent_shape": list(shape), "attend_and_excite": dataclasses.asdict(ae_used) | {"steps_run": n_run},
+    }  # fmt: skip
     roots = {
         "without_ae": Path(args.out_dir) / "images" / "without_ae",
         "with_ae": Path(args.out_dir) / "images" / "with_ae",
@@ -137,15 +152,22 @@ def generate_all(args: argparse.Namespace, prompts: list[tuple[str, str]], devic
             if folder.is_dir() and len(list_images(folder)) >= args.n_samples:
                 logger.info("reusing %s", folder)
                 continue
-            guidance = attend_excite_guidance(model, prompt) if label == "with_ae" else None
-            images = generate_images(
-                model, prompt, args.n_samples, args.ddim_steps, args.scale, args.seed, args.batch_size, guidance
-            )  # [N, 3, H, W] in [0, 1]
-            save_images(images, folder)
+            spec = ae_spec(args, prompt) if label == "with_ae" else ""
+            out = generate_images(
+                model, prompt, args.n_samples, args.ddim_steps, args.scale, args.seed, args.batch_size, shape,
+                ae_tokens=spec, ae_config=ae_config,
+            )  # fmt: skip
+            save_images(out.images, folder)
+            ae = None
+            if spec:  # the config used, the tokens (table and excited positions) and what the guidance did
+                done = {"ae_tokens": spec, **out.report[prompt], "guidance": guidance_summary(out.records)}
+                ae = settings["attend_and_excite"] | done
+            record = {"prompt": prompt, "method": label, **settings, "attend_and_excite": ae}
+            (folder / "settings.json").write_text(json.dumps(record, indent=1) + "\n")
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return roots
+    return roots, settings
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -159,8 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = select_prompts(args)
     prompt_texts = [p for _, p in prompts]
 
+    generation = None
     if args.generate:
-        dirs = generate_all(args, prompts, device)
+        dirs, generation = generate_all(args, prompts, device)
     else:
         labels = args.labels or [Path(d).name for d in args.images_dir]
         if len(labels) != len(args.images_dir) or len(set(labels)) != len(labels):
@@ -181,6 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"clip_model": str(clip_folder), "templates": args.templates, "prompts": args.prompts}
+    if generation is not None:
+        meta["generation"] = generation
     (out_dir / "clip_raw_metrics.json").write_text(json.dumps({**meta, "methods": raw}, indent=2) + "\n")
     (out_dir / "clip_aggregated_metrics.json").write_text(json.dumps({**meta, "methods": aggregated}, indent=2) + "\n")
     (out_dir / "clip_metrics.md").write_text(table)

@@ -30,6 +30,7 @@ import torch  # noqa: E402
 
 from ldm.evaluation.clip import CLIPFeatureExtractor, resolve_clip_folder  # noqa: E402
 from ldm.evaluation.evaluators import evaluate_inversion, strip_placeholder  # noqa: E402
+from ldm.evaluation.generate import add_size_args  # noqa: E402
 from ldm.evaluation.images import image_folder_files, load_images, save_images  # noqa: E402
 
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml"
@@ -47,6 +48,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
     p.add_argument("--seed", type=int, default=42, help="seed of the starting noise (default 42)")
     p.add_argument("--batch_size", type=int, default=8, help="sampling and CLIP batch size (default 8)")
+    add_size_args(p)
     p.add_argument("--out_dir", default="outputs/evaluation", help="where the JSON and samples go")
     p.add_argument("--clip_model", required=True, help="local Hugging Face CLIP folder (e.g. clip-vit-base-patch32)")
     p.add_argument("--placeholder", default="*", help="placeholder string removed for the text score (default *)")
@@ -77,16 +79,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.gen_dir:
         generated = load_images(image_folder_files(args.gen_dir, "--gen_dir"))
     else:
-        from ldm.evaluation.generate import generate_images, load_diffusion_model
+        from ldm import inference
+        from ldm.evaluation.generate import generate_images, latent_shape
 
         if not args.ckpt_path:
             raise SystemExit("--ckpt_path is required to generate images (or pass --gen_dir to score existing ones)")
         if args.placeholder in args.prompt and not args.embedding_path:
             raise SystemExit(f"--prompt contains {args.placeholder!r} but no --embedding_path was given")
-        model = load_diffusion_model(args.config, args.ckpt_path, args.embedding_path, device)
+        model = inference.load_model(args.config, args.ckpt_path, args.embedding_path, device, ckpt_flag="--ckpt_path")
+        shape = latent_shape(model, inference.first_stage_factor(args.config), args.H, args.W)
         images = generate_images(
-            model, args.prompt, args.n_samples, args.ddim_steps, args.scale, args.seed, args.batch_size
-        )  # [N, 3, H, W] in [0, 1]
+            model, args.prompt, args.n_samples, args.ddim_steps, args.scale, args.seed, args.batch_size, shape
+        ).images  # [N, 3, H, W] in [0, 1]
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -109,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
             "ddim_steps": None if args.gen_dir else args.ddim_steps,
             "scale": None if args.gen_dir else args.scale,
             "seed": None if args.gen_dir else args.seed,
+            "image_size": None if args.gen_dir else list(generated[0].shape[-2:]),
         }
     )
     out_dir.mkdir(parents=True, exist_ok=True)

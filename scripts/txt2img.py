@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     opt = get_parser().parse_args(argv)
     batches = inference.read_prompts(opt.prompt, opt.from_file, opt.n_samples)
     device = inference.pick_device(opt.device)
-    model = inference.load_model(opt.config, opt.ckpt_path, opt.embedding_path, device)
+    model = inference.load_model(opt.config, opt.ckpt_path, opt.embedding_path, device, ckpt_flag="--ckpt_path")
     options = inference.SamplingOptions(
         outdir=opt.outdir, sampler="plms" if opt.plms else "ddpm" if opt.ddpm else "ddim", steps=opt.ddim_steps,
         eta=opt.ddim_eta, scale=opt.scale, n_iter=opt.n_iter, H=opt.H, W=opt.W, seed=opt.seed, layout="ldm",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import math
@@ -9,17 +10,19 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import kornia
 import numpy as np
 import pytest
 import torch
+from conftest import GOLDEN_WEIGHTS, require_fixture
 from PIL import Image
 
+from ldm import inference
 from ldm.evaluation import metrics
 from ldm.evaluation.clip import CLIP_MEAN, CLIP_STD, CLIPFeatureExtractor, preprocess_images, resolve_clip_folder
 from ldm.evaluation.evaluators import collect_prompt_images, read_prompt_file, strip_placeholder
-from ldm.evaluation.generate import word_token_indices
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32  # tiny CLIP's vision input
@@ -107,11 +110,17 @@ def write_png(path: Path, rng: np.random.Generator, h: int = 40, w: int = 48) ->
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
 
 
-def reference_image_features(clip_dir: Path, files: list[Path]) -> np.ndarray:
-    """Features straight from transformers on directly preprocessed images."""
+@functools.lru_cache(maxsize=1)
+def hf_clip(clip_dir: Path):
+    """The tiny CLIP straight from transformers (loaded once)."""
     from transformers import CLIPModel
 
-    model = CLIPModel.from_pretrained(str(clip_dir), local_files_only=True).eval()
+    return CLIPModel.from_pretrained(str(clip_dir), local_files_only=True).eval()
+
+
+def reference_image_features(clip_dir: Path, files: list[Path]) -> np.ndarray:
+    """Features straight from transformers on directly preprocessed images."""
+    model = hf_clip(clip_dir)
     rows = []
     for f in files:
         x = torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
@@ -122,9 +131,9 @@ def reference_image_features(clip_dir: Path, files: list[Path]) -> np.ndarray:
 
 
 def reference_text_features(clip_dir: Path, texts: list[str]) -> np.ndarray:
-    from transformers import CLIPModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
-    model = CLIPModel.from_pretrained(str(clip_dir), local_files_only=True).eval()
+    model = hf_clip(clip_dir)
     tok = CLIPTokenizer.from_pretrained(str(clip_dir), local_files_only=True)
     rows = []
     for t in texts:  # one at a time: no padding involved
@@ -132,6 +141,21 @@ def reference_text_features(clip_dir: Path, texts: list[str]) -> np.ndarray:
             out = model.get_text_features(input_ids=torch.tensor([tok(t)["input_ids"]]))
         rows.append(getattr(out, "pooler_output", out)[0].double().numpy())
     return np.stack(rows)
+
+
+def check_ae_scores(clip_dir, got: dict, files: list[Path], prompt: str, parts, templates: list[str]) -> None:
+    """``got`` (one prompt's entry of clip_raw_metrics.json) against the A&E metrics recomputed from ``files``."""
+
+    def text_emb(text: str) -> np.ndarray:
+        return np_template_average(reference_text_features(clip_dir, [t.format(text) for t in templates]))
+
+    img = reference_image_features(clip_dir, files)
+    text_emb = functools.cache(text_emb)
+    full = [np_cos(i, text_emb(prompt)) for i in img]
+    mins = [min(np_cos(i, text_emb(part)) for part in parts) for i in img]
+    assert got["full_text"] == pytest.approx(np.mean(full), abs=1e-5)
+    assert got["min_object"] == pytest.approx(np.mean(mins), abs=1e-5)
+    assert got["n_images"] == len(files)
 
 
 # ---------------------------------------------------------------- metrics
@@ -336,14 +360,54 @@ def test_extractor_features_match_transformers(tmp_path, clip_dir, extractor):
     )
 
 
-def test_word_token_indices(extractor):
-    tok = extractor.tokenizer
+def text_model(vocab_file: Path | None = None, merges_file: Path | None = None, vocab_size: int = 49408):
+    """A model with just a (tiny) CLIP text encoder: what ``inference.resolve_batch_tokens`` reads of a model."""
+    from ldm.modules.encoders.modules import FrozenCLIPEmbedder
+
+    sizes = {"hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1}
+    encoder = FrozenCLIPEmbedder(vocab_file=vocab_file, merges_file=merges_file, vocab_size=vocab_size, **sizes)
+    return SimpleNamespace(cond_stage_model=encoder)
+
+
+def object_positions(model, prompt: str, spec: str | None = None) -> tuple[tuple[int, ...], ...]:
+    """The positions A&E excites in ``prompt`` during the evaluation: its object words through the shared lookup."""
+    script = load_script("evaluate_attend_excite")
+    spec = spec or script.ae_spec(SimpleNamespace(ae_tokens=""), prompt)
+    (groups,), _, _ = inference.resolve_batch_tokens(model, [prompt], spec)
+    return groups
+
+
+def test_object_word_positions(clip_dir, extractor, caplog):
+    model = text_model(clip_dir / "vocab.json", clip_dir / "merges.txt", len(extractor.tokenizer))
+    tok = model.cond_stage_model.tokenizer
     # <bos> a cat a n d a dog <eos>: cat at 2, dog at 7 ("and" is three byte tokens in the tiny vocab)
     assert tok.convert_ids_to_tokens(tok("a cat and a dog")["input_ids"])[7] == "dog</w>"
-    assert word_token_indices(tok, "a cat and a dog", ["cat", "dog"]) == [2, 7]
-    assert word_token_indices(tok, "a cat and a cat", ["cat", "cat"]) == [2, 7]
-    with pytest.raises(ValueError, match="'frog' not found"):
-        word_token_indices(tok, "a cat and a dog", ["cat", "frog"])
+    assert load_script("evaluate_attend_excite").ae_spec(SimpleNamespace(ae_tokens=""), "a cat with a crown") == (
+        "cat,crown"
+    )
+    assert object_positions(model, "a cat and a dog") == ((2,), (7,))
+    assert object_positions(model, "a dog and a cat") == ((2,), (7,))
+    # a repeated word: its first occurrence (the shared rule); positions pick the other, and the script warns
+    assert object_positions(model, "a cat and a cat") == ((2,), (2,))
+    assert object_positions(model, "a cat and a cat", "2,7") == ((2,), (7,))
+    script = load_script("evaluate_attend_excite")
+    script.check_tokens(model, SimpleNamespace(ae_tokens=""), [("x", "a cat and a cat")])
+    assert "occurs twice" in caplog.text
+    with pytest.raises(ValueError, match="'frog'.*not in the prompt.*Token table"):
+        object_positions(model, "a cat and a dog", "cat,frog")
+
+
+def test_object_word_positions_with_project_clip_bpe():
+    """On the real CLIP BPE, "a cat and a dog" gives the indices of A&E's own example (--token_indices [2,5])."""
+    folder = REPO / "ldm" / "modules" / "encoders" / "tokenizer_files" / "clip"
+    if not (folder / "vocab.json").is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{folder} is missing")
+        pytest.skip(f"{folder} is missing")
+    model = text_model()
+    assert object_positions(model, "a cat and a dog") == ((2,), (5,))
+    assert object_positions(model, "a cat with a crown") == ((2,), (5,))
+    assert object_positions(model, "a red car and a blue bowl") == ((3,), (7,))
 
 
 # ---------------------------------------------------------------- scripts
@@ -368,23 +432,10 @@ def test_evaluate_attend_excite_on_folders(tmp_path, clip_dir):
     )  # fmt: skip
 
     templates = ["a photo of {}.", "{}", "art of a {}."]
-
-    def text_emb(text: str) -> np.ndarray:
-        return np_template_average(reference_text_features(clip_dir, [t.format(text) for t in templates]))
-
     raw = out["raw"]["imgs"]
     assert raw["skipped"] == ["a cat"]  # no separator
-    for prompt, (first, second) in {
-        "a cat and a dog": ("a cat", "a dog"),
-        "a dog with a cat": ("a dog", "a cat"),
-    }.items():
-        img = reference_image_features(clip_dir, files[prompt])
-        full = [np_cos(i, text_emb(prompt)) for i in img]
-        mins = [min(np_cos(i, text_emb(first)), np_cos(i, text_emb(second))) for i in img]
-        got = raw["prompts"][prompt]
-        assert got["full_text"] == pytest.approx(np.mean(full), abs=1e-5)
-        assert got["min_object"] == pytest.approx(np.mean(mins), abs=1e-5)
-        assert got["n_images"] == len(files[prompt])
+    for prompt, parts in {"a cat and a dog": ("a cat", "a dog"), "a dog with a cat": ("a dog", "a cat")}.items():
+        check_ae_scores(clip_dir, raw["prompts"][prompt], files[prompt], prompt, parts, templates)
 
     agg = out["aggregated"]["imgs"]
     assert agg["all"]["n_prompts"] == 2
@@ -448,15 +499,83 @@ def test_evaluate_model_on_folders(tmp_path, clip_dir):
         script.main(bad)
 
 
-def test_word_token_indices_with_project_clip_bpe():
-    """On the real CLIP BPE, "a cat and a dog" gives the indices of A&E's own example (--token_indices [2,5])."""
-    from transformers import CLIPTokenizer
+# ---------------------------------------------------------------- generation on the goldens' tiny models
 
-    folder = REPO / "ldm" / "modules" / "encoders" / "tokenizer_files" / "clip"
-    if not (folder / "vocab.json").is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{folder} is missing")
-        pytest.skip(f"{folder} is missing")
-    tok = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, model_max_length=77)
-    assert word_token_indices(tok, "a cat and a dog", ["cat", "dog"]) == [2, 5]
-    assert word_token_indices(tok, "a cat with a crown", ["cat", "crown"]) == [2, 5]
+TINY_GEN = ["--n_samples", "2", "--batch_size", "2", "--H", "32", "--W", "32", "--device", "cpu"]
+
+
+def test_evaluate_model_generates_with_tiny_ldm(tmp_path, clip_dir):
+    """Generation (tiny LDM + a learned ``*``), then CLIP scores equal to those recomputed from the saved samples."""
+    require_fixture(GOLDEN_WEIGHTS["ldm"])
+    config = REPO / "configs" / "tests" / "golden_tiny_ldm.yaml"
+    manager = inference.load_model(config, GOLDEN_WEIGHTS["ldm"]).embedding_manager
+    torch.manual_seed(0)
+    manager.string_to_param_dict["*"].data.normal_()  # a "learned" vector, not the initializer word's
+    manager.save(tmp_path / "embeddings.pt")
+    rng = np.random.default_rng(4)
+    src = [tmp_path / "src" / f"{i}.png" for i in range(2)]
+    for f in src:
+        write_png(f, rng)
+    out = tmp_path / "out"
+    result = load_script("evaluate_model").main([
+        "--prompt", "a photo of *", "--ckpt_path", str(GOLDEN_WEIGHTS["ldm"]), "--config", str(config),
+        "--embedding_path", str(tmp_path / "embeddings.pt"), "--data_dir", str(tmp_path / "src"),
+        "--clip_model", str(clip_dir), "--out_dir", str(out), "--ddim_steps", "3", "--data_size", "0", *TINY_GEN,
+    ])  # fmt: skip
+    samples = sorted((out / "samples").glob("*.png"))
+    assert [f.name for f in samples] == ["0000.png", "0001.png"]
+    arrays = [np.asarray(Image.open(f), dtype=np.float32) for f in samples]
+    assert arrays[0].shape == (32, 32, 3) and arrays[0].std() > 1.0  # an image, not a flat fill
+    assert np.abs(arrays[0] - arrays[1]).mean() > 1.0  # two different starting noises
+    g, s = reference_image_features(clip_dir, samples), reference_image_features(clip_dir, src)
+    t = reference_text_features(clip_dir, ["a photo of"])[0]
+    saved = json.loads((out / "clip_similarity.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    # the script scores the float images, the PNGs are them rounded to 8 bits: a change of a few 1e-5 here
+    assert saved["image_similarity"] == pytest.approx(np.mean([np_cos(a, b) for a in g for b in s]), abs=1e-4)
+    assert saved["text_similarity"] == pytest.approx(np.mean([np_cos(a, t) for a in g]), abs=1e-4)
+    assert saved["n_generated"] == 2 and saved["image_size"] == [32, 32] and saved["ddim_steps"] == 3
+
+
+def test_evaluate_attend_excite_generates_with_tiny_sd(tmp_path, clip_dir):
+    """--generate on the tiny SD model: both methods' images, A&E really guiding (with its flags), and the
+    metrics equal to those recomputed from the saved images."""
+    require_fixture(GOLDEN_WEIGHTS["sd"])
+    prompt, templates = "a cat and a dog", ["a photo of {}.", "{} art"]
+    (tmp_path / "prompts.txt").write_text(f"animal-animal\t{prompt}\n")
+    (tmp_path / "templates.txt").write_text("\n".join(templates) + "\n")
+    out = tmp_path / "out"
+    result = load_script("evaluate_attend_excite").main([
+        "--generate", "--prompts", str(tmp_path / "prompts.txt"), "--templates", str(tmp_path / "templates.txt"),
+        "--ckpt_path", str(GOLDEN_WEIGHTS["sd"]), "--config", str(REPO / "configs/tests/golden_tiny_sd.yaml"),
+        "--clip_model", str(clip_dir), "--out_dir", str(out), "--ddim_steps", "4", "--seed", "1",
+        "--ae_attention_res", "8", "--ae_max_refinement_steps", "2", *TINY_GEN,
+    ])  # fmt: skip
+    folders = {m: out / "images" / m / prompt for m in ("without_ae", "with_ae")}
+    files = {m: sorted(f.glob("*.png")) for m, f in folders.items()}
+    assert {m: [f.name for f in fs] for m, fs in files.items()} == {m: ["0000.png", "0001.png"] for m in folders}
+    plain, guided = ([np.asarray(Image.open(f), dtype=np.float32) for f in files[m]] for m in folders)
+    assert all(np.abs(a - b).mean() > 0.5 for a, b in zip(plain, guided, strict=True))  # same noise, A&E changed it
+
+    settings = {m: json.loads((f / "settings.json").read_text()) for m, f in folders.items()}
+    assert settings["without_ae"]["attend_and_excite"] is None
+    ae = settings["with_ae"]["attend_and_excite"]
+    # 4 steps: thresholds {0, 10, 20} -> {0, 1, 2}, max_iter_to_alter 25 -> 2; the flags reached the config
+    assert ae["thresholds"] == {"0": 0.05, "1": 0.5, "2": 0.8} and ae["max_iter_to_alter"] == 2
+    assert ae["attention_res"] == 8 and ae["max_refinement_steps"] == 2 and ae["steps_run"] == 4
+    assert ae["ae_tokens"] == "cat,dog" and ae["excited"] == [[2], [5]]  # CLIP BPE: a cat and a dog
+    guidance = ae["guidance"]
+    assert guidance["guided_steps"] == [0, 1, 2]  # updates at 0, 1; refinement check at 2
+    assert guidance["updates"] == 2 * 2  # two samples, two update steps
+    assert 0 <= guidance["refinement_iterations"] <= 2 * 3 * 2
+
+    saved = json.loads((out / "clip_raw_metrics.json").read_text())
+    assert saved["generation"]["attend_and_excite"]["thresholds"] == ae["thresholds"]
+    assert saved == json.loads(json.dumps({**saved, "methods": result["raw"]}))
+    for method in folders:
+        got = saved["methods"][method]["prompts"][prompt]
+        check_ae_scores(clip_dir, got, files[method], prompt, ("a cat", "a dog"), templates)
+    aggregated = json.loads((out / "clip_aggregated_metrics.json").read_text())["methods"]
+    assert aggregated["with_ae"]["animal-animal"]["min_object"] == pytest.approx(
+        saved["methods"]["with_ae"]["prompts"][prompt]["min_object"]
+    )

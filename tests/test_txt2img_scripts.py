@@ -70,3 +70,56 @@ def test_attention_image_hot_region_follows_the_map(hot):
         y, x = np.unravel_index(red.argmax(), red.shape)
         assert abs(y // 8 - r) <= 1 and abs(x // 8 - c) <= 1
     assert sheet[64:].min() < 128  # the label band has text in it
+
+
+# ---------------------------------------------------------------- the shared loader and sampling routine
+
+
+def test_load_model_errors_and_strict_loading(tmp_path):
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file, save_file
+
+    from ldm import inference
+    from ldm.util import CheckpointError
+
+    require_fixture(GOLDEN_WEIGHTS["ldm"])
+    config = REPO / "configs/tests/golden_tiny_ldm.yaml"
+    with pytest.raises(FileNotFoundError, match="--ckpt_path .*missing.ckpt: no such file"):
+        inference.load_model(config, tmp_path / "missing.ckpt", ckpt_flag="--ckpt_path")
+    with pytest.raises(FileNotFoundError, match="--config .*nope.yaml: no such file"):
+        inference.load_model(tmp_path / "nope.yaml", GOLDEN_WEIGHTS["ldm"])
+    with pytest.raises(FileNotFoundError, match="--embedding_path .*emb.pt: no such file"):
+        inference.load_model(config, GOLDEN_WEIGHTS["ldm"], tmp_path / "emb.pt")
+    plain = OmegaConf.load(config)
+    del plain.model.params["personalization_config"]
+    OmegaConf.save(plain, tmp_path / "plain.yaml")
+    (tmp_path / "emb.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="--embedding_path given, but --config .*plain.yaml builds no embedding"):
+        inference.load_model(tmp_path / "plain.yaml", GOLDEN_WEIGHTS["ldm"], tmp_path / "emb.pt")
+    # strict: a key the model does not have is refused (released checkpoints' known extras are dropped by name)
+    state = load_file(str(GOLDEN_WEIGHTS["ldm"]))
+    save_file({**state, "model.diffusion_model.stray": torch.zeros(1)}, str(tmp_path / "stray.safetensors"))
+    with pytest.raises(CheckpointError, match="stray"):
+        inference.load_model(config, tmp_path / "stray.safetensors")
+    save_file({**state, "model_ema.decay": torch.tensor(0.999)}, str(tmp_path / "extras.safetensors"))
+    assert inference.load_model(config, tmp_path / "extras.safetensors").training is False
+
+
+def test_txt2img_and_evaluation_generation_agree(tmp_path):
+    """stable_txt2img and the evaluation's generate_images go through one sampling routine: same seed, same images."""
+    from ldm import inference
+    from ldm.evaluation.generate import generate_images
+
+    require_fixture(GOLDEN_WEIGHTS["sd"])
+    config, out = REPO / "configs/tests/golden_tiny_sd.yaml", tmp_path / "sd"
+    load_script("stable_txt2img").main([
+        "--config", str(config), "--ckpt", str(GOLDEN_WEIGHTS["sd"]), "--prompt", "a cat and a frog", "--H", "32",
+        "--W", "32", "--f", "2", "--ddim_steps", "2", "--n_samples", "2", "--n_iter", "1", "--seed", "5",
+        "--precision", "full", "--skip_grid", "--outdir", str(out),
+    ])  # fmt: skip
+    model = inference.load_model(config, GOLDEN_WEIGHTS["sd"])
+    images = generate_images(model, "a cat and a frog", 2, 2, 7.5, 5, 2, (4, 16, 16)).images  # [2, 3, 32, 32]
+    saved = [np.asarray(Image.open(out / "samples" / f"{k:05}.png")) for k in range(2)]
+    for k, image in enumerate(images):
+        np.testing.assert_array_equal(saved[k], np.asarray(inference.to_pil(image)))
+    assert np.abs(saved[0].astype(float) - saved[1]).mean() > 1.0  # two noises, two images

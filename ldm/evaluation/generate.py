@@ -1,29 +1,46 @@
-"""Sample images from a latent diffusion model for the evaluation scripts.
+"""Images for the evaluation scripts, made by the shared sampling code (:func:`ldm.inference.sample_prompts`).
 
-Kept as one small function so it can later be pointed at the shared sampling code. It follows the reference
-evaluator (reference-spec 1.9, ``LDMCLIPEvaluator``): DDIM with eta 0, classifier-free guidance with the empty prompt
-as unconditional input, decode, clamp.
+It follows the reference evaluator (reference-spec 1.9, ``LDMCLIPEvaluator``): DDIM with eta 0, classifier-free
+guidance with the empty prompt as unconditional input, decode, clamp; optionally with Attend-and-Excite. Models are
+loaded with :func:`ldm.inference.load_model`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import logging
-from collections.abc import Sequence
-from pathlib import Path
+from collections import defaultdict
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ldm import inference
+from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig
+
 logger = logging.getLogger(__name__)
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    return next(model.parameters()).device
+@dataclass
+class Generation:
+    """The images of one prompt and, with A&E, what the guidance did."""
+
+    images: Tensor  # [N, 3, H, W] in [0, 1], on the CPU
+    report: dict = field(default_factory=dict)  # prompt -> {"tokens": table, "excited": position groups}
+    records: list[dict] = field(default_factory=list)  # AttendAndExcite.records of every batch
+
+
+def add_size_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--H`` and ``--W``: the size of the generated images in pixels (default: the model's)."""
+    for name, side in (("--H", "height"), ("--W", "width")):
+        parser.add_argument(name, type=int, default=None, help=f"image {side} in pixels (default: the model's size)")
+
+
+def latent_shape(model: torch.nn.Module, f: int, H: int | None = None, W: int | None = None) -> tuple[int, int, int]:
+    """``(C, H/f, W/f)``; a missing side is the model's own latent size (``model.image_size``)."""
+    size = int(model.image_size)
+    return int(model.channels), H // f if H else size, W // f if W else size
 
 
 def generate_images(
@@ -34,105 +51,57 @@ def generate_images(
     scale: float,
     seed: int,
     batch_size: int,
-    latent_guidance: object | None = None,
-) -> Tensor:
-    """Generate ``n_samples`` images of ``prompt``; returns ``[N, 3, H, W]`` in [0, 1] on the CPU.
+    shape: tuple[int, int, int] | None = None,
+    ae_tokens: str = "",
+    ae_config: AttendExciteConfig | None = None,
+) -> Generation:
+    """``n_samples`` images of ``prompt`` in batches of ``batch_size`` (latent ``shape``, default the model's).
 
-    One ``torch.Generator`` seeded with ``seed`` draws the starting noise of all batches, so a run is reproducible.
-    ``latent_guidance`` (e.g. an Attend-and-Excite object) is handed to the sampler, which calls it at every step.
+    One ``torch.Generator`` seeded with ``seed`` draws the starting noise of all batches, so a run is reproducible
+    and runs with and without A&E start from the same noise. ``ae_tokens`` (words/positions, e.g. ``"cat,dog"``)
+    turns on Attend-and-Excite with ``ae_config`` (default: the official one), its schedule scaled to the steps run.
     """
-    from ldm.models.diffusion.ddim import DDIMSampler
-
     if n_samples < 1 or batch_size < 1:
         raise ValueError(f"n_samples ({n_samples}) and batch_size ({batch_size}) must be positive")
-    device = _model_device(model)
+    device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(int(seed))
-    sampler = DDIMSampler(model)
-    shape = [int(model.channels), int(model.image_size), int(model.image_size)]  # latent [C, h, w]
-    ema = model.ema_scope() if hasattr(model, "ema_scope") else contextlib.nullcontext()
-    extra = {} if latent_guidance is None else {"latent_guidance": latent_guidance}
-    out: list[Tensor] = []
-    with torch.no_grad(), ema:
+    sampler = inference.make_sampler(model, "ddim")
+    shape = shape or latent_shape(model, 1)
+    ae_used = None
+    if ae_tokens.strip():
+        ae_used, _ = inference.schedule_for_run(ae_config or AttendExciteConfig(), "ddim", ddim_steps,
+                                                model.num_timesteps, log=False)  # fmt: skip
+    out = Generation(images=torch.empty(0))
+    images: list[Tensor] = []
+    with inference.sampling_scope(model):
         n_batches = (n_samples + batch_size - 1) // batch_size
         for b in tqdm(range(n_batches), desc=f"sampling {prompt!r}", leave=False):
             bs = min(batch_size, n_samples - b * batch_size)
-            c = model.get_learned_conditioning(bs * [prompt])  # [bs, 77, D]
-            uc = model.get_learned_conditioning(bs * [""]) if scale != 1.0 else None  # [bs, 77, D]
-            samples, _ = sampler.sample(
-                S=ddim_steps,
-                batch_size=bs,
-                shape=shape,
-                conditioning=c,
-                eta=0.0,
-                x_T=None,
-                unconditional_guidance_scale=scale,
-                unconditional_conditioning=uc,
-                verbose=False,
-                generator=generator,
-                **extra,
-            )  # [bs, C, h, w]
-            x = model.decode_first_stage(samples)  # [bs, 3, H, W] in [-1, 1]
-            out.append(((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu())
-    return torch.cat(out)  # [N, 3, H, W]
+            batch = inference.sample_prompts(
+                model, sampler, bs * [prompt], shape, ddim_steps, scale, eta=0.0, generator=generator,
+                ae_tokens=ae_tokens, ae_config=ae_used,
+            )  # fmt: skip
+            images.append(batch.images)  # [bs, 3, H, W]
+            out.report.update(batch.report)
+            if batch.guidance is not None:
+                out.records.extend(batch.guidance.records)
+    out.images = torch.cat(images)  # [N, 3, H, W]
+    return out
 
 
-def word_token_indices(tokenizer: object, prompt: str, words: Sequence[str]) -> list[int]:
-    """Positions (in ``tokenizer(prompt).input_ids``, special tokens included) of the first token of each word.
-
-    Words are searched left to right, each after the previous match, so "a red car and a blue car" finds both cars.
-    Raises ``ValueError`` naming the word when it is not in the prompt's tokens.
-    """
-    ids: list[int] = list(tokenizer(prompt)["input_ids"])
-    indices: list[int] = []
-    start = 0
-    for word in words:
-        word_ids = list(tokenizer(word, add_special_tokens=False)["input_ids"])
-        if not word_ids:
-            raise ValueError(f"word {word!r} has no tokens")
-        found = next(
-            (i for i in range(start, len(ids) - len(word_ids) + 1) if ids[i : i + len(word_ids)] == word_ids), None
-        )
-        if found is None:
-            raise ValueError(f"word {word!r} not found in the tokens of prompt {prompt!r} (after position {start})")
-        indices.append(found)
-        start = found + len(word_ids)
-    return indices
-
-
-def check_file(flag: str, path: str | Path | None, required: bool = True) -> Path | None:
-    """``Path(path)`` if the file exists; a clear ``FileNotFoundError`` naming ``flag`` otherwise."""
-    if path is None:
-        if required:
-            raise FileNotFoundError(f"{flag} is required")
-        return None
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"{flag} {path}: no such file")
-    return p
-
-
-def load_diffusion_model(
-    config_path: str | Path,
-    ckpt_path: str | Path,
-    embedding_path: str | Path | None = None,
-    device: str | torch.device = "cpu",
-) -> torch.nn.Module:
-    """Build ``config.model``, load ``ckpt_path`` and (if given) the textual-inversion embeddings; eval mode."""
-    from omegaconf import OmegaConf
-
-    from ldm.util import load_model_from_config
-
-    config_file = check_file("--config", config_path)
-    ckpt_file = check_file("--ckpt_path", ckpt_path)
-    emb_file = check_file("--embedding_path", embedding_path, required=False)
-    config = OmegaConf.load(config_file)
-    model = load_model_from_config(config, str(ckpt_file))
-    if emb_file is not None:
-        manager = getattr(model, "embedding_manager", None)
-        if manager is None:
-            raise ValueError(
-                f"--embedding_path given, but --config {config_file} builds no embedding manager; use a config with "
-                "personalization_config (e.g. configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml)"
-            )
-        manager.load(str(emb_file))
-    return model.to(device).eval()
+def guidance_summary(records: list[dict]) -> dict:
+    """What A&E did over a run: guided steps, regular updates, refinement iterations, mean loss per step."""
+    losses: dict[int, list[float]] = defaultdict(list)
+    updates = iterations = 0
+    for rec in records:
+        for group in rec["groups"]:
+            if "loss" in group:
+                losses[rec["step"]].append(group["loss"])
+            updates += "update_loss" in group
+            iterations += group.get("refinement", {}).get("iterations", 0)
+    return {
+        "guided_steps": sorted(losses),
+        "updates": updates,
+        "refinement_iterations": iterations,
+        "mean_loss": {step: sum(v) / len(v) for step, v in sorted(losses.items())},
+    }

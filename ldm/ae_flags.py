@@ -1,0 +1,84 @@
+"""Attend-and-Excite on the command line: ``--ae_tokens``, ``--ae_config`` and one ``--ae_<field>`` flag per
+``AttendExciteConfig`` field, shared by the txt2img scripts and ``scripts/evaluate_attend_excite.py``
+(re-exported by :mod:`ldm.inference`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig
+
+DEFAULT_AE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "guidance" / "attend_and_excite.yaml"
+TOKENS_HELP = "tokens to excite: words and/or 1-based positions ('*,dog', '2,5'); empty = plain sampling"
+AE_FIELDS = [f.name for f in dataclasses.fields(AttendExciteConfig) if f.name != "token_indices"]
+
+
+def _pairs(text: str) -> dict[int, float]:
+    try:
+        return {int(k): float(v) for k, v in (item.split(":") for item in text.split(",") if item.strip())}
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected 'step:threshold,...' like '0:0.05,10:0.5', got {text!r}") from err
+
+
+def _range(text: str) -> tuple[float, float]:
+    parts = [float(p) for p in text.split(",")]
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected 'start,end' like '1.0,0.5', got {text!r}")
+    return parts[0], parts[1]
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("none", "null", "") else int(text)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_attend_excite_args(
+    parser: argparse.ArgumentParser, tokens_help: str | None = None, save_attention: bool = True
+) -> None:
+    """``--ae_tokens``, ``--ae_config``, ``--save_attention`` (unless ``save_attention`` is False) and one
+    ``--ae_<field>`` flag per ``AttendExciteConfig`` field."""
+    g = parser.add_argument_group("Attend-and-Excite (flags override --ae_config)")
+    tokens_help = tokens_help or TOKENS_HELP
+    g.add_argument("--ae_tokens", type=str, default="", help=tokens_help)
+    config_help = "YAML with the A&E fields (configs/guidance/seed_fork.yaml: the earlier fork's preset)"
+    g.add_argument("--ae_config", type=str, default=str(DEFAULT_AE_CONFIG), help=config_help)
+    if save_attention:
+        g.add_argument("--save_attention", action="store_true", help="save each excited token's map over the image")
+    kinds: dict[str, Any] = {
+        "attention_res": int, "max_iter_to_alter": int, "thresholds": _pairs, "scale_factor": float,
+        "scale_range": _range, "smooth_attentions": _bool, "sigma": float, "kernel_size": int,
+        "softmax_scale": float, "softmax_end": str, "max_refinement_steps": int, "loss_reduction": str,
+        "schedule_steps": _optional_int,
+    }  # fmt: skip
+    for name in AE_FIELDS:
+        g.add_argument(f"--ae_{name}", type=kinds[name], default=None, help=f"AttendExciteConfig.{name}")
+
+
+def attend_excite_config(args: argparse.Namespace) -> AttendExciteConfig:
+    """The YAML of ``--ae_config`` with the ``--ae_<field>`` flags that were given on top."""
+    path = Path(args.ae_config)
+    if not path.is_file():
+        raise FileNotFoundError(f"--ae_config {path}: no such file (see configs/guidance/)")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    values = dict(raw.get("attend_and_excite", raw))
+    unknown = set(values) - {f.name for f in dataclasses.fields(AttendExciteConfig)}
+    if unknown:
+        raise ValueError(f"--ae_config {path}: unknown fields {sorted(unknown)}; allowed: {AE_FIELDS}")
+    for name in AE_FIELDS:
+        if getattr(args, f"ae_{name}", None) is not None:
+            values[name] = getattr(args, f"ae_{name}")
+    values.pop("token_indices", None)
+    return AttendExciteConfig(**values)
