@@ -265,6 +265,7 @@ class LatentDiffusion(DDPM):
         from ldm.models.diffusion.ddpm_sampler import DDPMSampler
 
         shape = shape or (self.channels, self.image_size, self.image_size)
+        kwargs.setdefault("log_every_t", self.log_every_t)
         samples, intermediates = DDPMSampler(self).sample(
             self.num_timesteps, batch_size, shape, conditioning=cond, x_T=x_T, verbose=verbose, **kwargs
         )

@@ -1,13 +1,15 @@
 """The loop all samplers share: latent guidance -> denoise (with CFG) -> step (design seam 1).
 
 A sampler only uses `model.apply_model` (the denoiser eps(x, t, c)), `model.alphas_cumprod`, and, for the DDPM
-sampler, the model's posterior buffers. It never reaches into the UNet.
+sampler, the model's posterior buffers. It never reaches into the UNet. Subclasses choose the timesteps
+(`timesteps_for`) and the update of one step (`make_step`); `sample` keeps the original call.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,6 +20,7 @@ from ldm.models.diffusion.guidance.cfg import guided_eps
 
 logger = logging.getLogger(__name__)
 
+# (x_t, cond, t [B], index into the schedule, position in the run) -> (x_{t-1}, predicted x_0)
 StepFn = Callable[[torch.Tensor, Any, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -33,8 +36,30 @@ def batch_size_of(conditioning: Any) -> int | None:
     return conditioning.shape[0]
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """What one step needs besides the latent: CFG, the original's score corrector and noise options."""
+
+    unconditional_conditioning: Any = None
+    unconditional_guidance_scale: float = 1.0
+    score_corrector: Any = None
+    corrector_kwargs: dict | None = None
+    temperature: float = 1.0
+    noise_dropout: float = 0.0
+    generator: torch.Generator | None = None
+
+
+def noise_like(
+    shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None = None, repeat: bool = False
+) -> torch.Tensor:
+    if repeat:
+        noise = torch.randn((1, *shape[1:]), device=device, generator=generator)
+        return noise.repeat(shape[0], *((1,) * (len(shape) - 1)))
+    return torch.randn(shape, device=device, generator=generator)
+
+
 class DiffusionSampler:
-    """Common state and loop; subclasses build the per-step update in `make_step`."""
+    """Common state, the original `sample(...)` call and the loop."""
 
     name = "sampler"
 
@@ -47,64 +72,94 @@ class DiffusionSampler:
     def device(self) -> torch.device:
         return self.model.alphas_cumprod.device
 
-    def eps(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        cond: Any,
-        uncond: Any,
-        scale: float,
-        score_corrector: Any = None,
-        corrector_kwargs: dict | None = None,
-    ) -> torch.Tensor:
+    # --- what subclasses define ------------------------------------------------------------------------------
+    def timesteps_for(self, S: int | None, ddim_discretize: str, eta: float) -> list[int]:
+        """The timesteps to visit, in descending order (and any per-run schedule state)."""
+        raise NotImplementedError
+
+    def make_step(self, timesteps: list[int], options: StepOptions) -> StepFn:
+        raise NotImplementedError
+
+    # --- shared ----------------------------------------------------------------------------------------------
+    def eps(self, x: torch.Tensor, t: torch.Tensor, cond: Any, options: StepOptions) -> torch.Tensor:
         """eps_theta with classifier-free guidance (and the original's optional score corrector)."""
-        e_t = guided_eps(self.model.apply_model, x, t, cond, uncond, scale)
-        if score_corrector is not None:
-            e_t = score_corrector.modify_score(self.model, e_t, x, t, cond, **(corrector_kwargs or {}))
+        e_t = guided_eps(
+            self.model.apply_model, x, t, cond, options.unconditional_conditioning, options.unconditional_guidance_scale
+        )
+        if options.score_corrector is not None:
+            e_t = options.score_corrector.modify_score(self.model, e_t, x, t, cond, **(options.corrector_kwargs or {}))
         return e_t
 
-    def initial_noise(
-        self, shape: tuple[int, ...], x_T: torch.Tensor | None, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        if x_T is not None:
-            return x_T.to(self.device)
-        return torch.randn(shape, generator=generator, device=self.device)
+    def noise(self, x: torch.Tensor, scale: torch.Tensor | float, options: StepOptions) -> torch.Tensor:
+        """scale * z * temperature, z ~ N(0, I) from the run's generator, with optional noise dropout."""
+        noise = scale * noise_like(x.shape, x.device, options.generator) * options.temperature
+        if options.noise_dropout > 0.0:
+            noise = torch.nn.functional.dropout(noise, p=options.noise_dropout)
+        return noise
 
-    @staticmethod
-    def check_batch(conditioning: Any, batch_size: int) -> None:
+    @torch.no_grad()
+    def sample(
+        self,
+        S: int | None,
+        batch_size: int,
+        shape: tuple[int, int, int],
+        conditioning: Any = None,
+        callback: Callable | None = None,
+        normals_sequence: Any = None,
+        img_callback: Callable | None = None,
+        quantize_x0: bool = False,
+        eta: float = 0.0,
+        mask: torch.Tensor | None = None,
+        x0: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        noise_dropout: float = 0.0,
+        score_corrector: Any = None,
+        corrector_kwargs: dict | None = None,
+        verbose: bool = True,
+        x_T: torch.Tensor | None = None,
+        log_every_t: int = 100,
+        unconditional_guidance_scale: float = 1.0,
+        unconditional_conditioning: Any = None,
+        ddim_discretize: str = "uniform",
+        latent_guidance: LatentGuidance | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        """Sample from x_T (drawn from `generator` when not given); returns (samples, intermediates).
+
+        `intermediates` holds `x_inter` and `pred_x0` every `log_every_t` steps; both start with x_T, as in the
+        original. `latent_guidance` (e.g. Attend-and-Excite) edits the latent at the start of every step.
+        """
+        if quantize_x0:
+            raise NotImplementedError("quantize_x0 needs a VQ first stage, which this project does not include")
         cond_bs = batch_size_of(conditioning)
         if cond_bs is not None and cond_bs != batch_size:
             logger.warning("Got %d conditionings but batch-size is %d", cond_bs, batch_size)
-
-    def run_loop(
-        self,
-        x: torch.Tensor,
-        cond: Any,
-        timesteps: list[int],
-        step_fn: StepFn,
-        *,
-        latent_guidance: LatentGuidance | None = None,
-        mask: torch.Tensor | None = None,
-        x0: torch.Tensor | None = None,
-        callback: Callable | None = None,
-        img_callback: Callable | None = None,
-        log_every_t: int = 100,
-        verbose: bool = True,
-    ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """Visit `timesteps` (descending); return the final latent and `{x_inter, pred_x0}` (both start with x_T)."""
+        timesteps = self.timesteps_for(S, ddim_discretize, eta)
+        options = StepOptions(
+            unconditional_conditioning,
+            unconditional_guidance_scale,
+            score_corrector,
+            corrector_kwargs,
+            temperature,
+            noise_dropout,
+            generator,
+        )
+        x = (
+            x_T.to(self.device)
+            if x_T is not None
+            else torch.randn((batch_size, *shape), generator=generator, device=self.device)
+        )
+        step_fn = self.make_step(timesteps, options)
         intermediates: dict[str, list[torch.Tensor]] = {"x_inter": [x], "pred_x0": [x]}
         total = len(timesteps)
-        b = x.shape[0]
-        iterator = tqdm(timesteps, desc=f"{self.name} sampler", total=total, disable=not verbose)
-        for i, step in enumerate(iterator):
+        for i, step in enumerate(tqdm(timesteps, desc=f"{self.name} sampler", total=total, disable=not verbose)):
             index = total - i - 1
-            ts = torch.full((b,), int(step), device=self.device, dtype=torch.long)
+            ts = torch.full((x.shape[0],), int(step), device=self.device, dtype=torch.long)
             if mask is not None:
-                x_orig = self.model.q_sample(x0, ts)
-                x = x_orig * mask + (1.0 - mask) * x
+                x = self.model.q_sample(x0, ts) * mask + (1.0 - mask) * x
             if latent_guidance is not None:
-                x = latent_guidance(x, ts, i, total, cond)
-            x, pred_x0 = step_fn(x, cond, ts, index, i)
+                x = latent_guidance(x, ts, i, total, conditioning)
+            x, pred_x0 = step_fn(x, conditioning, ts, index, i)
             if callback is not None:
                 callback(i)
             if img_callback is not None:
@@ -113,13 +168,3 @@ class DiffusionSampler:
                 intermediates["x_inter"].append(x)
                 intermediates["pred_x0"].append(pred_x0)
         return x, intermediates
-
-
-def noise_like(
-    shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None = None, repeat: bool = False
-) -> torch.Tensor:
-    if repeat:
-        return torch.randn((1, *shape[1:]), device=device, generator=generator).repeat(
-            shape[0], *((1,) * (len(shape) - 1))
-        )
-    return torch.randn(shape, device=device, generator=generator)
