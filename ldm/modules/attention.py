@@ -103,13 +103,9 @@ class CrossAttention(nn.Module):
         self.layer_name = ""
         self.use_sdpa = True
 
-    def _fold_heads(self, t: torch.Tensor) -> torch.Tensor:
+    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
         b, n, _ = t.shape  # [B, N, heads*d]
-        return t.reshape(b, n, self.heads, -1).transpose(1, 2).reshape(b * self.heads, n, -1)  # [B*heads, N, d]
-
-    def _unfold_heads(self, t: torch.Tensor) -> torch.Tensor:
-        bh, n, d = t.shape  # [B*heads, N, d]
-        return t.reshape(bh // self.heads, self.heads, n, d).transpose(1, 2).reshape(bh // self.heads, n, -1)
+        return t.reshape(b, n, self.heads, -1).transpose(1, 2)  # [B, heads, N, d]
 
     def _key_mask(self, mask: torch.Tensor, batch: int, num_keys: int) -> torch.Tensor:
         """``[B, M]`` (or ``[B, ...]``) key mask, True = attend -> bool ``[B*heads, 1, M]``."""
@@ -127,27 +123,29 @@ class CrossAttention(nn.Module):
         is_cross = context is not None
         context = x if context is None else context
         batch, num_queries, _ = x.shape  # x: [B, N, query_dim]; context: [B, M, context_dim]
-        q = self._fold_heads(self.to_q(x))  # [B*heads, N, d]
-        k = self._fold_heads(self.to_k(context))  # [B*heads, M, d]
-        v = self._fold_heads(self.to_v(context))  # [B*heads, M, d]
-        keep = None if mask is None else self._key_mask(mask, batch, k.shape[1])  # [B*heads, 1, M]
+        q = self._split_heads(self.to_q(x))  # [B, heads, N, d]
+        k = self._split_heads(self.to_k(context))  # [B, heads, M, d]
+        v = self._split_heads(self.to_v(context))  # [B, heads, M, d]
+        keep = None if mask is None else self._key_mask(mask, batch, k.shape[2])  # [B*heads, 1, M]
         controller = self.controller
         capture = controller is not None and controller.wants(is_cross, self.place, self.layer_name, num_queries)
         if capture or not self.use_sdpa:
+            q, k, v = (t.flatten(0, 1) for t in (q, k, v))  # [B*heads, N|M, d], batch-major (b h)
             sim = torch.einsum("bid,bjd->bij", q, k) * self.scale  # [B*heads, N, M]
             if keep is not None:
                 sim = sim.masked_fill(~keep, -torch.finfo(sim.dtype).max)
             probs = sim.softmax(dim=-1)  # [B*heads, N, M]
             if capture:
                 controller(probs, is_cross, self.place, self.layer_name)
-            out = torch.bmm(probs, v)  # [B*heads, N, d]
+            out = torch.bmm(probs, v).unflatten(0, (batch, self.heads))  # [B, heads, N, d]
         else:
             attn_mask = None
             if keep is not None:  # additive form of the explicit path's masked_fill
                 attn_mask = torch.zeros(keep.shape, dtype=q.dtype, device=q.device)
-                attn_mask = attn_mask.masked_fill(~keep, -torch.finfo(q.dtype).max)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)  # [B*heads, N, d]
-        return self.to_out(self._unfold_heads(out))  # [B, N, query_dim]
+                attn_mask = attn_mask.masked_fill(~keep, -torch.finfo(q.dtype).max).unflatten(0, (batch, self.heads))
+            # 4-D inputs: the fused (flash) kernels need them; 3-D inputs fall back to the unfused math path.
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)  # [B, heads, N, d]
+        return self.to_out(out.transpose(1, 2).flatten(2))  # [B, N, heads*d] -> [B, N, query_dim]
 
 
 class BasicTransformerBlock(nn.Module):
