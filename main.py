@@ -369,7 +369,7 @@ def run(argv: list[str] | None = None) -> RunResult:
     logger.info("Run %s in %s", run_name, logdir)
     install_checkpoint_signal(trainer, ckptdir)
     if opt.train:
-        trainer.fit(model, data, ckpt_path=resume_ckpt)
+        trainer.fit(model, data, ckpt_path=resume_ckpt, weights_only=True)  # resume unpickles nothing but tensors
     has_test = "test" in getattr(data, "dataset_configs", {})
     if not opt.no_test and has_test and not trainer.interrupted:
         trainer.test(model, data)
