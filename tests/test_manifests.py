@@ -28,3 +28,21 @@ def test_meta_model_matches_manifest(manifest, config):
         model = instantiate_from_config(cfg.model)
     got = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    "config",
+    sorted(
+        str(p.relative_to(REPO))
+        for d in ("latent-diffusion", "stable-diffusion")
+        for p in (REPO / "configs" / d).glob("*.yaml")
+    ),
+)
+def test_every_released_config_builds(config):
+    """Every shipped config of the released families builds (on the meta device) with the UNet of its family."""
+    cfg = OmegaConf.load(REPO / config)
+    with torch.device("meta"):
+        model = instantiate_from_config(cfg.model)
+    context_dim = 768 if "stable-diffusion" in config else 1280
+    assert model.model.diffusion_model.input_blocks[1][1].transformer_blocks[0].attn2.to_k.in_features == context_dim
+    assert (model.embedding_manager is None) == ("personalization_config" not in cfg.model.params)
