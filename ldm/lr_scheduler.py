@@ -28,9 +28,10 @@ class LambdaWarmUpCosineScheduler:
 
     def schedule(self, n: int) -> float:
         if n < self.lr_warm_up_steps:
-            return (self.lr_max - self.lr_start) / self.lr_warm_up_steps * n + self.lr_start
+            return float((self.lr_max - self.lr_start) / self.lr_warm_up_steps * n + self.lr_start)
         t = min((n - self.lr_warm_up_steps) / (self.lr_max_decay_steps - self.lr_warm_up_steps), 1.0)
-        return self.lr_min + 0.5 * (self.lr_max - self.lr_min) * (1 + np.cos(t * np.pi))
+        # a Python float: the optimizer stores it, and checkpoints must hold no numpy objects (weights_only loads)
+        return float(self.lr_min + 0.5 * (self.lr_max - self.lr_min) * (1 + np.cos(t * np.pi)))
 
     def __call__(self, n: int) -> float:
         return self.schedule(n)
@@ -64,13 +65,17 @@ class LambdaLinearScheduler:
 
     def schedule(self, n: int) -> float:
         cycle = self.find_in_interval(n)
-        n = n - self.cum_cycles[cycle]
+        n = n - int(self.cum_cycles[cycle])
         if n < self.lr_warm_up_steps[cycle]:
-            return (self.f_max[cycle] - self.f_start[cycle]) / self.lr_warm_up_steps[cycle] * n + self.f_start[cycle]
-        return (
-            self.f_min[cycle]
-            + (self.f_max[cycle] - self.f_min[cycle]) * (self.cycle_lengths[cycle] - n) / (self.cycle_lengths[cycle])
-        )
+            f = (self.f_max[cycle] - self.f_start[cycle]) / self.lr_warm_up_steps[cycle] * n + self.f_start[cycle]
+        else:
+            f = (
+                self.f_min[cycle]
+                + (self.f_max[cycle] - self.f_min[cycle])
+                * (self.cycle_lengths[cycle] - n)
+                / (self.cycle_lengths[cycle])
+            )
+        return float(f)  # a Python float (see LambdaWarmUpCosineScheduler.schedule)
 
     def __call__(self, n: int) -> float:
         return self.schedule(n)
