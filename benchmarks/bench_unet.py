@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -56,7 +57,7 @@ def main() -> None:
                 unet(x, t, context=c)  # warm-up
                 with peak_memory(device) as mem:
                     outputs[name] = unet(x, t, context=c)
-                seconds = timed(lambda: unet(x, t, context=c), device, args.repeats)
+                seconds = timed(partial(unet, x, t, context=c), device, args.repeats)
             results[name] = (seconds, mem["peak"] / 2**20)
         (te, me), (ts, ms) = results["explicit"], results["sdpa"]
         diff = float((outputs["sdpa"] - outputs["explicit"]).abs().max())
