@@ -260,6 +260,8 @@ def make_callbacks(
         "filename": "{epoch:06}",
         "verbose": True,
         "save_last": True,
+        # overwrite last.ckpt (also when SetupCallback wrote it) instead of adding last-v1.ckpt, last-v2.ckpt, ...
+        "enable_version_counter": False,
     }
     if getattr(model, "monitor", None) and getattr(model, "embedding_manager", None) is None:
         ckpt_params.update(monitor=model.monitor, save_top_k=1)  # inversion runs log no EMA metric to monitor

@@ -115,6 +115,23 @@ def test_resume_continues_at_saved_step(trained, tmp_path):
     assert not torch.equal(now, start) and (now - start).abs().max() < 0.1
 
 
+def test_failed_resume_overwrites_nothing(trained, tmp_path):
+    """A resume that fails while restoring (here: an unsafe checkpoint) leaves the run's files untouched."""
+    import main
+
+    _, run = trained
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    ckpt = torch.load(copy / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt["payload"] = torch.nn.Linear(1, 1)  # a class weights_only loading refuses
+    torch.save(ckpt, copy / "checkpoints" / "last.ckpt")
+    before = {p.name: p.read_bytes() for p in (copy / "checkpoints").iterdir()}
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        main.run(["-t", "-r", str(copy), "--max_steps", str(MAX_STEPS + 2), "--logger", "csv"])
+    after = {p.name: p.read_bytes() for p in (copy / "checkpoints").iterdir()}
+    assert after == before
+
+
 def test_exception_in_training_step_leaves_embeddings(tmp_path):
     require_fixture(GOLDEN_WEIGHTS["ldm"])
     import main

@@ -40,6 +40,7 @@ class EmbeddingWriter(pl.Callback):
         super().__init__()
         self.ckptdir = Path(ckptdir)
         self.safetensors = safetensors
+        self.started = False  # set once training has begun (after any checkpoint restore)
 
     def write(self, pl_module: pl.LightningModule, global_step: int | None = None) -> list[Path]:
         """Write `embeddings.pt` (and `embeddings_gs-<global_step>.pt` when a step is given); return the paths."""
@@ -64,8 +65,12 @@ class EmbeddingWriter(pl.Callback):
         if trainer.is_global_zero:
             self.write(pl_module)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = True
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not trainer.is_global_zero or not (trainer.training or trainer.global_step > 0):
+        # not before training has started: a failed resume must not overwrite the run's embeddings
+        if not trainer.is_global_zero or not self.started:
             return
         try:
             paths = self.write(pl_module)

@@ -35,6 +35,7 @@ class SetupCallback(pl.Callback):
         self.logdir, self.ckptdir, self.cfgdir = Path(logdir), Path(ckptdir), Path(cfgdir)
         self.config = config
         self.lightning_config = lightning_config
+        self.started = False  # set once training has begun (after any checkpoint restore)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or not trainer.is_global_zero:
@@ -48,8 +49,13 @@ class SetupCallback(pl.Callback):
         )
         logger.info("Run folder %s (configs in %s)", self.logdir, self.cfgdir)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = True
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not trainer.training or trainer.world_size > 1:
+        # Before training starts (e.g. a failed resume) the model holds no trained state: saving it would overwrite
+        # the run's real last.ckpt with untrained weights.
+        if not self.started or trainer.world_size > 1:
             return
         path = self.ckptdir / "last.ckpt"
         try:
