@@ -1,0 +1,180 @@
+"""Sample the bundled ToyWorld model and judge the images with the ToyWorld detector.
+
+Shared by the model test (tests/test_toyworld_model.py), the demo (scripts/toyworld_demo.py) and the benchmark
+(scripts/evaluate_toyworld.py). Every sample has its own seed: its starting noise ``x_T`` is drawn from
+``torch.Generator().manual_seed(seed)``, so a sample does not depend on the batch it is in, and runs with and
+without Attend-and-Excite start from the same noise (paired comparisons). DDIM with eta = 0 is deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from ldm.evaluation.toyworld_detect import Detection, DetectorConfig, detect_batch, parse_caption, scene_matches
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+INFERENCE_CONFIG = ROOT / "configs" / "toyworld" / "txt2img-inference.yaml"
+WEIGHTS = ROOT / "models" / "toyworld" / "txt2img.safetensors"
+HELDOUT_DIR = ROOT / "data" / "toyworld" / "heldout"
+PLACEHOLDERS = {"*": "star"}  # what the inverted placeholder should draw, for the detector's verdicts
+MAX_OBJECTS = 8  # more detections than this: the sample is judged a failure (scene_matches refuses such lists)
+
+
+def load_toyworld_model(
+    config: str | Path = INFERENCE_CONFIG,
+    ckpt: str | Path = WEIGHTS,
+    embedding_path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.nn.Module:
+    """The shipped model (fp16 weights loaded into an fp32 model), in eval mode, optionally with learned ``*``."""
+    from ldm.util import load_model_from_config
+
+    for flag, p in (("config", config), ("ckpt", ckpt), ("embedding_path", embedding_path)):
+        if p is not None and not Path(p).is_file():
+            raise FileNotFoundError(f"{flag} {p}: no such file (run scripts/train_toyworld.sh to make the weights)")
+    model = load_model_from_config(OmegaConf.load(str(config)), str(ckpt), strict=False)
+    if embedding_path is not None:
+        model.embedding_manager.load(str(embedding_path))
+    return model.to(device).eval()
+
+
+@dataclass
+class SampleSettings:
+    """Sampler knobs of the ToyWorld runs (DDIM, eta 0, classifier-free guidance)."""
+
+    steps: int = 25
+    scale: float = 3.0
+    batch_size: int = 16
+    size: int = 64
+
+
+def start_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Tensor:
+    """``x_T`` for each seed: ``[N, C, h, w]``."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def sample_images(
+    model: torch.nn.Module,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    settings: SampleSettings | None = None,
+    ae_tokens: Sequence[str] | str | None = None,
+    ae_config=None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Images ``[N, 3, H, W]`` in [0, 1] for prompt ``prompts[i]`` from seed ``seeds[i]``.
+
+    ``ae_tokens``: Attend-and-Excite token spec (``"circle,square"``), one for all prompts or one per prompt; None or
+    "" samples without A&E. ``ae_config``: an ``AttendExciteConfig`` (default: the official defaults with
+    ``schedule_steps`` rescaled to ``settings.steps``).
+    """
+    from tqdm import tqdm
+
+    from ldm.inference import resolve_batch_tokens
+    from ldm.models.diffusion.ddim import DDIMSampler
+    from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite, AttendExciteConfig, scale_schedule
+
+    settings = settings or SampleSettings()
+    if len(prompts) != len(seeds):
+        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+    if isinstance(ae_tokens, str) or ae_tokens is None:
+        ae_tokens = [ae_tokens or ""] * len(prompts)
+    if len(ae_tokens) != len(prompts):
+        raise ValueError(f"got {len(ae_tokens)} A&E token specs for {len(prompts)} prompts")
+    f = 2 ** (len(model.first_stage_model.encoder.down) - 1)
+    shape = (model.channels, settings.size // f, settings.size // f)  # [C, h, w]
+    device = next(model.parameters()).device
+    sampler = DDIMSampler(model)
+    ae_used = None
+    if any(ae_tokens):
+        ae_used = scale_schedule(ae_config or AttendExciteConfig(), settings.steps)
+    out = []
+    starts = range(0, len(prompts), settings.batch_size)
+    for lo in tqdm(starts, desc="sampling", disable=not progress):
+        batch = list(prompts[lo : lo + settings.batch_size])
+        specs = ae_tokens[lo : lo + settings.batch_size]
+        n = len(batch)
+        x_t = start_noise(seeds[lo : lo + n], shape).to(device)  # [n, C, h, w]
+        with torch.no_grad():
+            c = model.get_learned_conditioning(batch)  # [n, L, D]
+            uc = model.get_learned_conditioning(n * [""]) if settings.scale != 1.0 else None
+        guidance = None
+        if ae_used is not None:
+            if len(set(specs)) != 1 or not specs[0]:
+                raise ValueError("one A&E token spec per batch: group prompts with the same spec together")
+            groups, eots, _ = resolve_batch_tokens(model, batch, specs[0])
+            guidance = AttendAndExcite(model.model.diffusion_model, ae_used, token_indices=groups, eot_positions=eots)
+        samples, _ = sampler.sample(
+            settings.steps, n, shape, conditioning=c, x_T=x_t, eta=0.0, verbose=False,
+            unconditional_guidance_scale=settings.scale, unconditional_conditioning=uc, latent_guidance=guidance,
+        )  # fmt: skip
+        with torch.no_grad():
+            images = ((model.decode_first_stage(samples).float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
+        out.append(images)
+    return torch.cat(out)
+
+
+@dataclass
+class Verdict:
+    """What the detector says about one sample of a prompt."""
+
+    prompt: str
+    wanted: list[tuple[str | None, str]]
+    detections: list[Detection]
+    shapes_present: bool  # every wanted shape is shown (colours ignored), by distinct objects
+    all_correct: bool  # every wanted (colour, shape) is shown by a distinct object
+
+    def describe(self) -> str:
+        seen = ", ".join(f"{d.colour} {d.shape}" for d in self.detections) or "nothing"
+        return f"{'OK ' if self.all_correct else 'NO '} saw: {seen}"
+
+
+def judge(
+    images: torch.Tensor,
+    prompts: Sequence[str],
+    placeholders: dict[str, str] | None = None,
+    detector: DetectorConfig | None = None,
+) -> list[Verdict]:
+    """The detector's verdict for each image against the objects its prompt names."""
+    placeholders = PLACEHOLDERS if placeholders is None else placeholders
+    detections = detect_batch(images, detector)
+    verdicts = []
+    for prompt, dets in zip(prompts, detections, strict=True):
+        wanted = parse_caption(prompt, placeholders)
+        shapes_only = [(None, s) for _, s in wanted]
+        if len(dets) > MAX_OBJECTS:  # a speckled, failed sample: no ToyWorld scene has this many objects
+            verdicts.append(Verdict(prompt, wanted, dets, False, False))
+            continue
+        verdicts.append(Verdict(prompt, wanted, dets, scene_matches(dets, shapes_only), scene_matches(dets, wanted)))
+    return verdicts
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, labels: Sequence[str] | None = None) -> Path:
+    """Write ``images`` ``[N, 3, H, W]`` in [0, 1] as one PNG grid (``labels``: a short text under each image)."""
+    from PIL import Image, ImageDraw
+
+    n, _, h, w = images.shape
+    pad, text_h = 2, (11 if labels else 0)
+    ncol = min(nrow, n)
+    nrows = (n + ncol - 1) // ncol
+    grid = Image.new("RGB", (ncol * (w + pad) + pad, nrows * (h + pad + text_h) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for k in range(n):
+        r, q = divmod(k, ncol)
+        x0, y0 = pad + q * (w + pad), pad + r * (h + pad + text_h)
+        arr = (images[k].permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype("uint8")
+        grid.paste(Image.fromarray(arr), (x0, y0))
+        if labels:
+            draw.text((x0 + 1, y0 + h), labels[k][:12], fill=(0, 0, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The whole mission offline, on the bundled ToyWorld model (models/toyworld/), in a few minutes on 2 CPU cores:
+#   (a) two-subject prompts sampled without and with Attend-and-Excite (grids + attention maps),
+#   (b) textual inversion of the held-out shape (a star no caption ever named) from data/toyworld/heldout with main.py,
+#   (c) "a photo of *" and "a * and a blue circle" with the learned "*" and A&E,
+# then the ToyWorld detector's verdicts. Everything goes to outputs/demo/ (summary in outputs/demo/summary.txt).
+#
+#   bash scripts/demo.sh
+#
+# Environment: PYTHON (interpreter that creates .venv, default python3), STEPS (DDIM steps, 25), N (samples per
+# prompt, 4), INV_STEPS (inversion steps, 300), THREADS (torch threads, default: all cores), OUT (outputs/demo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+START=$(date +%s)
+step() { printf '\n\033[1m== [%3ds] %s\033[0m\n' "$(($(date +%s) - START))" "$*"; }
+
+# --- set-up (as scripts/test.sh): .venv, CPU torch, the project ------------------------------------------------
+step "Setting up .venv"
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
+  "$VPY" -m pip install -q --upgrade pip >/dev/null
+  "$VPY" -m pip install -q "torch==2.13.0"  # first, so no requirement pulls a CUDA build
+fi
+if ! "$VPY" -c "import ldm, omegaconf, pytorch_lightning, transformers, kornia, safetensors" >/dev/null 2>&1; then
+  "$VPY" -m pip install -q -e .
+fi
+if [ -n "${THREADS:-}" ]; then export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS; fi
+
+CONFIG=configs/toyworld/txt2img-inference.yaml
+CKPT=models/toyworld/txt2img.safetensors
+OUT=${OUT:-outputs/demo}
+STEPS=${STEPS:-25}
+N=${N:-4}
+INV_STEPS=${INV_STEPS:-300}
+SCALE=3.0
+AE_RES=${AE_RES:-8}  # A&E reads the 8x8 cross-attention maps (ds=2) of the 16x16 latent
+if [ ! -f "$CKPT" ]; then
+  echo "error: $CKPT is missing; make it with: bash scripts/train_toyworld.sh" >&2
+  exit 1
+fi
+rm -rf "$OUT"
+mkdir -p "$OUT"
+
+sample() {  # outdir prompt [extra txt2img flags...]
+  local outdir=$1 prompt=$2
+  shift 2
+  "$VPY" scripts/txt2img.py --config "$CONFIG" --ckpt "$CKPT" --H 64 --W 64 --ddim_steps "$STEPS" --scale "$SCALE" \
+    --n_samples "$N" --seed 7 --prompt "$prompt" --outdir "$OUT/$outdir" --device cpu "$@" 2>&1 |
+    grep -E "Samples are in|A&E excites|Error|error" || true
+}
+
+# --- (a) two subjects, without and with Attend-and-Excite --------------------------------------------------------
+step "(a) two-subject prompts, plain and with Attend-and-Excite ($N samples each, $STEPS DDIM steps)"
+for pair in "red circle|blue square" "green triangle|yellow diamond" "blue circle|red triangle"; do
+  a=${pair%|*} b=${pair#*|}
+  prompt="a $a and a $b"
+  slug=$(echo "$prompt" | tr ' ' '-')
+  echo "-- $prompt"
+  sample "a_two_subjects/$slug/plain" "$prompt"
+  sample "a_two_subjects/$slug/attend_excite" "$prompt" --ae_tokens "${a#* },${b#* }" --ae_attention_res "$AE_RES" \
+    --save_attention
+done
+
+# --- (b) textual inversion of the held-out shape ----------------------------------------------------------------
+step "(b) textual inversion: learning '*' from $(ls data/toyworld/heldout | wc -l) images in data/toyworld/heldout ($INV_STEPS steps)"
+"$VPY" main.py -t --base configs/toyworld/finetune.yaml -n star --logdir "$OUT/b_inversion" --accelerator cpu \
+  --actual_resume "$CKPT" --data_root data/toyworld/heldout --init_word object --max_steps "$INV_STEPS" \
+  lightning.trainer.enable_progress_bar=true 2>&1 | tr '\r' '\n' | grep -E --line-buffered "Epoch .*[05]0/|Restored|Error|error" || true
+EMB=$(ls -t "$OUT"/b_inversion/*/checkpoints/embeddings.pt 2>/dev/null | head -n 1 || true)
+if [ -z "$EMB" ]; then
+  echo "error: the inversion wrote no embeddings.pt under $OUT/b_inversion" >&2
+  exit 1
+fi
+echo "learned embedding: $EMB"
+
+# --- (c) the learned word, alone and with another subject (A&E) -------------------------------------------------
+step "(c) sampling with the learned '*'"
+sample c_inverted/a-photo-of-star-init-word-only "a photo of *"  # "*" still at its init word "object": the baseline
+sample c_inverted/a-photo-of-star "a photo of *" --embedding_path "$EMB" --ae_tokens "*" --ae_attention_res "$AE_RES" \
+  --save_attention
+sample c_inverted/a-star-and-a-blue-circle "a * and a blue circle" --embedding_path "$EMB" --ae_tokens "*,circle" \
+  --ae_attention_res "$AE_RES" --save_attention
+
+# --- summary ----------------------------------------------------------------------------------------------------
+step "Summary"
+"$VPY" scripts/toyworld_demo.py "$OUT"
+cat <<EOF
+
+Done in $(($(date +%s) - START)) s. Pictures:
+  $OUT/a_two_subjects/<prompt>/{plain,attend_excite}/<prompt>.png   grids (attend_excite/attention/: token maps)
+  $OUT/b_inversion/*/images/                                          inversion training logs
+  $OUT/c_inverted/<prompt>/<prompt>.png                               samples with the learned "*"
+"*" counts as correct when the detector finds a star; "init-word-only" uses "*" before inversion (= "object").
+EOF
