@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from ldm.evaluation.toyworld_detect import Detection, DetectorConfig, detect_batch, parse_caption, scene_matches
 
@@ -34,16 +33,12 @@ def load_toyworld_model(
     embedding_path: str | Path | None = None,
     device: str | torch.device = "cpu",
 ) -> torch.nn.Module:
-    """The shipped model (fp16 weights loaded into an fp32 model), in eval mode, optionally with learned ``*``."""
-    from ldm.util import load_model_from_config
+    """The shipped model (fp16 weights loaded strictly into an fp32 model), in eval mode, optionally with ``*``."""
+    from ldm.inference import load_model
 
-    for flag, p in (("config", config), ("ckpt", ckpt), ("embedding_path", embedding_path)):
-        if p is not None and not Path(p).is_file():
-            raise FileNotFoundError(f"{flag} {p}: no such file (run scripts/train_toyworld.sh to make the weights)")
-    model = load_model_from_config(OmegaConf.load(str(config)), str(ckpt), strict=False)
-    if embedding_path is not None:
-        model.embedding_manager.load(str(embedding_path))
-    return model.to(device).eval()
+    if not Path(ckpt).is_file():
+        raise FileNotFoundError(f"{ckpt}: no such file (run scripts/train_toyworld.sh to make the weights)")
+    return load_model(config, ckpt, embedding_path, device)
 
 
 @dataclass
@@ -78,9 +73,9 @@ def sample_images(
     """
     from tqdm import tqdm
 
-    from ldm.inference import resolve_batch_tokens
+    from ldm.inference import sample_prompts
     from ldm.models.diffusion.ddim import DDIMSampler
-    from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite, AttendExciteConfig, scale_schedule
+    from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig, scale_schedule
 
     settings = settings or SampleSettings()
     if len(prompts) != len(seeds):
@@ -103,21 +98,12 @@ def sample_images(
         specs = ae_tokens[lo : lo + settings.batch_size]
         n = len(batch)
         x_t = start_noise(seeds[lo : lo + n], shape).to(device)  # [n, C, h, w]
-        with torch.no_grad():
-            c = model.get_learned_conditioning(batch)  # [n, L, D]
-            uc = model.get_learned_conditioning(n * [""]) if settings.scale != 1.0 else None
-        guidance = None
-        if ae_used is not None:
-            if len(set(specs)) != 1 or not specs[0]:
-                raise ValueError("one A&E token spec per batch: group prompts with the same spec together")
-            groups, eots, _ = resolve_batch_tokens(model, batch, specs[0])
-            guidance = AttendAndExcite(model.model.diffusion_model, ae_used, token_indices=groups, eot_positions=eots)
-        samples, _ = sampler.sample(
-            settings.steps, n, shape, conditioning=c, x_T=x_t, eta=0.0, verbose=False,
-            unconditional_guidance_scale=settings.scale, unconditional_conditioning=uc, latent_guidance=guidance,
-        )  # fmt: skip
-        with torch.no_grad():
-            images = ((model.decode_first_stage(samples).float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
+        if ae_used is not None and (len(set(specs)) != 1 or not specs[0]):
+            raise ValueError("one A&E token spec per batch: group prompts with the same spec together")
+        images = sample_prompts(
+            model, sampler, batch, shape, settings.steps, settings.scale, x_T=x_t,
+            ae_tokens=specs[0] if ae_used is not None else "", ae_config=ae_used,
+        ).images  # fmt: skip
         out.append(images)
     return torch.cat(out)
 
