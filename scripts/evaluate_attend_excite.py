@@ -173,7 +173,7 @@ def generate_all(
 def main(argv: list[str] | None = None) -> dict:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = inference.pick_device(args.device)
     if bool(args.images_dir) == bool(args.generate):
         raise ValueError("pass either --images_dir DIR [DIR ...] or --generate")
     clip_folder = resolve_clip_folder(args.clip_model)

@@ -28,6 +28,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from ldm import inference  # noqa: E402
 from ldm.evaluation.clip import CLIPFeatureExtractor, resolve_clip_folder  # noqa: E402
 from ldm.evaluation.evaluators import evaluate_inversion, strip_placeholder  # noqa: E402
 from ldm.evaluation.generate import add_size_args  # noqa: E402
@@ -67,7 +68,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = inference.pick_device(args.device)
     out_dir = Path(args.out_dir)
 
     # Check every input before the slow steps.
@@ -79,7 +80,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.gen_dir:
         generated = load_images(image_folder_files(args.gen_dir, "--gen_dir"))
     else:
-        from ldm import inference
         from ldm.evaluation.generate import generate_images, latent_shape
 
         if not args.ckpt_path:
