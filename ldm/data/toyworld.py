@@ -240,7 +240,8 @@ def caption_for(
 ) -> str:
     """A template caption for ``spec``. Shapes not in ``named_shapes`` (the held-out one) are always called
     ``object``; named shapes are called ``object`` with probability ``generic_prob`` (with the defaults, about 40% of
-    the objects called ``object`` in training captions are the held-out shape). Objects are listed in a random
+    the objects called ``object`` in training captions are the held-out shape; with ``generic_prob`` 0.05 and
+    ``heldout_prob`` 0.15, as in phase 2 of the shipped model's training, about 75%). Objects are listed in a random
     order; the colour is dropped with probability ``drop_colour_prob``."""
     if not spec.objects:
         return "a photo of nothing"  # unreachable with min_objects >= 1; kept total
