@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,3 +131,27 @@ def test_per_image_tokens(tmp_path):
 def test_template_counts():
     assert len(imagenet_templates_small) == 81 and len(set(imagenet_templates_small)) == 57
     assert len(style_templates_small) == 19 and len(set(style_templates_small)) == 17
+
+
+def test_templates_knob_replaces_the_caption_list(tmp_path):
+    _rgb_file(tmp_path / "a.png")
+    templates = ["a {}", "a photo of {}"]
+    data = personalized.PersonalizedBase(tmp_path, size=8, placeholder_token="*", templates=templates)
+    captions = {data[i]["caption"] for i in range(40)}
+    assert captions == {"a *", "a photo of *"}
+    style = personalized_style.PersonalizedBase(tmp_path, size=8, placeholder_token="*", templates=["{} style"])
+    assert style[0]["caption"] == "* style"
+    with pytest.raises(ValueError, match="exactly one"):
+        personalized.PersonalizedBase(tmp_path, size=8, templates=["no placeholder here"])
+
+
+def test_toyworld_finetune_templates_use_only_the_toy_vocabulary():
+    from omegaconf import OmegaConf
+
+    root = Path(__file__).resolve().parents[1]
+    config = OmegaConf.load(root / "configs/toyworld/finetune.yaml")
+    vocab = set((root / "configs/toyworld/vocab.txt").read_text().split())
+    templates = config.data.params.train.params.templates
+    assert templates == config.data.params.validation.params.templates
+    words = {w for t in templates for w in t.format("*").split()}
+    assert words <= vocab, f"words outside the ToyWorld vocabulary: {words - vocab}"

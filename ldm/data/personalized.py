@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,8 @@ class PersonalizedImages(Dataset):
         per_image_tokens: with probability `mixing_prob`, also name the image's own token (Hebrew letters).
         center_crop: crop the centre square before resizing (else non-square images are squashed).
         mixing_prob: probability of a dual template when `per_image_tokens`.
+        templates: caption templates with one ``{}`` for the placeholder, replacing the class's list (e.g. captions
+            in a small model's own vocabulary, as ``configs/toyworld/finetune.yaml`` does). None keeps the original.
     """
 
     templates: list[str] = imagenet_templates_small
@@ -62,8 +65,17 @@ class PersonalizedImages(Dataset):
         per_image_tokens: bool = False,
         center_crop: bool = False,
         mixing_prob: float = 0.25,
+        templates: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        if templates is not None:
+            templates = [str(t) for t in templates]
+            bad = [t for t in templates if t.count("{}") != 1]
+            if not templates or bad:
+                raise ValueError(
+                    f"templates: each caption template needs exactly one '{{}}' for the placeholder; got {bad or '[]'}"
+                )
+            self.templates = templates
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation '{interpolation}' is not one of {sorted(INTERPOLATIONS)}")
         self.data_root = str(data_root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from ldm.data.personalized import PersonalizedImages
 from ldm.data.templates import style_dual_templates_small, style_templates_small
@@ -28,6 +29,7 @@ class PersonalizedBase(PersonalizedImages):
         placeholder_token: str = "*",
         per_image_tokens: bool = False,
         center_crop: bool = False,
+        templates: Sequence[str] | None = None,
     ) -> None:
         super().__init__(
             data_root,
@@ -40,4 +42,5 @@ class PersonalizedBase(PersonalizedImages):
             per_image_tokens=per_image_tokens,
             center_crop=center_crop,
             mixing_prob=STYLE_MIXING_PROB,
+            templates=templates,
         )
