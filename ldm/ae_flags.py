@@ -67,18 +67,22 @@ def add_attend_excite_args(
         g.add_argument(f"--ae_{name}", type=kinds[name], default=None, help=f"AttendExciteConfig.{name}")
 
 
-def attend_excite_config(args: argparse.Namespace) -> AttendExciteConfig:
-    """The YAML of ``--ae_config`` with the ``--ae_<field>`` flags that were given on top."""
-    path = Path(args.ae_config)
+def load_ae_config(path: str | Path, **overrides: Any) -> AttendExciteConfig:
+    """An ``AttendExciteConfig`` from a YAML file (fields under ``attend_and_excite:`` or at the top level), with
+    ``overrides`` (field -> value, None = keep the file's value) on top. ``token_indices`` in the file is ignored."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--ae_config {path}: no such file (see configs/guidance/)")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     values = dict(raw.get("attend_and_excite", raw))
-    unknown = set(values) - {f.name for f in dataclasses.fields(AttendExciteConfig)}
+    unknown = (set(values) | set(overrides)) - {f.name for f in dataclasses.fields(AttendExciteConfig)}
     if unknown:
         raise ValueError(f"--ae_config {path}: unknown fields {sorted(unknown)}; allowed: {AE_FIELDS}")
-    for name in AE_FIELDS:
-        if getattr(args, f"ae_{name}", None) is not None:
-            values[name] = getattr(args, f"ae_{name}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
     values.pop("token_indices", None)
     return AttendExciteConfig(**values)
+
+
+def attend_excite_config(args: argparse.Namespace) -> AttendExciteConfig:
+    """The YAML of ``--ae_config`` with the ``--ae_<field>`` flags that were given on top."""
+    return load_ae_config(args.ae_config, **{name: getattr(args, f"ae_{name}", None) for name in AE_FIELDS})

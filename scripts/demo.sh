@@ -8,7 +8,8 @@
 #   bash scripts/demo.sh
 #
 # Environment: PYTHON (interpreter that creates .venv, default python3), STEPS (DDIM steps, 25), N (samples per
-# prompt, 4), INV_STEPS (inversion steps, 300), THREADS (torch threads, default: all cores), OUT (outputs/demo).
+# prompt, 4), INV_STEPS (inversion steps, 1000), AE_CONFIG (A&E
+# preset, configs/toyworld/attend_and_excite.yaml), THREADS (torch threads, default: all cores), OUT (outputs/demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -35,9 +36,9 @@ CKPT=models/toyworld/txt2img.safetensors
 OUT=${OUT:-outputs/demo}
 STEPS=${STEPS:-25}
 N=${N:-4}
-INV_STEPS=${INV_STEPS:-300}
+INV_STEPS=${INV_STEPS:-1000}
 SCALE=3.0
-AE_RES=${AE_RES:-8}  # A&E reads the 8x8 cross-attention maps (ds=2) of the 16x16 latent
+AE_CONFIG=${AE_CONFIG:-configs/toyworld/attend_and_excite.yaml}  # A&E tuned for the toy model (8x8 maps, softmax x10)
 if [ ! -f "$CKPT" ]; then
   echo "error: $CKPT is missing; make it with: bash scripts/train_toyworld.sh" >&2
   exit 1
@@ -61,7 +62,7 @@ for pair in "red circle|blue square" "green triangle|yellow diamond" "blue circl
   slug=$(echo "$prompt" | tr ' ' '-')
   echo "-- $prompt"
   sample "a_two_subjects/$slug/plain" "$prompt"
-  sample "a_two_subjects/$slug/attend_excite" "$prompt" --ae_tokens "${a#* },${b#* }" --ae_attention_res "$AE_RES" \
+  sample "a_two_subjects/$slug/attend_excite" "$prompt" --ae_tokens "${a#* },${b#* }" --ae_config "$AE_CONFIG" \
     --save_attention
 done
 
@@ -80,10 +81,10 @@ echo "learned embedding: $EMB"
 # --- (c) the learned word, alone and with another subject (A&E) -------------------------------------------------
 step "(c) sampling with the learned '*'"
 sample c_inverted/a-photo-of-star-init-word-only "a photo of *"  # "*" still at its init word "object": the baseline
-sample c_inverted/a-photo-of-star "a photo of *" --embedding_path "$EMB" --ae_tokens "*" --ae_attention_res "$AE_RES" \
+sample c_inverted/a-photo-of-star "a photo of *" --embedding_path "$EMB" --ae_tokens "*" --ae_config "$AE_CONFIG" \
   --save_attention
 sample c_inverted/a-star-and-a-blue-circle "a * and a blue circle" --embedding_path "$EMB" --ae_tokens "*,circle" \
-  --ae_attention_res "$AE_RES" --save_attention
+  --ae_config "$AE_CONFIG" --save_attention
 
 # --- summary ----------------------------------------------------------------------------------------------------
 step "Summary"

@@ -8,7 +8,8 @@
       paired 95% bootstrap interval of the difference; A&E at each cross-attention resolution of the toy UNet.
       If the plain model shows little neglect (both subjects in >= 90%), three-subject prompts are measured too.
 (ii)  inversion: "*" is learned from data/toyworld/heldout with main.py (configs/toyworld/finetune.yaml), then the
-      share of "a photo of *" samples where the detector finds the held-out star, against "*" = its init word.
+      share of "a photo of *" samples where the detector finds the held-out star, against "*" = its init word;
+      each with and without A&E on "*".
 (iii) "a * and a {colour} {shape}": both present, plain against A&E (learned "*").
 Seeds are fixed (prompt list, starting noise, inversion), so a rerun reproduces the numbers on the same machine.
 """
@@ -31,8 +32,11 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ldm.ae_flags import load_ae_config  # noqa: E402
 from ldm.data.toyworld import DEFAULT_COLOURS, NAMED_SHAPES  # noqa: E402
+from ldm.evaluation.toyworld_detect import parse_caption  # noqa: E402
 from ldm.evaluation.toyworld_sampling import (  # noqa: E402
+    AE_CONFIG,
     HELDOUT_DIR,
     INFERENCE_CONFIG,
     WEIGHTS,
@@ -43,6 +47,8 @@ from ldm.evaluation.toyworld_sampling import (  # noqa: E402
     save_grid,
 )
 from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig  # noqa: E402
+
+OFFICIAL_AE_CONFIG = REPO / "configs" / "guidance" / "attend_and_excite.yaml"
 
 logger = logging.getLogger("evaluate_toyworld")
 
@@ -59,6 +65,11 @@ def subject_prompts(n: int, k: int, seed: int) -> tuple[list[str], list[str]]:
         prompts.append(" and ".join(phrases) if k == 2 else ", ".join(phrases[:-1]) + " and " + phrases[-1])
         specs.append(",".join(shapes))
     return prompts, specs
+
+
+def colour_and_shape_specs(prompts: list[str]) -> list[str]:
+    """A&E specs that excite every colour word and every shape word (or "*") a prompt names, in order."""
+    return [",".join(w for c, s in parse_caption(p, {"*": "*"}) for w in ((c, s) if c else (s,))) for p in prompts]
 
 
 def placeholder_prompts(n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -169,9 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n_inversion", type=int, default=64, help="samples of (ii) and pairs of (iii)")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--scale", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--ae_config", type=str, default=str(AE_CONFIG), help="A&E preset (the ToyWorld one)")
+    p.add_argument("--official_config", type=str, default=str(OFFICIAL_AE_CONFIG), help="official A&E defaults")
     p.add_argument("--attention_res", type=str, default="8,4", help="A&E map sides to compare (first = main)")
-    p.add_argument("--ae_scale_factor", type=float, default=None, help="override AttendExciteConfig.scale_factor")
-    p.add_argument("--inversion_steps", type=int, default=300)
+    p.add_argument("--no_colour_words", action="store_true", help="skip the run that also excites colour words")
+    p.add_argument("--inversion_steps", type=int, default=1000)
     p.add_argument("--embedding_path", type=str, default=None, help="skip the inversion and use this file")
     p.add_argument("--three_subjects", choices=("auto", "yes", "no"), default="auto")
     p.add_argument("--ckpt", type=str, default=str(WEIGHTS), help="model weights")
@@ -186,8 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     settings = SampleSettings(steps=args.steps, scale=args.scale, batch_size=16)
     resolutions = [int(r) for r in args.attention_res.split(",") if r.strip()]
-    ae_kwargs = {} if args.ae_scale_factor is None else {"scale_factor": args.ae_scale_factor}
-    ae_configs = {r: AttendExciteConfig(attention_res=r, **ae_kwargs) for r in resolutions}
+    # (label, config, which words to excite): the preset at each map side, the official defaults at the main side,
+    # and the preset exciting the colour words too
+    methods: list[tuple[str, AttendExciteConfig, str]] = [
+        (f"A&E {r}x{r}", load_ae_config(args.ae_config, attention_res=r), "shapes") for r in resolutions
+    ]
+    main_res = resolutions[0]
+    official = load_ae_config(args.official_config, attention_res=main_res)
+    methods.append((f"A&E official {main_res}x{main_res}", official, "shapes"))
+    if not args.no_colour_words:
+        methods.append((f"A&E {main_res}x{main_res}, colour+shape words", methods[0][1], "colours"))
     model = load_toyworld_model(INFERENCE_CONFIG, args.ckpt)
     rows: list[Row] = []
     diffs: list[tuple[str, str, tuple[float, float, float]]] = []
@@ -201,16 +222,17 @@ def main(argv: list[str] | None = None) -> int:
         }
         for metric, hits in base.items():
             rows.append(Row(bench, "plain", metric, hits))
-        for r, cfg in ae_configs.items():
-            name = f"{tag}_ae{r}"
-            verdicts, seconds = run_pairs(model, prompts, specs, seeds, settings, cfg, outdir, name)
-            timings[f"{tag} A&E {r}x{r}"] = seconds
+        for k, (label, cfg, words) in enumerate(methods):
+            name = f"{tag}_ae{k}_{cfg.attention_res}"
+            method_specs = specs if words == "shapes" else colour_and_shape_specs(prompts)
+            verdicts, seconds = run_pairs(model, prompts, method_specs, seeds, settings, cfg, outdir, name)
+            timings[f"{tag} {label}"] = seconds
             for metric, hits in (
                 ("all subjects (shapes)", np.array([v.shapes_present for v in verdicts])),
                 ("all subjects, right colours", np.array([v.all_correct for v in verdicts])),
             ):
-                rows.append(Row(bench, f"A&E {r}x{r}", metric, hits))
-                diffs.append((bench, f"A&E {r}x{r} - plain, {metric}", bootstrap_diff(base[metric], hits)))
+                rows.append(Row(bench, label, metric, hits))
+                diffs.append((bench, f"{label} - plain, {metric}", bootstrap_diff(base[metric], hits)))
 
     # (i) two subjects
     prompts, specs = subject_prompts(args.n_pairs, 2, args.seed)
@@ -229,16 +251,25 @@ def main(argv: list[str] | None = None) -> int:
     n = args.n_inversion
     photo = ["a photo of *"] * n
     seeds2 = [30_000 + i for i in range(n)]
-    init_images = sample_images(model, photo, seeds2, settings)  # "*" = its init word "object"
     model_inv = load_toyworld_model(INFERENCE_CONFIG, args.ckpt, embedding_path=emb)
-    inv_images = sample_images(model_inv, photo, seeds2, settings)
-    save_grid(init_images[:32], outdir / "photo_of_star_init_word.png")
-    save_grid(inv_images[:32], outdir / "photo_of_star_learned.png")
-    star_init = np.array([v.all_correct for v in judge(init_images, photo)])
-    star_inv = np.array([v.all_correct for v in judge(inv_images, photo)])
-    rows.append(Row("(ii) a photo of *", "init word", "star found", star_init))
-    rows.append(Row("(ii) a photo of *", "learned *", "star found", star_inv))
-    diffs.append(("(ii) a photo of *", "learned - init word, star found", bootstrap_diff(star_init, star_inv)))
+    preset = methods[0][1]  # the ToyWorld A&E preset at the main map side, exciting "*"
+    star: dict[str, np.ndarray] = {}
+    for label, m, ae in (
+        ("init word", model, None),  # "*" = its init word "object"
+        ("init word + A&E", model, preset),
+        ("learned *", model_inv, None),
+        ("learned * + A&E", model_inv, preset),
+    ):
+        images = sample_images(m, photo, seeds2, settings, ae_tokens="*" if ae else None, ae_config=ae)
+        save_grid(images[:32], outdir / f"photo_of_star_{label.replace(' ', '_').replace('*', 'star')}.png")
+        star[label] = np.array([v.all_correct for v in judge(images, photo)])
+        rows.append(Row("(ii) a photo of *", label, "star found", star[label]))
+    for a, b in (
+        ("init word", "learned *"),
+        ("init word + A&E", "learned * + A&E"),
+        ("learned *", "learned * + A&E"),
+    ):
+        diffs.append(("(ii) a photo of *", f"{b} - {a}, star found", bootstrap_diff(star[a], star[b])))
 
     # (iii) the learned word with another subject
     model = model_inv
@@ -259,7 +290,7 @@ def _rel(path: str | Path) -> str:
 
 def write_results(args, rows: list[Row], diffs, timings: dict[str, float], emb: Path) -> None:
     cmd = "python scripts/evaluate_toyworld.py " + " ".join(sys.argv[1:])
-    step_size = AttendExciteConfig().scale_factor if args.ae_scale_factor is None else args.ae_scale_factor
+    preset = load_ae_config(args.ae_config)
     lines = [
         "# ToyWorld results",
         "",
@@ -271,11 +302,15 @@ def write_results(args, rows: list[Row], diffs, timings: dict[str, float], emb: 
         "",
         f"Model: `{_rel(args.ckpt)}` with `{INFERENCE_CONFIG.relative_to(REPO)}`; DDIM {args.steps} steps,"
         f" eta 0, guidance scale {args.scale}; one fixed seed per prompt (the same starting noise with and without"
-        " A&E). A&E: the official defaults (thresholds {0: .05, 10: .5, 20: .8} of a 50-step schedule, rescaled to"
-        f" {args.steps} steps; step size {step_size})"
-        " on the cross-attention maps of the given side (8x8: the ds=2 layers, 4x4: the ds=4 layers and the middle"
-        f" block, of the 16x16 latent). Inversion: `main.py` with `configs/toyworld/finetune.yaml`,"
-        f" {args.inversion_steps} steps, embeddings `{emb}`. Verdicts: `ldm/evaluation/toyworld_detect.py`"
+        " A&E). A&E: `A&E RxR` is the ToyWorld preset"
+        f" `{_rel(args.ae_config)}` (the official defaults with softmax_scale {preset.softmax_scale:g};"
+        " thresholds {0: .05, 10: .5, 20: .8} of a 50-step schedule rescaled to"
+        f" {args.steps} steps, step size {preset.scale_factor:g}) on the cross-attention maps of side R (8x8: the"
+        " ds=2 layers, 4x4: the ds=4 layers and the middle block, of the 16x16 latent), exciting the shape words"
+        f" (and `*`); `A&E official` is `{_rel(args.official_config)}` (softmax_scale 100) at the main side;"
+        " `colour+shape words` excites the colour words too. The preset was tuned on prompt-seed pairs disjoint from"
+        " these (see the preset file). Inversion: `main.py` with `configs/toyworld/finetune.yaml`,"
+        f" {args.inversion_steps} steps, embeddings `{_rel(emb)}`. Verdicts: `ldm/evaluation/toyworld_detect.py`"
         ' ("*" counts as the held-out star).',
         "",
         "| benchmark | method | metric | rate | 95% CI (Wilson) | n |",

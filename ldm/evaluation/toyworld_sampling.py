@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 INFERENCE_CONFIG = ROOT / "configs" / "toyworld" / "txt2img-inference.yaml"
 WEIGHTS = ROOT / "models" / "toyworld" / "txt2img.safetensors"
 HELDOUT_DIR = ROOT / "data" / "toyworld" / "heldout"
+AE_CONFIG = ROOT / "configs" / "toyworld" / "attend_and_excite.yaml"  # A&E tuned for the toy model
 PLACEHOLDERS = {"*": "star"}  # what the inverted placeholder should draw, for the detector's verdicts
 MAX_OBJECTS = 8  # more detections than this: the sample is judged a failure (scene_matches refuses such lists)
 
@@ -68,14 +69,15 @@ def sample_images(
     """Images ``[N, 3, H, W]`` in [0, 1] for prompt ``prompts[i]`` from seed ``seeds[i]``.
 
     ``ae_tokens``: Attend-and-Excite token spec (``"circle,square"``), one for all prompts or one per prompt; None or
-    "" samples without A&E. ``ae_config``: an ``AttendExciteConfig`` (default: the official defaults with
-    ``schedule_steps`` rescaled to ``settings.steps``).
+    "" samples without A&E. ``ae_config``: an ``AttendExciteConfig`` (default: the ToyWorld preset `AE_CONFIG`); its
+    schedule is rescaled to ``settings.steps``.
     """
     from tqdm import tqdm
 
+    from ldm.ae_flags import load_ae_config
     from ldm.inference import sample_prompts
     from ldm.models.diffusion.ddim import DDIMSampler
-    from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig, scale_schedule
+    from ldm.models.diffusion.guidance.attend_and_excite import scale_schedule
 
     settings = settings or SampleSettings()
     if len(prompts) != len(seeds):
@@ -90,7 +92,7 @@ def sample_images(
     sampler = DDIMSampler(model)
     ae_used = None
     if any(ae_tokens):
-        ae_used = scale_schedule(ae_config or AttendExciteConfig(), settings.steps)
+        ae_used = scale_schedule(ae_config or load_ae_config(AE_CONFIG), settings.steps)
     out = []
     starts = range(0, len(prompts), settings.batch_size)
     for lo in tqdm(starts, desc="sampling", disable=not progress):
