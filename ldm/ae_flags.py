@@ -64,7 +64,9 @@ def add_attend_excite_args(
         "schedule_steps": _optional_int,
     }  # fmt: skip
     for name in AE_FIELDS:
-        g.add_argument(f"--ae_{name}", type=kinds[name], default=None, help=f"AttendExciteConfig.{name}")
+        # SUPPRESS: a flag that was not given leaves no attribute, so "--ae_schedule_steps none" (a None value) is
+        # still an override
+        g.add_argument(f"--ae_{name}", type=kinds[name], default=argparse.SUPPRESS, help=f"AttendExciteConfig.{name}")
 
 
 def load_ae_config(path: str | Path, **overrides: Any) -> AttendExciteConfig:
@@ -85,4 +87,5 @@ def load_ae_config(path: str | Path, **overrides: Any) -> AttendExciteConfig:
 
 def attend_excite_config(args: argparse.Namespace) -> AttendExciteConfig:
     """The YAML of ``--ae_config`` with the ``--ae_<field>`` flags that were given on top."""
-    return load_ae_config(args.ae_config, **{name: getattr(args, f"ae_{name}", None) for name in AE_FIELDS})
+    given = {name: getattr(args, f"ae_{name}") for name in AE_FIELDS if hasattr(args, f"ae_{name}")}
+    return dataclasses.replace(load_ae_config(args.ae_config), **given)
