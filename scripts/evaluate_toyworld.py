@@ -150,7 +150,7 @@ def draw_plot(rows: list[Row], path: Path) -> None:
     """A horizontal bar chart of the rates with 95% Wilson intervals (PIL only)."""
     from PIL import Image, ImageDraw
 
-    bar_h, gap, left, width = 16, 6, 470, 360
+    bar_h, gap, left, width = 16, 6, 560, 360
     height = 40 + len(rows) * (bar_h + gap) + 30
     img = Image.new("RGB", (left + width + 60, height), (255, 255, 255))
     d = ImageDraw.Draw(img)
@@ -158,7 +158,7 @@ def draw_plot(rows: list[Row], path: Path) -> None:
     palette = {"plain": (150, 150, 150), "init word": (150, 150, 150)}
     for k, row in enumerate(rows):
         y = 40 + k * (bar_h + gap)
-        d.text((10, y + 2), f"{row.benchmark} | {row.metric} | {row.method}"[:76], fill=(0, 0, 0))
+        d.text((10, y + 2), f"{row.benchmark} | {row.metric} | {row.method}"[:92], fill=(0, 0, 0))
         colour = palette.get(row.method, (60, 110, 200))
         d.rectangle([left, y, left + int(width * row.rate), y + bar_h], fill=colour)
         lo, hi = wilson(int(row.hits.sum()), len(row.hits))
