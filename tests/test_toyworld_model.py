@@ -57,4 +57,5 @@ def test_single_subject_prompts_are_drawn_as_asked(model):
     verdicts = judge(images, PROMPTS)
     correct = sum(v.all_correct for v in verdicts)
     report = "\n".join(f"{v.prompt!r}: {v.describe()}" for v in verdicts)
+    print(f"single subjects drawn as asked: {correct}/{len(PROMPTS)}")  # shown by pytest -rP
     assert correct >= 0.8 * len(PROMPTS), f"only {correct}/{len(PROMPTS)} samples show what was asked:\n{report}"
