@@ -98,7 +98,7 @@ def part_a(steps: int = 50, batch: int = 1) -> None:
     from ldm.models.diffusion.ddim import DDIMSampler
     from ldm.util import load_model_from_config
 
-    golden = REPO.parent / "shared" / "fixtures" / "golden"
+    golden = REPO / "tests" / "fixtures" / "golden"
     model = load_model_from_config(
         OmegaConf.load(REPO / "configs/tests/golden_tiny_sd.yaml"), golden / "weights/tiny_sd.ckpt"
     ).eval()

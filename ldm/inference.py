@@ -6,14 +6,13 @@ evaluation scripts (``ldm/evaluation/generate.py``).
   manager) and the empty-prompt ``uc`` for classifier-free guidance, Attend-and-Excite when tokens are given, the
   sampler (DDIM / PLMS / DDPM), decoding to ``[0, 1]``.
 - :func:`run_txt2img`: the txt2img scripts' run: batches, ``n_iter``, and the samples, grids, optional attention
-  images and a ``settings.json`` of everything used. The scripts only parse flags.
+  images and a ``settings-NNNN.json`` of everything used (one per run, numbered). The scripts only parse flags.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from ldm.models.diffusion.guidance.tokens import (
 )
 from ldm.models.diffusion.guidance.visualize import render_attention
 from ldm.models.diffusion.schedule import make_ddim_timesteps
+from ldm.outputs import RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ __all__ = [  # the A&E flags live in ldm.ae_flags; the scripts reach them throug
     "AE_FIELDS", "DEFAULT_AE_CONFIG", "add_attend_excite_args", "attend_excite_config",
     "load_model", "make_sampler", "steps_run", "schedule_for_run", "sampling_scope", "SampledBatch",
     "sample_prompts", "resolve_batch_tokens", "SamplingOptions", "run_txt2img", "read_prompts", "pick_device",
-    "first_stage_factor", "make_grid", "to_pil",
+    "first_stage_factor", "make_grid", "to_pil", "attention_picture",
 ]  # fmt: skip
 
 
@@ -268,14 +268,17 @@ def sample_prompts(
 def run_txt2img(
     model: torch.nn.Module, batches: list[list[str]], opts: SamplingOptions, ae_config: AttendExciteConfig
 ) -> dict[str, Any]:
-    """Sample every batch of prompts ``n_iter`` times and write the outputs; returns the settings written."""
+    """Sample every batch of prompts ``n_iter`` times and write the outputs; returns the settings written.
+
+    Everything is written through :class:`ldm.outputs.RunFolder`: inside ``opts.outdir``, atomically, numbered after
+    what the folder already holds (samples, grids and ``settings-NNNN.json``), so a rerun keeps the earlier record.
+    """
     device = next(model.parameters()).device
-    outdir = Path(opts.outdir)
-    sample_dir = outdir / "samples"
-    sample_dir.mkdir(parents=True, exist_ok=True)
+    out_folder = RunFolder(opts.outdir, opts.layout)
     use_ae = bool(opts.ae_tokens.strip())
     if opts.save_attention and not use_ae:
         raise ValueError("--save_attention needs --ae_tokens (the tokens whose maps to show)")
+    out_folder.prepare()
     sampler = make_sampler(model, opts.sampler)
     ae_used, n_run = schedule_for_run(ae_config, opts.sampler, opts.steps, model.num_timesteps, log=use_ae)
     generator = torch.Generator(device=device).manual_seed(opts.seed)
@@ -288,8 +291,8 @@ def run_txt2img(
     settings: dict[str, Any] = {"options": dataclasses.asdict(opts), "attend_and_excite": None, "prompts": {}}
     if use_ae:
         settings["attend_and_excite"] = dataclasses.asdict(ae_used) | {"steps_run": n_run}
-    base_count = len(list(sample_dir.glob("*.png")))
-    grid_count = len(list(outdir.glob("*.png")))
+    base_count = out_folder.next_sample_index()
+    settings["first_sample"] = base_count
     all_samples: list[torch.Tensor] = []
     with sampling_scope(model, opts.precision):
         for _ in tqdm(range(opts.n_iter), desc="Sampling"):
@@ -302,26 +305,24 @@ def run_txt2img(
                 settings["prompts"].update(out.report)
                 for k, image in enumerate(out.images):
                     if not opts.skip_save:
-                        name = f"{base_count:05}.png" if opts.layout == "sd" else f"{base_count:04}.png"
-                        to_pil(image).save(sample_dir / name)
+                        out_folder.save_image(to_pil(image), out_folder.sample_path(base_count))
                     if opts.save_attention:
-                        _save_attention(model, unet, out.latents[k : k + 1], out.cond[k : k + 1],
-                                        out.token_groups[k], prompts[k], image, ae_used,
-                                        outdir / "attention" / f"{base_count:05}.png")  # fmt: skip
+                        picture = attention_picture(model, unet, out.latents[k : k + 1], out.cond[k : k + 1],
+                                                    out.token_groups[k], prompts[k], image, ae_used)  # fmt: skip
+                        out_folder.save_image(picture, out_folder.attention_path(base_count))
                     base_count += 1
                 all_samples.append(out.images)
     if not opts.skip_grid and all_samples:
         grid = make_grid(torch.cat(all_samples), nrow=opts.n_rows or batch_size)
-        stem = batches[0][0].replace(" ", "-")[:100]
-        grid_name = f"{stem}-{grid_count:04}.png" if opts.layout == "sd" else f"{stem}.png"
-        to_pil(grid).save(outdir / grid_name)
+        grid_path = out_folder.save_image(to_pil(grid), out_folder.grid_path(batches[0][0]))
+        settings["grid"] = grid_path.name
     settings["extra"] = opts.extra_settings
-    (outdir / "settings.json").write_text(json.dumps(settings, indent=1, default=str))
-    logger.info("Samples are in %s", outdir)
+    out_folder.save_json(settings, out_folder.settings_path())
+    logger.info("Samples are in %s", opts.outdir)
     return settings
 
 
-def _save_attention(
+def attention_picture(
     model: torch.nn.Module,
     unet: torch.nn.Module,
     z: torch.Tensor,
@@ -330,16 +331,14 @@ def _save_attention(
     prompt: str,
     image: torch.Tensor,
     config: AttendExciteConfig,
-    path: Path,
-) -> None:
+) -> Image.Image:
     """One conditional pass on the final latent at t=1; each excited token's smoothed map over the image."""
     t = torch.ones(1, dtype=torch.long, device=z.device)
     maps = capture_token_maps(unet, z.float(), t, c.float(), [groups], config)[0]  # [K, r, r]
     ids, placeholders = _prompt_tokens(model, prompt)
     names = dict(token_table(ids, model.cond_stage_model.tokenizer, placeholders))
     labels = [" ".join(dict.fromkeys(names[p] for p in g)) for g in groups]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    render_attention(to_pil(image), maps, labels).save(path)
+    return render_attention(to_pil(image), maps, labels)
 
 
 def read_prompts(prompt: str, from_file: str | None, batch_size: int) -> list[list[str]]:

@@ -52,6 +52,7 @@ from ldm.evaluation.evaluators import (  # noqa: E402
 )
 from ldm.evaluation.generate import add_size_args, generate_images, guidance_summary, latent_shape  # noqa: E402
 from ldm.evaluation.images import list_images, save_images  # noqa: E402
+from ldm.outputs import save_json  # noqa: E402
 
 logger = logging.getLogger("evaluate_attend_excite")
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml"
@@ -163,7 +164,7 @@ def generate_all(
                 done = {"ae_tokens": spec, **out.report[prompt], "guidance": guidance_summary(out.records)}
                 ae = settings["attend_and_excite"] | done
             record = {"prompt": prompt, "method": label, **settings, "attend_and_excite": ae}
-            (folder / "settings.json").write_text(json.dumps(record, indent=1) + "\n")
+            save_json(record, folder / "settings.json")
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -4,7 +4,7 @@
     python scripts/stable_txt2img.py --ckpt <sd-v1.ckpt> --prompt "a cat and a frog" --ae_tokens 2,5
 
 Outputs (as the original): <outdir>/samples/{00000}.png, grids <outdir>/<prompt-with-dashes>-{0000}.png, plus
-<outdir>/settings.json and, with --save_attention, <outdir>/attention/{00000}.png.
+<outdir>/settings-NNNN.json (one per run) and, with --save_attention, <outdir>/attention/{00000}.png.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 
     python scripts/toyworld_demo.py outputs/demo
 
-Every folder under the given root that holds a ``settings.json`` written by scripts/txt2img.py is one sampling run:
+Every folder under the given root that holds a ``settings-NNNN.json`` written by scripts/txt2img.py is one sampling run:
 its prompt, whether Attend-and-Excite was on, and ``samples/*.png``. For each run the ToyWorld detector lists what
 each image shows and whether every object the prompt names is there (shape and colour; ``*`` counts as the held-out
 star). The table is also written to ``<root>/summary.txt``.
@@ -36,7 +36,7 @@ def load_images(folder: Path) -> torch.Tensor:
 
 def summarise_run(run: Path) -> tuple[str, str, int, int, list[str]]:
     """(prompt, mode, images showing everything asked, images, per-image lines) of one txt2img output folder."""
-    settings = json.loads((run / "settings.json").read_text())
+    settings = json.loads(max(run.glob("settings-*.json")).read_text())  # the run's latest record
     extra = settings.get("extra", {})
     prompt = extra.get("prompt") or next(iter(settings.get("prompts", {})), "?")
     ae_tokens = settings.get("options", {}).get("ae_tokens", "")
@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="list every image's detections")
     args = parser.parse_args(argv)
     root = Path(args.root)
-    runs = sorted(p.parent for p in root.rglob("settings.json"))
+    runs = sorted({p.parent for p in root.rglob("settings-*.json")})
     if not runs:
-        print(f"no sampling runs (settings.json) under {root}; run scripts/demo.sh first", file=sys.stderr)
+        print(f"no sampling runs (settings-NNNN.json) under {root}; run scripts/demo.sh first", file=sys.stderr)
         return 1
     out = ["Detector verdicts (an image counts when every object the prompt names is there, right colour):"]
     for run in runs:

@@ -5,7 +5,7 @@
         --prompt "a photo of * and a dog" --ae_tokens "*,dog"
 
 Outputs (as the original): <outdir>/samples/{0000}.png, the grid <outdir>/<prompt-with-dashes>.png, plus
-<outdir>/settings.json and, with --save_attention, <outdir>/attention/{00000}.png.
+<outdir>/settings-NNNN.json (one per run) and, with --save_attention, <outdir>/attention/{00000}.png.
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"  # carried in the repository (tests/fixtures/README.md)
 GOLDEN = FIXTURES / "golden"
 GOLDEN_WEIGHTS = {"sd": GOLDEN / "weights" / "tiny_sd.ckpt", "ldm": GOLDEN / "weights" / "tiny_ldm.safetensors"}
 
@@ -20,12 +19,9 @@ torch.set_num_threads(1)
 
 
 def require_fixture(path: Path) -> Path:
-    """The fixture path, or skip (a failure under CI=true, where fixtures must be present)."""
+    """The fixture path; a missing one fails the test (the fixtures ship in tests/fixtures, nothing is skipped)."""
     if not path.exists():
-        message = f"fixture {path} is missing"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + " (CI=true: fixtures are required)")
-        pytest.skip(message)
+        pytest.fail(f"fixture {path} is missing: tests/fixtures/ is part of the repository (see its README.md)")
     return path
 
 

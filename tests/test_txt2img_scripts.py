@@ -35,7 +35,7 @@ def test_stable_txt2img_with_ae_and_attention_images(tmp_path):
     assert (out / "samples" / "00000.png").is_file() and (out / "a-cat-and-a-frog-0000.png").is_file()
     sheet = Image.open(out / "attention" / "00000.png")
     assert sheet.size == (3 * 64, 64 + 20)
-    settings = json.loads((out / "settings.json").read_text())
+    settings = json.loads((out / "settings-0000.json").read_text())
     assert settings["prompts"]["a cat and a frog"]["excited"] == [[2], [5]]
     # 2 steps: 0 -> 0, 10 -> round(0.4) = 0 (the higher threshold wins), 20 -> round(0.8) = 1
     assert settings["attend_and_excite"]["thresholds"] == {"0": 0.5, "1": 0.8}

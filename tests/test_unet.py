@@ -19,7 +19,7 @@ from ldm.modules.attention import AttentionController, CrossAttention, SpatialTr
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ldm.modules.diffusionmodules.util import timestep_embedding
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 GOLDEN = FIXTURES / "golden"
 PREFIX = "model.diffusion_model."
 

@@ -9,28 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 
+from ldm.outputs import atomic_write
+
 logger = logging.getLogger(__name__)
 
 
 def atomic_save(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` for a temporary file in the same folder, then rename it to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Call `write(tmp_path)` for a temporary file in the same folder, then rename it to `path` (umask permissions)."""
+    atomic_write(path, write)
 
 
 class EmbeddingWriter(pl.Callback):

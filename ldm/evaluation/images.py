@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ldm.outputs import save_image
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -62,6 +64,6 @@ def save_images(images: Tensor, folder: str | Path, start: int = 0) -> list[Path
     arr = (images.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
     for i, a in enumerate(arr):
         path = folder / f"{start + i:04}.png"
-        Image.fromarray(a).save(path)
+        save_image(Image.fromarray(a), path)
         paths.append(path)
     return paths
