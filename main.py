@@ -19,6 +19,7 @@ import datetime
 import importlib.util
 import inspect
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ldm.callbacks import CUDACallback, EmbeddingWriter, ImageLogger, SetupCallback
 from ldm.data.datamodule import DataModuleFromConfig, WrappedDataset
+from ldm.outputs import claim_folder
 
 __all__ = ["DataModuleFromConfig", "ImageLogger", "WrappedDataset", "get_parser", "main", "run", "RunResult"]
 
@@ -159,6 +161,14 @@ def resolve_run(opt: argparse.Namespace, now: str) -> tuple[Path, str, str | Non
     prefix = Path(opt.data_root.rstrip("/")).name if opt.datadir_in_name and opt.data_root else ""
     run_name = prefix + now + name + opt.postfix
     return Path(opt.logdir) / run_name, run_name, None, list(opt.base)
+
+
+RUN_DIR_ENV = "LDM_RUN_DIR"  # the claimed run folder, handed to the processes a DDP launcher starts
+
+
+def is_main_process() -> bool:
+    """True unless the launcher's environment says this process is not global rank 0 (DDP children, SLURM)."""
+    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def load_config(bases: list[str], overrides: list[str]) -> DictConfig:
@@ -363,6 +373,13 @@ def run(argv: list[str] | None = None) -> RunResult:
     data.setup("fit")  # build the datasets now, so a bad data folder fails before the trainer starts
     scale_learning_rate(model, config, options, opt.scale_lr)
 
+    if not resume_ckpt:  # a new run gets a folder of its own (a resumed run keeps its folder)
+        if is_main_process():
+            logdir = claim_folder(logdir, "-n/--name or -l/--logdir")
+            os.environ[RUN_DIR_ENV] = str(logdir)
+        elif os.environ.get(RUN_DIR_ENV):
+            logdir = Path(os.environ[RUN_DIR_ENV])
+        run_name, ckptdir, cfgdir = logdir.name, logdir / "checkpoints", logdir / "configs"
     setup_kwargs = {"resume": bool(resume_ckpt), "now": now, "config": config, "lightning_config": lightning_config}
     callbacks = make_callbacks(lightning_config, model, logdir, ckptdir, cfgdir, setup_kwargs)
     trainer = pl.Trainer(

@@ -9,6 +9,7 @@ the embedding writer.
   (``0o666`` less the umask); a full disk raises :class:`OSError` saying "no space left on device" and naming the path,
   and leaves nothing behind.
 - :func:`save_image`, :func:`save_json`, :func:`save_text`: atomic writers for the usual outputs.
+- :func:`claim_folder`: create a folder that no other run uses (``<name>``, else ``<name>_1``, ``<name>_2``, ...).
 - :func:`next_index`: the next free number for files named ``<prefix><number><suffix>`` in a folder, so a rerun into
   the same folder keeps earlier records (samples, grids, ``settings-0001.json``).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import tempfile
@@ -29,8 +31,10 @@ from PIL import Image
 
 __all__ = [
     "OutputError", "safe_stem", "inside", "atomic_write", "save_image", "save_json", "save_text", "next_index",
-    "file_mode", "RunFolder",
+    "file_mode", "claim_folder", "RunFolder",
 ]  # fmt: skip
+
+logger = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[\\/:*?\"<>|\s]+")  # separators, Windows-reserved characters and whitespace -> "-"
 
@@ -127,6 +131,32 @@ def next_index(folder: str | os.PathLike, prefix: str = "", suffix: str = ".png"
         return 0
     numbers = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.fullmatch(p.name))]
     return max(numbers, default=-1) + 1
+
+
+MAX_FOLDER_SUFFIX = 1000
+
+
+def claim_folder(path: str | os.PathLike, hint: str = "another name") -> Path:
+    """Create the folder ``path`` exclusively and return it; when it exists, ``<name>_1``, ``<name>_2``, ...
+
+    ``mkdir`` without ``exist_ok`` is atomic, so of two processes claiming the same name exactly one gets it and the
+    other moves on to the next suffix: two runs started in the same second never share a folder. ``hint`` says in
+    the error (every suffix taken) what to change.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for k in range(MAX_FOLDER_SUFFIX):
+        candidate = path if k == 0 else path.with_name(f"{path.name}_{k}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise OutputError(f"cannot create the folder {candidate} ({err.strerror})") from err
+        if k:
+            logger.warning("Folder %s exists; using %s", path, candidate)
+        return candidate
+    raise OutputError(f"folders {path} and {path.name}_1 .. _{MAX_FOLDER_SUFFIX - 1} all exist; choose {hint}")
 
 
 class RunFolder:

@@ -5,7 +5,8 @@
 
 The input format is detected from the file. `--placeholder` renames a single embedding (A1111 and diffusers files
 name the concept by a word that is often not a single token); TI output looks up token ids with the tokenizer of the
-family the vector size belongs to (768 SD v1, 1024 SD v2, 1280 LDM), or checks `--expect_dim`.
+model `--config` builds (and checks the vector size against it), else with the tokenizer of the family the vector
+size belongs to (768 SD v1, 1024 SD v2, 1280 LDM). `--expect_dim` checks the size. The output folder must exist.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from ldm.modules.embedding_interop import (  # noqa: E402
     check_dim,
     read_embeddings,
     renamed,
+    tokenizer_from_config,
     with_token_ids,
     write_embeddings,
 )
+from ldm.outputs import OutputError  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -36,12 +39,19 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--placeholder", default=None, help="rename the (single) embedding to this string")
     p.add_argument("--name", default=None, help="A1111 trigger name (default: the output file stem)")
     p.add_argument("--expect_dim", type=int, default=None, help="refuse vectors of another size (768/1024/1280)")
+    p.add_argument(
+        "--config", default=None, help="model config whose tokenizer looks up token ids (any size; else 768/1024/1280)"
+    )
     return p
 
 
 def convert(argv: list[str] | None = None) -> Path:
     opt = get_parser().parse_args(argv)
     embeddings = read_embeddings(opt.input)
+    tokenizer = None
+    if opt.config is not None:
+        tokenizer, dim = tokenizer_from_config(opt.config)
+        check_dim(embeddings, dim, opt.input)
     if opt.expect_dim is not None:
         check_dim(embeddings, opt.expect_dim, opt.input)
     if opt.placeholder is not None:
@@ -53,7 +63,7 @@ def convert(argv: list[str] | None = None) -> Path:
     if opt.name is not None:
         embeddings.name = opt.name
     if opt.to == "ti":
-        embeddings = with_token_ids(embeddings)
+        embeddings = with_token_ids(embeddings, tokenizer)
     out = write_embeddings(embeddings, opt.output, opt.to)
     logging.getLogger(__name__).info(
         "%s (%s) -> %s (%s): %s", opt.input, embeddings.source_format, out, opt.to, sorted(embeddings.vectors)
@@ -65,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         convert(argv)
-    except EmbeddingFileError as err:
+    except (EmbeddingFileError, OutputError) as err:
         logging.getLogger(__name__).error("%s", err)
         return 2
     return 0

@@ -52,7 +52,7 @@ from ldm.evaluation.evaluators import (  # noqa: E402
 )
 from ldm.evaluation.generate import add_size_args, generate_images, guidance_summary, latent_shape  # noqa: E402
 from ldm.evaluation.images import list_images, save_images  # noqa: E402
-from ldm.outputs import save_json  # noqa: E402
+from ldm.outputs import save_json, save_text  # noqa: E402
 
 logger = logging.getLogger("evaluate_attend_excite")
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml"
@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> dict:
     meta = {"clip_model": str(clip_folder), "templates": args.templates, "prompts": args.prompts}
     if generation is not None:
         meta["generation"] = generation
-    (out_dir / "clip_raw_metrics.json").write_text(json.dumps({**meta, "methods": raw}, indent=2) + "\n")
-    (out_dir / "clip_aggregated_metrics.json").write_text(json.dumps({**meta, "methods": aggregated}, indent=2) + "\n")
-    (out_dir / "clip_metrics.md").write_text(table)
+    save_text(json.dumps({**meta, "methods": raw}, indent=2) + "\n", out_dir / "clip_raw_metrics.json")
+    save_text(json.dumps({**meta, "methods": aggregated}, indent=2) + "\n", out_dir / "clip_aggregated_metrics.json")
+    save_text(table, out_dir / "clip_metrics.md")
     print(table)
     print(f"wrote {out_dir / 'clip_raw_metrics.json'}, clip_aggregated_metrics.json and clip_metrics.md")
     return {"raw": raw, "aggregated": aggregated, "table": table}

@@ -33,6 +33,7 @@ from ldm.evaluation.clip import CLIPFeatureExtractor, resolve_clip_folder  # noq
 from ldm.evaluation.evaluators import evaluate_inversion, strip_placeholder  # noqa: E402
 from ldm.evaluation.generate import add_size_args  # noqa: E402
 from ldm.evaluation.images import image_folder_files, load_images, save_images  # noqa: E402
+from ldm.outputs import save_text  # noqa: E402
 
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml"
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     out_file = out_dir / "clip_similarity.json"
-    out_file.write_text(json.dumps(result, indent=2) + "\n")
+    save_text(json.dumps(result, indent=2) + "\n", out_file)
     print(f"image similarity (reconstruction): {result['image_similarity']:.4f}")
     print(f"text similarity  (editability, {result['text']!r}): {result['text_similarity']:.4f}")
     print(f"wrote {out_file}")

@@ -47,6 +47,7 @@ from ldm.evaluation.toyworld_sampling import (  # noqa: E402
     save_grid,
 )
 from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig  # noqa: E402
+from ldm.outputs import save_image, save_text  # noqa: E402
 
 OFFICIAL_AE_CONFIG = REPO / "configs" / "guidance" / "attend_and_excite.yaml"
 
@@ -170,8 +171,7 @@ def draw_plot(rows: list[Row], path: Path) -> None:
         x = left + int(width * frac)
         d.line([x, 36, x, y], fill=(200, 200, 200))
         d.text((x - 8, y + 4), f"{frac:.1f}", fill=(0, 0, 0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    save_image(img, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,8 +327,7 @@ def write_results(args, rows: list[Row], diffs, timings: dict[str, float], emb: 
         lines.append(f"| {bench} | {name} | {m:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {excludes} |")
     lines += ["", "Sampling time (seconds, this machine): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())]
     lines += ["", f"![results]({Path(args.plot).name})", ""]
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text("\n".join(lines) + "\n")
+    save_text("\n".join(lines) + "\n", args.results)
 
 
 if __name__ == "__main__":

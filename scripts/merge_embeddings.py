@@ -5,7 +5,8 @@
 
 Inputs may be in any supported format (TI, A1111, diffusers). A placeholder used by two files is a clash: each
 `--rename OLD=NEW` renames the next clashing OLD (in file order) to NEW; a clash without a rename is an error.
-Never prompts. `-sd` means the files are for Stable Diffusion (CLIP tokens); without it, LDM (BERT tokens).
+Never prompts. `-sd` means the files are for Stable Diffusion (CLIP tokens); without it, LDM (BERT tokens);
+`--config` uses the tokenizer and vector size of the model a config builds instead (any model, e.g. ToyWorld).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
@@ -24,8 +26,10 @@ from ldm.modules.embedding_interop import (  # noqa: E402
     read_embeddings,
     single_token_id,
     tokenizer_for_dim,
+    tokenizer_from_config,
     write_embeddings,
 )
+from ldm.outputs import OutputError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 SD_DIM, LDM_DIM = 768, 1280
@@ -36,6 +40,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--manager_ckpts", nargs="+", required=True, help="embeddings files to merge")
     p.add_argument("--output_path", required=True, help="merged file (.pt, or .safetensors)")
     p.add_argument("-sd", "--stable_diffusion", action="store_true", help="SD v1 embeddings (else LDM)")
+    p.add_argument("--config", default=None, help="model config whose tokenizer and vector size to use (else -sd)")
     p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW", help="resolve a placeholder clash")
     return p
 
@@ -50,8 +55,8 @@ def parse_renames(values: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def merge(paths: list[str], renames: list[tuple[str, str]], expected_dim: int) -> Embeddings:
-    tokenizer = tokenizer_for_dim(expected_dim)
+def merge(paths: list[str], renames: list[tuple[str, str]], expected_dim: int, tokenizer: Any = None) -> Embeddings:
+    tokenizer = tokenizer or tokenizer_for_dim(expected_dim)
     pending = list(renames)
     merged = Embeddings({}, {}, "ti")
     for path in paths:
@@ -81,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     opt = get_parser().parse_args(argv)
     try:
-        merged = merge(opt.manager_ckpts, parse_renames(opt.rename), SD_DIM if opt.stable_diffusion else LDM_DIM)
+        tokenizer, dim = tokenizer_from_config(opt.config) if opt.config else (None, None)
+        dim = dim or (SD_DIM if opt.stable_diffusion else LDM_DIM)
+        merged = merge(opt.manager_ckpts, parse_renames(opt.rename), dim, tokenizer)
         write_embeddings(merged, opt.output_path, "ti")
-    except EmbeddingFileError as err:
+    except (EmbeddingFileError, OutputError) as err:
         logger.error("%s", err)
         return 2
     logger.info("Merged %s into %s", sorted(merged.vectors), opt.output_path)

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ldm.evaluation.toyworld_sampling import judge  # noqa: E402
+from ldm.outputs import save_text  # noqa: E402
 
 
 def load_images(folder: Path) -> torch.Tensor:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             out.extend(lines)
     text = "\n".join(out)
     print(text)
-    (root / "summary.txt").write_text(text + "\n")
+    save_text(text + "\n", root / "summary.txt")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Writes the textual-inversion embeddings next to the checkpoints (Gal et al. 2022 keep only v*).
 
 - at every checkpoint: `checkpoints/embeddings.pt` (overwritten) and `checkpoints/embeddings_gs-<step>.pt`, each with a
-  `.safetensors` twin; files are written to a temporary name and renamed, so a crash never leaves half a file;
+  `.safetensors` twin; files are written to a temporary name and renamed (`EmbeddingManager.save` writes through
+  `ldm.outputs.atomic_write`), so a crash never leaves half a file;
 - at the end of training, and on an exception or Ctrl-C during training: `embeddings.pt` (+ `.safetensors`).
 """
 
@@ -45,7 +46,7 @@ class EmbeddingWriter(pl.Callback):
         for stem in stems:
             for suffix in suffixes:
                 path = self.ckptdir / f"{stem}{suffix}"
-                atomic_save(path, manager.save)  # the format follows the suffix, which the temp file keeps
+                manager.save(path)  # atomic, umask permissions; the format follows the suffix
                 written.append(path)
         return written
 

@@ -15,6 +15,8 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
+from ldm.outputs import save_image
+
 logger = logging.getLogger(__name__)
 
 
@@ -89,14 +91,13 @@ class ImageLogger(pl.Callback):
         self, root: Path, split: str, images: dict[str, torch.Tensor], step: int, epoch: int, batch_idx: int
     ):
         folder = root / "images" / split
-        folder.mkdir(parents=True, exist_ok=True)
         for key, value in images.items():
             grid = make_grid(value, nrow=4)  # [C, H, W]
             if self.rescale:
                 grid = (grid + 1.0) / 2.0
             array = (grid.permute(1, 2, 0).numpy().clip(0, 1) * 255).astype(np.uint8)
             name = f"{key}_gs-{step:06}_e-{epoch:06}_b-{batch_idx:06}.jpg"
-            Image.fromarray(array).save(folder / name)
+            save_image(Image.fromarray(array), folder / name)  # atomic, umask permissions
 
     @torch.no_grad()
     def log_img(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, split: str):

@@ -9,6 +9,8 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from ldm.outputs import atomic_write
+
 logger = logging.getLogger(__name__)
 
 
@@ -42,11 +44,9 @@ class SetupCallback(pl.Callback):
             return
         for folder in (self.logdir, self.ckptdir, self.cfgdir, self.logdir / "images"):
             folder.mkdir(parents=True, exist_ok=True)
-        project = self.cfgdir / f"{self.now}-project.yaml"
-        OmegaConf.save(self.config, project)
-        OmegaConf.save(
-            OmegaConf.create({"lightning": self.lightning_config}), self.cfgdir / f"{self.now}-lightning.yaml"
-        )
+        lightning = OmegaConf.create({"lightning": self.lightning_config})
+        for config, name in ((self.config, "project"), (lightning, "lightning")):
+            atomic_write(self.cfgdir / f"{self.now}-{name}.yaml", lambda tmp, c=config: OmegaConf.save(c, tmp))
         logger.info("Run folder %s (configs in %s)", self.logdir, self.cfgdir)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -20,22 +20,30 @@ class ImageFolderError(ValueError):
 
 
 def list_images(folder: str | os.PathLike, flag: str = "data_root") -> list[Path]:
-    """The files of `folder` (sorted by name) that PIL can open as images.
+    """The files of `folder` (sorted by name) that PIL opens and decodes completely as images.
 
-    Anything else (text files, sub-folders, broken images) is skipped with one warning naming every skipped entry.
-    A missing or image-less folder is an error that names the folder and the `flag` that set it.
+    Each file is decoded in full (PIL's `verify()` does not decode JPEG data, so a truncated JPEG would pass it and
+    then stop training at its first batch). Entries that are not images (text files, sub-folders) are skipped with
+    one warning naming them; an image that fails to decode is skipped with a warning naming it and the reason. A
+    missing folder, or one with no image left, is an error that names the folder and the `flag` that set it.
     """
     root = Path(folder)
     if not root.is_dir():
         raise ImageFolderError(f"Image folder '{root}' ({flag}) does not exist or is not a folder.")
-    images, skipped = [], []
+    images, not_images, undecodable = [], [], []
     for path in sorted(root.iterdir()):
-        if path.is_file() and _opens_as_image(path):
+        problem = _decode_problem(path) if path.is_file() else "a folder"
+        if problem is None:
             images.append(path)
+        elif problem in ("a folder", "not an image"):
+            not_images.append(path.name + ("/" if path.is_dir() else ""))
         else:
-            skipped.append(path.name + ("/" if path.is_dir() else ""))
-    if skipped:
-        logger.warning("Skipping %d entries of '%s' that are not images: %s", len(skipped), root, ", ".join(skipped))
+            logger.warning("Skipping image '%s': it cannot be decoded (%s)", path, problem)
+            undecodable.append(path.name)
+    if not_images:
+        names = ", ".join(not_images)
+        logger.warning("Skipping %d entries of '%s' that are not images: %s", len(not_images), root, names)
+    skipped = not_images + undecodable
     if not images:
         raise ImageFolderError(
             f"Image folder '{root}' ({flag}) contains no readable images"
@@ -45,13 +53,16 @@ def list_images(folder: str | os.PathLike, flag: str = "data_root") -> list[Path
     return images
 
 
-def _opens_as_image(path: Path) -> bool:
+def _decode_problem(path: Path) -> str | None:
+    """None when PIL opens `path` and decodes all its pixel data; else why not ("not an image", or the error)."""
     try:
         with Image.open(path) as image:
-            image.verify()
-        return True
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return False
+            image.load()  # decodes everything; a truncated or corrupt file raises here
+    except UnidentifiedImageError:
+        return "not an image"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:

@@ -162,7 +162,6 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, labels: Seq
         grid.paste(Image.fromarray(arr), (x0, y0))
         if labels:
             draw.text((x0 + 1, y0 + h), labels[k][:12], fill=(0, 0, 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    return path
+    from ldm.outputs import save_image
+
+    return save_image(grid, path)  # atomic: a full disk leaves no partial file

@@ -11,14 +11,24 @@ Formats (all read with `torch.load(weights_only=True)` or safetensors; nothing e
 - `diffusers`: `learned_embeds.bin` / `.safetensors`: `{token: [D] or [nv, D]}`.
 
 The vector size tells the model family: 768 SD v1 (CLIP ViT-L/14), 1024 SD v2 (OpenCLIP ViT-H/14), 1280 LDM
-text2img-large (BERT). A file of the wrong size is refused with the family it fits named.
+text2img-large (BERT). A file of the wrong size is refused with the family it fits named. Token ids are looked up
+with the model's own tokenizer when a model (or its config) is at hand, so other widths (ToyWorld 128, the tiny test
+models 32) work too; only without one is the tokenizer guessed from the width.
+
+Writing: every file is written atomically through :mod:`ldm.outputs` (umask permissions, nothing left behind on a
+full disk). ``.pt`` files are zip archives holding only ``<archive>/data.pkl``, ``<archive>/version`` and
+``<archive>/data/<n>`` (:func:`save_torch`): torch's writer adds ``.format_version``, ``.storage_alignment``,
+``byteorder`` and ``.data/serialization_id`` records, which AUTOMATIC1111's safe-unpickle check rejects; torch reads
+the archive without them (it defaults to little-endian, as written on every platform torch supports here).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ldm.outputs import atomic_write
 from ldm.util import describe_unpickling_error
 
 logger = logging.getLogger(__name__)
@@ -40,6 +51,9 @@ FORMATS = ("ti", "a1111", "diffusers")
 TORCH_SUFFIXES = (".pt", ".bin", ".ckpt", ".pth")
 # Exactly the classes the original TI files pickle besides tensors and builtin containers.
 ALLOWED_GLOBALS = [nn.ParameterDict]
+# The zip members a `.pt` may hold (AUTOMATIC1111's safe-unpickle allow-list): <archive>/data.pkl, <archive>/version,
+# <archive>/data/<n>.
+PORTABLE_MEMBER = re.compile(r"[^/]+/(data\.pkl|version|data/\d+)")
 
 
 class EmbeddingFileError(ValueError):
@@ -162,10 +176,18 @@ def _diffusers(obj: dict[str, Any], path: Path) -> Embeddings:
 
 
 def write_embeddings(embeddings: Embeddings, path: str | os.PathLike, fmt: str = "ti") -> Path:
-    """Write `embeddings` as `fmt` (ti | a1111 | diffusers); `.safetensors` or a torch suffix picks the container."""
+    """Write `embeddings` as `fmt` (ti | a1111 | diffusers); `.safetensors` or a torch suffix picks the container.
+
+    The write is atomic; the file gets the umask's permissions; its folder must exist (an error names it).
+    """
     path = Path(path)
     if fmt not in FORMATS:
         raise EmbeddingFileError(f"unknown format '{fmt}'; choose one of {FORMATS}")
+    if not path.parent.is_dir():
+        raise EmbeddingFileError(
+            f"cannot write '{path}': the folder '{path.parent}' does not exist; create it first or choose another "
+            "output path"
+        )
     safetensors = path.suffix == ".safetensors"
     vectors = {k: v.detach().float().cpu().contiguous() for k, v in embeddings.vectors.items()}
     if fmt == "ti":
@@ -179,7 +201,7 @@ def write_embeddings(embeddings: Embeddings, path: str | os.PathLike, fmt: str =
             _save_safetensors(flat, path)
         else:
             params = nn.ParameterDict({k: nn.Parameter(v) for k, v in vectors.items()})
-            torch.save({"string_to_token": tokens, "string_to_param": params}, path)
+            save_torch({"string_to_token": tokens, "string_to_param": params}, path)
     elif fmt == "a1111":
         if len(vectors) != 1:
             raise EmbeddingFileError(f"A1111 files hold one embedding; got {sorted(vectors)}. Convert them one by one.")
@@ -189,23 +211,57 @@ def write_embeddings(embeddings: Embeddings, path: str | os.PathLike, fmt: str =
         else:
             data = {"string_to_token": {"*": int(embeddings.tokens.get(key, 265))}, "string_to_param": {"*": vector},
                     "name": name, "step": 0, "sd_checkpoint": None, "sd_checkpoint_name": None}  # fmt: skip
-            torch.save(data, path)
+            save_torch(data, path)
     elif safetensors:
         _save_safetensors(vectors, path)
     else:
-        torch.save(vectors, path)
+        save_torch(vectors, path)
     return path
 
 
 def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp))
+
+
+def portable_pt_bytes(obj: Any) -> bytes:
+    """``torch.save(obj)`` as a zip archive with only the members ``<archive>/data.pkl``, ``<archive>/version`` and
+    ``<archive>/data/<n>`` (stored, not compressed), which AUTOMATIC1111's safe-unpickle check accepts.
+
+    The dropped records (``.format_version``, ``.storage_alignment``, ``byteorder``, ``.data/serialization_id``)
+    are optional for ``torch.load``: without ``byteorder`` it reads little-endian data, which is what torch writes
+    on the little-endian machines it runs on (checked below).
+    """
+    import sys
+
+    if sys.byteorder != "little":
+        raise EmbeddingFileError("writing .pt embeddings needs a little-endian machine; write .safetensors instead")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    out = io.BytesIO()
+    with zipfile.ZipFile(buffer) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            if PORTABLE_MEMBER.fullmatch(info.filename):
+                dst.writestr(zipfile.ZipInfo(info.filename, date_time=info.date_time), src.read(info))
+    return out.getvalue()
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as a portable ``.pt`` (:func:`portable_pt_bytes`), atomically, with umask permissions."""
+    data = portable_pt_bytes(obj)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def single_token_id(tokenizer: Any, word: str) -> int:
     """The id of `word` if the tokenizer maps it to exactly one token; an error showing the pieces otherwise."""
     ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if len(ids) == 1 and ids[0] == unk and word != tokenizer.unk_token:
+        raise EmbeddingFileError(
+            f"'{word}' is not in the tokenizer's vocabulary (it maps to the unknown token {tokenizer.unk_token}). "
+            "Choose a placeholder that is one known token, or rename it with --rename/--placeholder."
+        )
     if len(ids) != 1:
         pieces = tokenizer.convert_ids_to_tokens(ids)
         raise EmbeddingFileError(
@@ -227,11 +283,39 @@ def tokenizer_for_dim(dim: int) -> Any:
         from transformers import CLIPTokenizer
 
         return CLIPTokenizer(str(enc.CLIP_VOCAB_FILE), str(enc.CLIP_MERGES_FILE))
-    raise EmbeddingFileError(f"vector size {dim} fits {family_of(dim)}; no tokenizer for it")
+    raise EmbeddingFileError(
+        f"vector size {dim} fits {family_of(dim)}, so its tokenizer cannot be guessed; give the model's config "
+        "(--config) so that its own tokenizer looks up the token ids"
+    )
+
+
+def tokenizer_from_config(config_path: str | os.PathLike) -> tuple[Any, int]:
+    """The tokenizer and vector size of the text encoder a model config builds (``model.params.cond_stage_config``).
+
+    The encoder is built on the meta device: no memory for its weights, nothing loaded or downloaded.
+    """
+    from omegaconf import OmegaConf
+
+    from ldm.util import instantiate_from_config
+
+    path = Path(config_path)
+    if not path.is_file():
+        raise EmbeddingFileError(f"--config {config_path}: no such file")
+    config = OmegaConf.load(path)
+    cond = OmegaConf.select(config, "model.params.cond_stage_config")
+    if cond is None:
+        raise EmbeddingFileError(f"--config {config_path} has no model.params.cond_stage_config (no text encoder)")
+    with torch.device("meta"):
+        encoder = instantiate_from_config(cond)
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if tokenizer is None:
+        raise EmbeddingFileError(f"--config {config_path}: its text encoder {type(encoder).__name__} has no tokenizer")
+    return tokenizer, int(encoder.embedding_dim)
 
 
 def with_token_ids(embeddings: Embeddings, tokenizer: Any | None = None) -> Embeddings:
-    """Fill in missing token ids from the family's tokenizer (each placeholder must be a single token)."""
+    """Fill in missing token ids with ``tokenizer`` (the model's), else the family's tokenizer guessed from the
+    vector size; each placeholder must be a single token."""
     missing = [k for k in embeddings.vectors if k not in embeddings.tokens]
     if not missing:
         return embeddings

@@ -82,6 +82,7 @@ class EmbeddingManager(nn.Module):
         initializer_words = list(initializer_words or [])
 
         self.token_dim = embedder.embedding_dim
+        self.tokenizer = _tokenizer_of(embedder)  # the model's own: looks up the token ids of loaded files
         self.progressive_words = progressive_words
         self.progress_step = 0
         self.max_vectors_per_token = num_vectors_per_token
@@ -173,14 +174,14 @@ class EmbeddingManager(nn.Module):
         return params[0].device if params else torch.device("cpu")
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the placeholder tokens and vectors (``.pt`` in the original format, or ``.safetensors``)."""
-        path = Path(path)
-        if path.suffix == ".safetensors":
-            from ldm.modules.embedding_interop import manager_embeddings, write_embeddings
+        """Write the placeholder tokens and vectors (``.pt`` in the original format, or ``.safetensors``).
 
-            write_embeddings(manager_embeddings(self), path, fmt="ti")
-            return
-        torch.save({"string_to_token": self.string_to_token_dict, "string_to_param": self.string_to_param_dict}, path)
+        The write is atomic with umask permissions; the ``.pt`` zip holds only the members AUTOMATIC1111's
+        safe-unpickle check accepts (``ldm.modules.embedding_interop.save_torch``).
+        """
+        from ldm.modules.embedding_interop import manager_embeddings, write_embeddings
+
+        write_embeddings(manager_embeddings(self), Path(path), fmt="ti")
 
     def load(self, path: str | os.PathLike) -> None:
         """Replace the placeholders and vectors with those of an embeddings file (``initial_embeddings`` is kept).
@@ -198,7 +199,7 @@ class EmbeddingManager(nn.Module):
             )
         embeddings = read_embeddings(path)
         check_dim(embeddings, self.token_dim, path)
-        embeddings = with_token_ids(embeddings)
+        embeddings = with_token_ids(embeddings, self.tokenizer)
         device = self._device()
         self.string_to_token_dict = {
             k: torch.tensor(t, dtype=torch.int64) for k, t in embeddings.tokens.items() if k in embeddings.vectors
@@ -208,3 +209,11 @@ class EmbeddingManager(nn.Module):
         )
         self.max_vectors_per_token = max((v.shape[0] for v in embeddings.vectors.values()), default=1)
         logger.info("Loaded embeddings for %s from %s", sorted(embeddings.vectors), path)
+
+
+def _tokenizer_of(embedder: Any) -> Any:
+    """The embedder's tokenizer, or None (a BERT embedder built without one; files are then matched by width)."""
+    try:
+        return getattr(embedder, "tokenizer", None)
+    except RuntimeError:
+        return None
