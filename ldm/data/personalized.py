@@ -36,7 +36,8 @@ class PersonalizedImages(Dataset):
     """Shared machinery of the object and style datasets; subclasses choose templates and captions.
 
     Args:
-        data_root: folder of training images (non-images are skipped with a warning).
+        data_root: folder of training images (non-images, and images that fail to decode, are skipped with a
+            warning naming them; no image left is an error naming the folder).
         size: output side in pixels (images are resized to size x size; None keeps them as they are).
         repeats: the training set is `repeats` passes over the images (`set == "train"` only).
         interpolation: linear | bilinear | bicubic | lanczos | nearest.
@@ -79,7 +80,7 @@ class PersonalizedImages(Dataset):
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation '{interpolation}' is not one of {sorted(INTERPOLATIONS)}")
         self.data_root = str(data_root)
-        self.image_paths = [str(p) for p in list_images(data_root)]
+        self.image_paths = [str(p) for p in list_images(data_root, flag="--data_root / data_root")]
         self.num_images = len(self.image_paths)
         if per_image_tokens and self.num_images >= len(per_img_token_list):
             raise ValueError(

@@ -1,0 +1,210 @@
+"""Nothing is lost (issue 11, sections 1 and 4): prompts never become paths, reruns keep the earlier record, a full
+disk is named and leaves nothing behind, run folders are never shared, broken training images are skipped."""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import GOLDEN_WEIGHTS, REPO, require_fixture
+from PIL import Image
+
+from ldm import inference
+from ldm.ae_flags import DEFAULT_AE_CONFIG, load_ae_config
+from ldm.outputs import OutputError
+
+SD_CONFIG = REPO / "configs/tests/golden_tiny_sd.yaml"
+LDM_CONFIG = REPO / "configs/tests/golden_tiny_ldm.yaml"
+TINY_OPTS = {"steps": 2, "H": 32, "W": 32, "f": 2, "n_iter": 1, "precision": "full", "scale": 3.0}
+
+
+@pytest.fixture(scope="module")
+def sd_model():
+    require_fixture(GOLDEN_WEIGHTS["sd"])
+    return inference.load_model(SD_CONFIG, GOLDEN_WEIGHTS["sd"])
+
+
+def sample(model, outdir: Path, prompts: list[str], **kw):
+    options = inference.SamplingOptions(outdir=str(outdir), **(TINY_OPTS | kw))
+    return inference.run_txt2img(model, [prompts], options, load_ae_config(DEFAULT_AE_CONFIG))
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------- prompt text never becomes a path
+
+
+@pytest.mark.parametrize(
+    "prompt, grid",
+    [("../x", "x-0000.png"), ("{victim}", None), ("a cat/dog", "a-cat-dog-0000.png"), ("", "prompt-0000.png")],
+)
+def test_prompt_never_becomes_a_path(sd_model, tmp_path, prompt, grid):
+    outdir = tmp_path / "deep" / "out"
+    victim = tmp_path / "deep" / "x"  # files a prompt naming a path would have overwritten
+    prompt = prompt.format(victim=victim)
+    planted = {}
+    for path in (tmp_path / "deep" / "x-0000.png", tmp_path / "deep" / "x.png", Path(f"{victim}-0000.png")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        planted[path] = b"precious " + path.name.encode()
+        path.write_bytes(planted[path])
+    settings = sample(sd_model, outdir, [prompt])
+    for path, content in planted.items():
+        assert path.read_bytes() == content  # byte-unchanged
+    written = files_under(outdir)
+    grid = grid or str(victim).strip("/").replace("/", "-")[:100].strip("-.") + "-0000.png"  # separators -> "-"
+    assert written == sorted(["samples/00000.png", grid, "settings-0000.json"])
+    assert settings["grid"] == grid
+    saved = json.loads((outdir / "settings-0000.json").read_text())
+    assert saved["options"]["outdir"] == str(outdir) and saved["grid"] == grid
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == sorted(["out", *(p.name for p in planted)])
+
+
+def test_rerun_keeps_the_first_runs_grid_and_settings(sd_model, tmp_path):
+    sample(sd_model, tmp_path, ["a cat"], seed=1)
+    first = {name: (tmp_path / name).read_bytes() for name in files_under(tmp_path)}
+    sample(sd_model, tmp_path, ["a cat"], seed=2)
+    assert files_under(tmp_path) == [
+        "a-cat-0000.png", "a-cat-0001.png", "samples/00000.png", "samples/00001.png", "settings-0000.json",
+        "settings-0001.json",
+    ]  # fmt: skip
+    for name, content in first.items():
+        assert (tmp_path / name).read_bytes() == content  # the first run's record is untouched
+    second = json.loads((tmp_path / "settings-0001.json").read_text())
+    assert second["grid"] == "a-cat-0001.png" and second["first_sample"] == 1 and second["options"]["seed"] == 2
+    assert (tmp_path / "a-cat-0000.png").read_bytes() != (tmp_path / "a-cat-0001.png").read_bytes()
+
+
+def test_from_file_prompts_stay_inside_and_ldm_layout(tmp_path):
+    """scripts/txt2img.py (the LDM layout: <stem>.png, then <stem>-NNNN.png) with path-like prompts from a file."""
+    require_fixture(GOLDEN_WEIGHTS["ldm"])
+    outdir, victim = tmp_path / "out", tmp_path / "y.png"
+    victim.write_bytes(b"precious")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("../y\n/\n")  # the grid is named after the first prompt; "/" alone leaves nothing
+    argv = ["--config", str(LDM_CONFIG), "--ckpt_path", str(GOLDEN_WEIGHTS["ldm"]), "--from-file", str(prompts),
+            "--outdir", str(outdir), "--H", "32", "--W", "32", "--ddim_steps", "2", "--n_samples", "1",
+            "--n_iter", "1", "--device", "cpu"]  # fmt: skip
+    script = load_script("txt2img")
+    script.main(argv)
+    assert victim.read_bytes() == b"precious"
+    assert files_under(outdir) == ["samples/0000.png", "samples/0001.png", "settings-0000.json", "y.png"]
+    prompts.write_text("/\n")
+    script.main(argv)
+    assert files_under(outdir) == [
+        "prompt.png", "samples/0000.png", "samples/0001.png", "samples/0002.png", "settings-0000.json",
+        "settings-0001.json", "y.png",
+    ]  # fmt: skip
+    script.main(argv)
+    assert "prompt-0000.png" in files_under(outdir) and "settings-0002.json" in files_under(outdir)
+    assert victim.read_bytes() == b"precious" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "out", "prompts.txt", "y.png",
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+def test_full_disk_during_sampling_is_named_and_leaves_nothing(sd_model, tmp_path, monkeypatch):
+    real_save = Image.Image.save
+    calls = []
+
+    def save_then_fill_disk(self, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) == 1:
+            return real_save(self, fp, *args, **kwargs)  # the first sample fits
+        Path(fp).write_bytes(b"\x89PNG\r\n")  # a few bytes, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", save_then_fill_disk)
+    with pytest.raises(OutputError, match="no space left on device while writing .*samples/00001.png"):
+        sample(sd_model, tmp_path, ["a cat", "a dog"])
+    assert files_under(tmp_path) == ["samples/00000.png"]  # no 0-byte, partial or temporary file
+    assert Image.open(tmp_path / "samples" / "00000.png").size == (32, 32)
+
+
+# ---------------------------------------------------------------- run folders (main.py)
+
+
+def test_two_runs_with_the_same_name_and_second_get_two_folders(tmp_path, monkeypatch):
+    from inversion_helpers import inversion_argv, make_images
+
+    import main
+
+    class FrozenClock(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2024, 1, 1, 12, 0, 0)
+
+    monkeypatch.setattr(main.datetime, "datetime", FrozenClock)
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", main.RUN_DIR_ENV):
+        monkeypatch.delenv(key, raising=False)
+    data = make_images(tmp_path / "data")
+    argv = [a for a in inversion_argv(data, tmp_path / "logs") if a != "-t"] + ["-n", "same"]
+    first, second = main.run(argv).logdir, main.run(argv).logdir
+    assert first.name == "data2024-01-01T12-00-00_same" and second.name == first.name + "_1"
+    assert first.is_dir() and second.is_dir()
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [first.name, second.name]
+
+
+def test_only_rank_zero_claims_a_folder(monkeypatch):
+    import main
+
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    assert main.is_main_process()
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP child started by Lightning's launcher
+    assert not main.is_main_process()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "3")
+    assert not main.is_main_process()
+
+
+# ---------------------------------------------------------------- training images that fail to decode
+
+
+def _jpeg(seed: int, size: int = 48) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_truncated_jpeg_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+    from ldm.data.personalized import PersonalizedBase
+
+    good, broken = _jpeg(0), _jpeg(1)
+    (tmp_path / "a.jpg").write_bytes(good)
+    (tmp_path / "b.jpg").write_bytes(broken[: len(broken) // 2])  # truncated: PIL's verify() accepts it
+    with Image.open(tmp_path / "b.jpg") as image:
+        image.verify()  # the old check passed this file
+    with caplog.at_level(logging.WARNING):
+        dataset = PersonalizedBase(tmp_path, size=32, set="train", repeats=1)
+    assert dataset.image_paths == [str(tmp_path / "a.jpg")]
+    assert any("b.jpg" in r.getMessage() and "cannot be decoded" in r.getMessage() for r in caplog.records)
+    assert dataset[0]["image"].shape == (32, 32, 3)  # the run continues with the good image
+
+
+def test_no_decodable_image_left_is_an_error_naming_the_folder(tmp_path):
+    from ldm.data.image_io import ImageFolderError
+    from ldm.data.personalized import PersonalizedBase
+
+    (tmp_path / "b.jpg").write_bytes(_jpeg(1)[:300])
+    with pytest.raises(ImageFolderError, match=rf"'{tmp_path}' \(--data_root.*no readable images \(skipped: b.jpg\)"):
+        PersonalizedBase(tmp_path, size=32, set="train")
