@@ -75,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"output {out}: use a .safetensors file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out), metadata={"source": str(args.ckpt), "kind": args.kind})
+    from ldm.outputs import atomic_write
+
+    meta = {"source": str(args.ckpt), "kind": args.kind}
+    atomic_write(out, lambda tmp: save_file(state, tmp, metadata=meta))  # umask permissions (save_file: 0600)
     n = sum(v.numel() for v in state.values())
     logger.info("Wrote %s: %d tensors, %.2f M values, %.1f MB", out, len(state), n / 1e6, out.stat().st_size / 1e6)
     return 0

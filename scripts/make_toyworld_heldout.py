@@ -24,6 +24,7 @@ from ldm.data.toyworld import (  # noqa: E402
     ToyObject,
     render_scene,
 )
+from ldm.outputs import save_image  # noqa: E402
 
 
 def heldout_specs(n: int, shape: str = DEFAULT_HELDOUT, size: int = 64, seed: int = 0) -> list[SceneSpec]:
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for i, spec in enumerate(heldout_specs(args.n, args.shape, args.size, args.seed)):
         path = out / f"{args.shape}_{i:02d}.png"
-        render_scene(spec, args.size).save(path)
+        save_image(render_scene(spec, args.size), path)  # atomic, umask permissions
         print(f"wrote {path} ({spec.objects[0].colour} {args.shape})")
 
 

@@ -8,11 +8,14 @@ import errno
 import io
 import json
 import logging
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import GOLDEN_WEIGHTS, REPO, require_fixture
+from omegaconf import OmegaConf
 from PIL import Image
 
 from ldm import inference
@@ -208,3 +211,68 @@ def test_no_decodable_image_left_is_an_error_naming_the_folder(tmp_path):
     (tmp_path / "b.jpg").write_bytes(_jpeg(1)[:300])
     with pytest.raises(ImageFolderError, match=rf"'{tmp_path}' \(--data_root.*no readable images \(skipped: b.jpg\)"):
         PersonalizedBase(tmp_path, size=32, set="train")
+
+
+# ---------------------------------------------------------------- the other writers go through ldm/outputs
+
+
+def _fill_disk_in(monkeypatch, owner, name: str) -> None:
+    """Make ``owner.name(obj, path, ...)`` write a few bytes to ``path`` and then fail as a full disk does."""
+
+    def failing(*args, **kwargs):
+        target = next(a for a in args if isinstance(a, (str, Path)))
+        Path(target).write_bytes(b"part")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(owner, name, failing)
+
+
+def _write_image_logger(folder: Path) -> Path:
+    import torch
+
+    from ldm.callbacks.image_logger import ImageLogger
+
+    images = {"samples": torch.zeros(2, 3, 8, 8)}  # [N, C, H, W] in [-1, 1]
+    ImageLogger(batch_frequency=1, max_images=2).save_local(folder, "train", images, 5, 0, 1)
+    return folder / "images" / "train" / "samples_gs-000005_e-000000_b-000001.jpg"
+
+
+def _write_toyworld_grid(folder: Path) -> Path:
+    import torch
+
+    from ldm.evaluation.toyworld_sampling import save_grid
+
+    return save_grid(torch.rand(3, 3, 8, 8), folder / "grids" / "g.png", nrow=2, labels=["a", "b", "c"])
+
+
+def _write_setup_configs(folder: Path) -> Path:
+    from types import SimpleNamespace
+
+    from ldm.callbacks.setup import SetupCallback
+
+    cfg = OmegaConf.create({"model": {"a": 1}})
+    callback = SetupCallback(False, "NOW", folder, folder / "checkpoints", folder / "configs", cfg, OmegaConf.create())
+    callback.setup(SimpleNamespace(is_global_zero=True), None, "fit")
+    assert OmegaConf.load(folder / "configs" / "NOW-lightning.yaml") == {"lightning": {}}
+    return folder / "configs" / "NOW-project.yaml"
+
+
+@pytest.mark.parametrize(
+    "write, owner, name",
+    [
+        (_write_image_logger, Image.Image, "save"),
+        (_write_toyworld_grid, Image.Image, "save"),
+        (_write_setup_configs, OmegaConf, "save"),
+    ],
+)
+def test_other_writers_are_atomic_with_umask_permissions(tmp_path, monkeypatch, write, owner, name):
+    old = os.umask(0o022)
+    try:
+        path = write(tmp_path / "ok")
+    finally:
+        os.umask(old)
+    assert path.is_file() and stat.S_IMODE(path.stat().st_mode) == 0o644
+    _fill_disk_in(monkeypatch, owner, name)
+    with pytest.raises(OutputError, match="no space left on device while writing"):
+        write(tmp_path / "full")
+    assert files_under(tmp_path / "full") == []  # no 0-byte or partial file
