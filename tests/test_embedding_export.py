@@ -201,7 +201,7 @@ def test_convert_with_the_models_config(tmp_path, caplog):
     args = ["--input", str(tmp_path / "learned_embeds.bin"), "--to", "ti"]
     with caplog.at_level(logging.ERROR):
         assert convert_main([*args, "--output", str(tmp_path / "ti.pt")]) == 2  # width 32: no family to guess
-    assert "vector size 32" in caplog.text and "--config" in caplog.text
+    assert "vectors of size 32" in caplog.text and "give the model's config (--config)" in caplog.text
     assert convert_main([*args, "--output", str(tmp_path / "ti.pt"), "--config", str(SD_CONFIG)]) == 0
     back = ei.read_embeddings(tmp_path / "ti.pt")
     assert back.tokens == {"sks": CLIP_SKS} and passes_a1111_check(tmp_path / "ti.pt")

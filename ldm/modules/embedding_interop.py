@@ -82,7 +82,7 @@ class Embeddings:
 
 
 def family_of(dim: int) -> str:
-    return FAMILIES.get(int(dim), f"no known model family (vector size {dim})")
+    return FAMILIES.get(int(dim), "no model family known by its size (768 SD v1, 1024 SD v2, 1280 LDM)")
 
 
 def check_dim(embeddings: Embeddings, expected_dim: int, source: str | os.PathLike) -> None:
@@ -90,8 +90,10 @@ def check_dim(embeddings: Embeddings, expected_dim: int, source: str | os.PathLi
     dim = embeddings.dim
     if dim != expected_dim:
         raise EmbeddingFileError(
-            f"Embeddings '{source}' have vectors of size {dim}, which fits {family_of(dim)}; this model is "
-            f"{family_of(expected_dim)} and needs size {expected_dim}. Use an embedding trained for this model."
+            f"Embeddings '{source}' have vectors of size {dim}, which fits {family_of(dim)}; this model needs size "
+            f"{expected_dim}"
+            + (f" ({FAMILIES[expected_dim]})" if expected_dim in FAMILIES else "")
+            + ". Use an embedding trained for this model."
         )
 
 
@@ -284,8 +286,8 @@ def tokenizer_for_dim(dim: int) -> Any:
 
         return CLIPTokenizer(str(enc.CLIP_VOCAB_FILE), str(enc.CLIP_MERGES_FILE))
     raise EmbeddingFileError(
-        f"vector size {dim} fits {family_of(dim)}, so its tokenizer cannot be guessed; give the model's config "
-        "(--config) so that its own tokenizer looks up the token ids"
+        f"vectors of size {dim} fit {family_of(dim)}, so the tokenizer cannot be guessed from the size; give the "
+        "model's config (--config) so that its own tokenizer looks up the token ids"
     )
 
 
