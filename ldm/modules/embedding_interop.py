@@ -53,6 +53,7 @@ TORCH_SUFFIXES = (".pt", ".bin", ".ckpt", ".pth")
 ALLOWED_GLOBALS = [nn.ParameterDict]
 # The zip members a `.pt` may hold (AUTOMATIC1111's safe-unpickle allow-list): <archive>/data.pkl, <archive>/version,
 # <archive>/data/<n>.
+RENAME_HINT = "rename it (scripts/convert_embedding.py --placeholder, scripts/merge_embeddings.py --rename)"
 PORTABLE_MEMBER = re.compile(r"[^/]+/(data\.pkl|version|data/\d+)")
 
 
@@ -262,13 +263,13 @@ def single_token_id(tokenizer: Any, word: str) -> int:
     if len(ids) == 1 and ids[0] == unk and word != tokenizer.unk_token:
         raise EmbeddingFileError(
             f"'{word}' is not in the tokenizer's vocabulary (it maps to the unknown token {tokenizer.unk_token}). "
-            "Choose a placeholder that is one known token, or rename it with --rename/--placeholder."
+            f"Choose a placeholder that is one known token, or {RENAME_HINT}."
         )
     if len(ids) != 1:
         pieces = tokenizer.convert_ids_to_tokens(ids)
         raise EmbeddingFileError(
             f"'{word}' is not a single token: it tokenises to {len(ids)} tokens {pieces}. Choose a placeholder that "
-            "is one token (e.g. '*', '@', or a short rare word), or rename it with --rename/--placeholder."
+            f"is one token (e.g. '*', '@', or a short rare word), or {RENAME_HINT}."
         )
     return int(ids[0])
 
