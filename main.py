@@ -19,7 +19,6 @@ import datetime
 import importlib.util
 import inspect
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ldm.callbacks import CUDACallback, EmbeddingWriter, ImageLogger, SetupCallback
 from ldm.data.datamodule import DataModuleFromConfig, WrappedDataset
+from ldm.errors import MissingFileError, UserError
 
 __all__ = ["DataModuleFromConfig", "ImageLogger", "WrappedDataset", "get_parser", "main", "run", "RunResult"]
 
@@ -135,11 +135,11 @@ def split_overrides(parser: argparse.ArgumentParser, opt: argparse.Namespace, un
 def resolve_run(opt: argparse.Namespace, now: str) -> tuple[Path, str, str | None, list[str]]:
     """(logdir, run name, checkpoint to resume from, base configs) following the original naming."""
     if opt.name and opt.resume:
-        raise ValueError("-n/--name and -r/--resume cannot be combined: a resumed run keeps its folder and name.")
+        raise UserError("-n/--name and -r/--resume cannot be combined: a resumed run keeps its folder and name.")
     if opt.resume:
         path = Path(opt.resume)
         if not path.exists():
-            raise FileNotFoundError(f"--resume '{path}' does not exist (give a run folder or a checkpoint file)")
+            raise MissingFileError(f"--resume '{path}' does not exist (give a run folder or a checkpoint file)")
         if path.is_file():
             logdir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
             ckpt = str(path)
@@ -147,7 +147,7 @@ def resolve_run(opt: argparse.Namespace, now: str) -> tuple[Path, str, str | Non
             logdir = path
             ckpt = str(path / "checkpoints" / "last.ckpt")
             if not Path(ckpt).is_file():
-                raise FileNotFoundError(f"--resume '{path}': no checkpoints/last.ckpt in this run folder")
+                raise MissingFileError(f"--resume '{path}': no checkpoints/last.ckpt in this run folder")
         saved = sorted(str(p) for p in (logdir / "configs").glob("*.yaml"))
         return logdir, logdir.name, ckpt, saved + list(opt.base)
     if opt.name:
@@ -162,11 +162,25 @@ def resolve_run(opt: argparse.Namespace, now: str) -> tuple[Path, str, str | Non
 
 
 def load_config(bases: list[str], overrides: list[str]) -> DictConfig:
+    from ldm.util import load_yaml
+
     missing = [b for b in bases if not Path(b).is_file()]
     if missing:
-        raise FileNotFoundError(f"--base config(s) not found: {missing}")
-    configs = [OmegaConf.load(b) for b in bases]
+        raise MissingFileError(f"--base config(s) not found: {missing}")
+    configs = [load_yaml(b, "--base") for b in bases]
     return OmegaConf.merge(*configs, OmegaConf.from_dotlist(overrides))
+
+
+def check_input_files(opt: argparse.Namespace, resume_ckpt: str | None) -> None:
+    """Before anything is built: the checkpoint to resume from opens safely (not truncated, no pickled code), and
+    the files named by --actual_resume and --embedding_manager_ckpt exist."""
+    from ldm.util import check_checkpoint_file
+    from ldm.validation import check_files
+
+    check_files([("--actual_resume", opt.actual_resume, False),
+                 ("--embedding_manager_ckpt", opt.embedding_manager_ckpt, False)])  # fmt: skip
+    if resume_ckpt:
+        check_checkpoint_file(resume_ckpt, "--resume")
 
 
 def apply_inversion_flags(config: DictConfig, opt: argparse.Namespace) -> None:
@@ -349,6 +363,7 @@ def run(argv: list[str] | None = None) -> RunResult:
     overrides = split_overrides(parser, opt, unknown)
     now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     logdir, run_name, resume_ckpt, bases = resolve_run(opt, now)
+    check_input_files(opt, resume_ckpt)
     ckptdir, cfgdir = logdir / "checkpoints", logdir / "configs"
     pl.seed_everything(opt.seed, workers=True)
 
@@ -385,4 +400,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ldm.cli import run_cli
+
+    run_cli(main, debug_flags=("--debug", "-d"), keep_debug_flag=True)
