@@ -196,8 +196,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     settings = SampleSettings(steps=args.steps, scale=args.scale, batch_size=16)
     resolutions = [int(r) for r in args.attention_res.split(",") if r.strip()]
     geometry = check_sampling(  # the flags against the model, before anything is loaded
@@ -207,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     for r in resolutions:
         check_attention_res(r, settings.size, settings.size, geometry, flag="--attention_res")
+    outdir = Path(args.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
     # (label, config, which words to excite): the preset at each map side, the official defaults at the main side,
     # and the preset exciting the colour words too
     methods: list[tuple[str, AttendExciteConfig, str]] = [

@@ -263,6 +263,7 @@ def test_evaluation_scripts_check_their_flags(tmp_path, no_model_loading):
         toy.main(["--steps", "0", "--outdir", str(tmp_path / "t")])
     with pytest.raises(UserError, match=r"--attention_res 16: at --H 64 --W 64 .*use --attention_res 8 or 4"):
         toy.main(["--attention_res", "8,16", "--outdir", str(tmp_path / "t")])
+    assert not (tmp_path / "t").exists()  # nothing written before the checks
 
 
 def test_ae_message_for_a_latent_the_unet_cannot_divide():
