@@ -162,9 +162,9 @@ def resolve_run(opt: argparse.Namespace, now: str) -> tuple[Path, str, str | Non
 
 
 def load_config(bases: list[str], overrides: list[str]) -> DictConfig:
-    from ldm.util import load_yaml
+    from ldm.util import load_yaml, repo_path
 
-    missing = [b for b in bases if not Path(b).is_file()]
+    missing = [b for b in bases if not repo_path(b).is_file()]
     if missing:
         raise MissingFileError(f"--base config(s) not found: {missing}")
     configs = [load_yaml(b, "--base") for b in bases]
@@ -186,6 +186,8 @@ def check_input_files(opt: argparse.Namespace, resume_ckpt: str | None) -> None:
 def apply_inversion_flags(config: DictConfig, opt: argparse.Namespace) -> None:
     """Copy --actual_resume, --data_root, --embedding_manager_ckpt, --placeholder_string and --init_word into the
     config (the placeholder reaches both the model and the datasets' captions)."""
+    from ldm.util import repo_path
+
     params = config.model.setdefault("params", {})
     if opt.actual_resume:
         params.ckpt_path = opt.actual_resume  # recorded in the saved config, so -r rebuilds the same base model
@@ -193,6 +195,9 @@ def apply_inversion_flags(config: DictConfig, opt: argparse.Namespace) -> None:
     if opt.data_root:
         for dp in data_params:
             dp.data_root = opt.data_root
+    for dp in data_params:  # a shipped config's relative data_root works from any working directory
+        if dp.get("data_root"):
+            dp.data_root = str(repo_path(dp.data_root))
     personal = params.get("personalization_config")
     inversion_flags = [f for f in ("embedding_manager_ckpt", "placeholder_string", "init_word") if getattr(opt, f)]
     if personal is None:

@@ -397,3 +397,14 @@ def test_repo_path_prefers_the_working_directory(tmp_path, monkeypatch):
     assert repo_path("configs/toyworld/vocab.txt").resolve() == tmp_path / "configs/toyworld/vocab.txt"
     assert repo_path("no/such/file.txt") == repo_path("no/such/file.txt")  # unchanged when found nowhere
     assert str(repo_path("no/such/file.txt")) == "no/such/file.txt"
+
+
+def test_main_finds_a_shipped_configs_data_from_another_folder(tmp_path, monkeypatch):
+    """configs/toyworld/finetune.yaml names data/toyworld/heldout relative to the repository."""
+    import main
+
+    monkeypatch.chdir(tmp_path)
+    opt, _ = main.get_parser().parse_known_args(["--base", "configs/toyworld/finetune.yaml"])
+    config = main.load_config(opt.base, [])
+    main.apply_inversion_flags(config, opt)
+    assert config.data.params.train.params.data_root == str(REPO / "data/toyworld/heldout")
