@@ -20,7 +20,6 @@ import importlib.util
 import inspect
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ldm.callbacks import CUDACallback, EmbeddingWriter, ImageLogger, SetupCallback
 from ldm.data.datamodule import DataModuleFromConfig, WrappedDataset
+from ldm.errors import MissingFileError, UserError
 from ldm.outputs import claim_folder
 
 __all__ = ["DataModuleFromConfig", "ImageLogger", "WrappedDataset", "get_parser", "main", "run", "RunResult"]
@@ -137,11 +137,11 @@ def split_overrides(parser: argparse.ArgumentParser, opt: argparse.Namespace, un
 def resolve_run(opt: argparse.Namespace, now: str) -> tuple[Path, str, str | None, list[str]]:
     """(logdir, run name, checkpoint to resume from, base configs) following the original naming."""
     if opt.name and opt.resume:
-        raise ValueError("-n/--name and -r/--resume cannot be combined: a resumed run keeps its folder and name.")
+        raise UserError("-n/--name and -r/--resume cannot be combined: a resumed run keeps its folder and name.")
     if opt.resume:
         path = Path(opt.resume)
         if not path.exists():
-            raise FileNotFoundError(f"--resume '{path}' does not exist (give a run folder or a checkpoint file)")
+            raise MissingFileError(f"--resume '{path}' does not exist (give a run folder or a checkpoint file)")
         if path.is_file():
             logdir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
             ckpt = str(path)
@@ -149,7 +149,7 @@ def resolve_run(opt: argparse.Namespace, now: str) -> tuple[Path, str, str | Non
             logdir = path
             ckpt = str(path / "checkpoints" / "last.ckpt")
             if not Path(ckpt).is_file():
-                raise FileNotFoundError(f"--resume '{path}': no checkpoints/last.ckpt in this run folder")
+                raise MissingFileError(f"--resume '{path}': no checkpoints/last.ckpt in this run folder")
         saved = sorted(str(p) for p in (logdir / "configs").glob("*.yaml"))
         return logdir, logdir.name, ckpt, saved + list(opt.base)
     if opt.name:
@@ -172,16 +172,32 @@ def is_main_process() -> bool:
 
 
 def load_config(bases: list[str], overrides: list[str]) -> DictConfig:
-    missing = [b for b in bases if not Path(b).is_file()]
+    from ldm.util import load_yaml, repo_path
+
+    missing = [b for b in bases if not repo_path(b).is_file()]
     if missing:
-        raise FileNotFoundError(f"--base config(s) not found: {missing}")
-    configs = [OmegaConf.load(b) for b in bases]
+        raise MissingFileError(f"--base config(s) not found: {missing}")
+    configs = [load_yaml(b, "--base") for b in bases]
     return OmegaConf.merge(*configs, OmegaConf.from_dotlist(overrides))
+
+
+def check_input_files(opt: argparse.Namespace, resume_ckpt: str | None) -> None:
+    """Before anything is built: the checkpoint to resume from opens safely (not truncated, no pickled code), and
+    the files named by --actual_resume and --embedding_manager_ckpt exist."""
+    from ldm.util import check_checkpoint_file
+    from ldm.validation import check_files
+
+    check_files([("--actual_resume", opt.actual_resume, False),
+                 ("--embedding_manager_ckpt", opt.embedding_manager_ckpt, False)])  # fmt: skip
+    if resume_ckpt:
+        check_checkpoint_file(resume_ckpt, "--resume")
 
 
 def apply_inversion_flags(config: DictConfig, opt: argparse.Namespace) -> None:
     """Copy --actual_resume, --data_root, --embedding_manager_ckpt, --placeholder_string and --init_word into the
     config (the placeholder reaches both the model and the datasets' captions)."""
+    from ldm.util import repo_path
+
     params = config.model.setdefault("params", {})
     if opt.actual_resume:
         params.ckpt_path = opt.actual_resume  # recorded in the saved config, so -r rebuilds the same base model
@@ -189,6 +205,9 @@ def apply_inversion_flags(config: DictConfig, opt: argparse.Namespace) -> None:
     if opt.data_root:
         for dp in data_params:
             dp.data_root = opt.data_root
+    for dp in data_params:  # a shipped config's relative data_root works from any working directory
+        if dp.get("data_root"):
+            dp.data_root = str(repo_path(dp.data_root))
     personal = params.get("personalization_config")
     inversion_flags = [f for f in ("embedding_manager_ckpt", "placeholder_string", "init_word") if getattr(opt, f)]
     if personal is None:
@@ -359,6 +378,7 @@ def run(argv: list[str] | None = None) -> RunResult:
     overrides = split_overrides(parser, opt, unknown)
     now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     logdir, run_name, resume_ckpt, bases = resolve_run(opt, now)
+    check_input_files(opt, resume_ckpt)
     ckptdir, cfgdir = logdir / "checkpoints", logdir / "configs"
     pl.seed_everything(opt.seed, workers=True)
 
@@ -402,4 +422,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ldm.cli import run_cli
+
+    run_cli(main, debug_flags=("--debug", "-d"), keep_debug_flag=True)

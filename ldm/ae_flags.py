@@ -12,7 +12,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from ldm.errors import MissingFileError
 from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig
+from ldm.util import load_yaml
 
 DEFAULT_AE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "guidance" / "attend_and_excite.yaml"
 TOKENS_HELP = "tokens to excite: words and/or 1-based positions ('*,dog', '2,5'); empty = plain sampling"
@@ -74,8 +76,8 @@ def load_ae_config(path: str | Path, **overrides: Any) -> AttendExciteConfig:
     ``overrides`` (field -> value, None = keep the file's value) on top. ``token_indices`` in the file is ignored."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--ae_config {path}: no such file (see configs/guidance/)")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        raise MissingFileError(f"--ae_config {path}: no such file (see configs/guidance/)")
+    raw = OmegaConf.to_container(load_yaml(path, "--ae_config"), resolve=True)
     values = dict(raw.get("attend_and_excite", raw))
     unknown = (set(values) | set(overrides)) - {f.name for f in dataclasses.fields(AttendExciteConfig)}
     if unknown:

@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ldm.ae_flags import AE_FIELDS, DEFAULT_AE_CONFIG, add_attend_excite_args, attend_excite_config
+from ldm.errors import MissingFileError, UserError
 from ldm.models.diffusion.guidance.attend_and_excite import (
     AttendAndExcite,
     AttendExciteConfig,
@@ -42,6 +43,8 @@ from ldm.models.diffusion.guidance.tokens import (
 from ldm.models.diffusion.guidance.visualize import render_attention
 from ldm.models.diffusion.schedule import make_ddim_timesteps
 from ldm.outputs import RunFolder
+from ldm.util import load_yaml
+from ldm.validation import check_files, check_sampling_flags
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ __all__ = [  # the A&E flags live in ldm.ae_flags; the scripts reach them throug
     "AE_FIELDS", "DEFAULT_AE_CONFIG", "add_attend_excite_args", "attend_excite_config",
     "load_model", "make_sampler", "steps_run", "schedule_for_run", "sampling_scope", "SampledBatch",
     "sample_prompts", "resolve_batch_tokens", "SamplingOptions", "run_txt2img", "read_prompts", "pick_device",
-    "first_stage_factor", "make_grid", "to_pil", "attention_picture",
+    "first_stage_factor", "make_grid", "to_pil", "attention_picture", "check_sampling_flags",
 ]  # fmt: skip
 
 
@@ -68,23 +71,19 @@ def load_model(
     """
     from ldm.util import load_model_from_config
 
-    for flag, p, required in (("--config", config_path, True), (ckpt_flag, ckpt, True),
-                              ("--embedding_path", embedding_path, False)):  # fmt: skip
-        if not p:
-            if required:
-                raise FileNotFoundError(f"{flag} is required")
-        elif not Path(p).expanduser().is_file():
-            raise FileNotFoundError(f"{flag} {p}: no such file")
-    config = OmegaConf.load(Path(config_path).expanduser())
+    config_file, ckpt_file, embedding_file = check_files(
+        [("--config", config_path, True), (ckpt_flag, ckpt, True), ("--embedding_path", embedding_path, False)]
+    )
+    config = load_yaml(config_file, "--config")
     model_config = config.model if "model" in config else config
-    if embedding_path and OmegaConf.select(model_config, "params.personalization_config") is None:
-        raise ValueError(
+    if embedding_file and OmegaConf.select(model_config, "params.personalization_config") is None:
+        raise UserError(
             f"--embedding_path given, but --config {config_path} builds no embedding manager; use a config with "
             "personalization_config (e.g. configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml)"
         )
-    model = load_model_from_config(config, str(Path(ckpt).expanduser()), strict=True)
-    if embedding_path:
-        model.embedding_manager.load(str(Path(embedding_path).expanduser()))
+    model = load_model_from_config(config, str(ckpt_file), strict=True)
+    if embedding_file:
+        model.embedding_manager.load(str(embedding_file))
     return model.to(device).eval()
 
 
@@ -102,6 +101,8 @@ def make_sampler(model: torch.nn.Module, name: str):
 def steps_run(sampler_name: str, steps: int, num_timesteps: int) -> int:
     """How many steps the sampler really runs (DDIM 'uniform' runs more when S does not divide T)."""
     if sampler_name == "ddpm":
+        if not 1 <= steps <= num_timesteps:
+            raise UserError(f"DDPM runs 1..{num_timesteps} steps (the model's timesteps), got {steps}")
         return steps
     return len(make_ddim_timesteps("uniform", steps, num_timesteps))
 
@@ -347,10 +348,16 @@ def read_prompts(prompt: str, from_file: str | None, batch_size: int) -> list[li
         return [batch_size * [prompt]]
     path = Path(from_file)
     if not path.is_file():
-        raise FileNotFoundError(f"--from-file {from_file}: no such file")
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        raise MissingFileError(f"--from-file {from_file}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"--from-file {from_file}: not a UTF-8 text file; give a file of prompts, one a line") from err
+    if "\0" in text:
+        raise UserError(f"--from-file {from_file}: not a text file (it holds binary data)")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
-        raise ValueError(f"--from-file {from_file}: no prompts in the file")
+        raise UserError(f"--from-file {from_file}: no prompts in the file")
     return [lines[i : i + batch_size] for i in range(0, len(lines), batch_size)]
 
 
@@ -362,6 +369,6 @@ def pick_device(name: str | None) -> torch.device:
 
 def first_stage_factor(config_path: str, default: int = 8) -> int:
     """The autoencoder's downsampling factor f = 2^(len(ch_mult) - 1) read from the model config."""
-    config = OmegaConf.load(config_path)
+    config = load_yaml(config_path, "--config")
     ch_mult = OmegaConf.select(config, "model.params.first_stage_config.params.ddconfig.ch_mult")
     return 2 ** (len(ch_mult) - 1) if ch_mult else default

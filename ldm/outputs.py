@@ -170,7 +170,7 @@ class RunFolder:
     def __init__(self, root: str | os.PathLike, layout: str = "sd") -> None:
         if layout not in ("sd", "ldm"):
             raise ValueError(f"unknown output layout {layout!r}; use 'sd' or 'ldm'")
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # relative paths handed out below are not re-joined to root
         self.layout = layout
         self.samples = self.root / "samples"
         self.attention = self.root / "attention"

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ldm.errors import MissingFileError, UserError
+
 logger = logging.getLogger(__name__)
 
 # Keys that released checkpoints carry and that are not parameters of the model (see environment.md):
@@ -31,14 +33,58 @@ DROPPED_CHECKPOINT_KEYS = (
 MODEL_ONLY_PREFIXES = ("embedding_manager.",)
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 MAX_LISTED_KEYS = 20
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-class ConfigError(ValueError):
-    """A config names a target that cannot be imported or built."""
+class ConfigError(UserError):
+    """A config file cannot be read (syntax, not text), or names a target that cannot be imported or built."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, unreadable, unsafe or does not fit the model."""
+
+
+def repo_path(path: str | os.PathLike) -> Path:
+    """``path``, or for a relative path that does not exist from the working directory, the same path under the
+    repository root when it exists there: the shipped configs name files relative to the repository
+    (``configs/toyworld/vocab.txt``, ``models/toyworld/autoencoder.safetensors``), so they work from any folder."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    in_repo = REPO_ROOT / p
+    return in_repo if in_repo.exists() else p
+
+
+def load_yaml(path: str | os.PathLike, flag: str = "--config") -> DictConfig:
+    """A YAML config as a ``DictConfig``; every failure is a :class:`ConfigError` naming ``flag`` and the file.
+
+    A missing file, a file that is not text, a YAML syntax error (with its line and column) and a file whose top
+    level is not a mapping are all named. Relative paths fall back to the repository (:func:`repo_path`).
+    """
+    import yaml
+
+    p = repo_path(path)
+    if not p.is_file():
+        raise MissingFileError(f"{flag} {path}: no such file")
+    raw = p.read_bytes()
+    if b"\0" in raw[:8192]:
+        raise ConfigError(f"{flag} {p}: not a text file (it holds binary data); pass a YAML config")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{flag} {p}: not a UTF-8 text file (byte {err.start}); pass a YAML config") from err
+    try:
+        config = OmegaConf.load(p)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{flag} {p}{where}: YAML syntax error: {problem}") from err
+    except Exception as err:  # OmegaConf refuses a top-level scalar, unsupported value types, ...
+        raise ConfigError(f"{flag} {p}: not a config OmegaConf can read: {err}") from err
+    if not isinstance(config, DictConfig):
+        raise ConfigError(f"{flag} {p}: expected a YAML mapping (key: value) at the top level, got a list")
+    return config
 
 
 def exists(value: Any) -> bool:
@@ -104,11 +150,60 @@ def _config_location(config: Any) -> str:
     return ""
 
 
+# What torch's weights_only refusal says about the refused object, across versions: "Unsupported global: GLOBAL x.y"
+# (2.4-2.5), "Trying to load unsupported GLOBAL posix.system whose module posix is blocked" (2.6-2.13),
+# "Unsupported operand 123".
+_REFUSED = re.compile(
+    r"unsupported (?:global: )?GLOBAL [\w.]+(?: whose module [\w.]+ is blocked)?|unsupported operand[^\n.]*",
+    re.IGNORECASE,
+)
+
+
 def describe_unpickling_error(err: BaseException) -> str:
-    """The informative part of torch's weights_only refusal (which class was refused), without terminal codes."""
+    """The informative part of torch's weights_only refusal (which class was refused), without terminal codes.
+
+    Never torch's advice to retry with ``weights_only=False`` (that would run the file's code).
+    """
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-    match = re.search(r"Unsupported global: GLOBAL [\w.]+|Unsupported operand[^\n.]*", text)
-    return match.group(0) if match else text.splitlines()[0]
+    match = _REFUSED.search(text)
+    if match:
+        return match.group(0)
+    lines = [line for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return lines[0] if lines else "objects other than tensors"
+
+
+def describe_read_error(err: BaseException) -> str:
+    """The first sentence of torch's (long) message for a truncated or corrupt file."""
+    text = str(err).strip() or type(err).__name__
+    return text.split(". ")[0].rstrip(".")
+
+
+def check_checkpoint_file(path: str | os.PathLike, flag: str = "--resume") -> None:
+    """Check that a Lightning/torch checkpoint opens with ``weights_only=True`` before anything is built from it.
+
+    The tensors are memory-mapped, not read. A truncated file and a file that pickles code are each refused with a
+    :class:`CheckpointError` naming ``flag`` and the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{flag} checkpoint '{p}' does not exist.")
+    try:
+        try:
+            torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            torch.load(str(p), map_location="cpu", weights_only=True)  # a legacy (non-zip) file cannot be mapped
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{flag}: refused to load '{p}': it contains objects other than tensors, which could run code when "
+            f"unpickled ({describe_unpickling_error(err)}). Resume only from checkpoints this project wrote."
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(
+            f"{flag}: checkpoint '{p}' is truncated or corrupt ({describe_read_error(err)}). Resume from another "
+            "checkpoint of the run (checkpoints/*.ckpt) or start the run again."
+        ) from err
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -117,7 +212,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     The state dict may sit at `state_dict` or at top level. Nothing is ever unpickled beyond tensors and
     plain containers.
     """
-    path = Path(path)
+    path = repo_path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint '{path}' does not exist. Pass the path of a .ckpt or .safetensors file.")
     if path.suffix == ".safetensors":
@@ -140,7 +235,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"unpickled ({describe_unpickling_error(err)}). Convert it to .safetensors from a trusted environment."
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(f"Checkpoint '{path}' is truncated or corrupt ({err}). Download it again.") from err
+        raise CheckpointError(
+            f"Checkpoint '{path}' is truncated or corrupt ({describe_read_error(err)}). Download it again."
+        ) from err
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):

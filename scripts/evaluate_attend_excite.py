@@ -133,6 +133,7 @@ def generate_all(
     if not args.ae_tokens.strip():
         for _, prompt in prompts:
             object_words(prompt)  # fail early on prompts A&E cannot use
+    inference.check_sampling_flags(args, ckpt_flag="--ckpt_path", ae=True)  # before the model is loaded
     ae_config = inference.attend_excite_config(args)
     model = inference.load_model(args.config, args.ckpt_path, args.embedding_path, device, ckpt_flag="--ckpt_path")
     check_tokens(model, args, prompts)
@@ -216,7 +217,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    from ldm.cli import run_cli
+
+    run_cli(main)

@@ -29,6 +29,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from ldm import inference  # noqa: E402
+from ldm.errors import UserError  # noqa: E402
 from ldm.evaluation.clip import CLIPFeatureExtractor, resolve_clip_folder  # noqa: E402
 from ldm.evaluation.evaluators import evaluate_inversion, strip_placeholder  # noqa: E402
 from ldm.evaluation.generate import add_size_args  # noqa: E402
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     clip_folder = resolve_clip_folder(args.clip_model)
     source_files = image_folder_files(args.data_dir, "--data_dir")
     if not strip_placeholder(args.prompt, args.placeholder):
-        raise SystemExit(f"--prompt {args.prompt!r} has no words besides the placeholder {args.placeholder!r}")
+        raise UserError(f"--prompt {args.prompt!r} has no words besides the placeholder {args.placeholder!r}")
 
     if args.gen_dir:
         generated = load_images(image_folder_files(args.gen_dir, "--gen_dir"))
@@ -84,9 +85,10 @@ def main(argv: list[str] | None = None) -> dict:
         from ldm.evaluation.generate import generate_images, latent_shape
 
         if not args.ckpt_path:
-            raise SystemExit("--ckpt_path is required to generate images (or pass --gen_dir to score existing ones)")
+            raise UserError("--ckpt_path is required to generate images (or pass --gen_dir to score existing ones)")
         if args.placeholder in args.prompt and not args.embedding_path:
-            raise SystemExit(f"--prompt contains {args.placeholder!r} but no --embedding_path was given")
+            raise UserError(f"--prompt contains {args.placeholder!r} but no --embedding_path was given")
+        inference.check_sampling_flags(args, ckpt_flag="--ckpt_path")  # before the model is loaded
         model = inference.load_model(args.config, args.ckpt_path, args.embedding_path, device, ckpt_flag="--ckpt_path")
         shape = latent_shape(model, inference.first_stage_factor(args.config), args.H, args.W)
         images = generate_images(
@@ -127,7 +129,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    from ldm.cli import run_cli
+
+    run_cli(main)

@@ -48,6 +48,7 @@ from ldm.evaluation.toyworld_sampling import (  # noqa: E402
 )
 from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig  # noqa: E402
 from ldm.outputs import save_image, save_text  # noqa: E402
+from ldm.validation import check_attention_res, check_sampling  # noqa: E402
 
 OFFICIAL_AE_CONFIG = REPO / "configs" / "guidance" / "attend_and_excite.yaml"
 
@@ -195,10 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     settings = SampleSettings(steps=args.steps, scale=args.scale, batch_size=16)
     resolutions = [int(r) for r in args.attention_res.split(",") if r.strip()]
+    geometry = check_sampling(  # the flags against the model, before anything is loaded
+        INFERENCE_CONFIG, H=settings.size, W=settings.size, steps=args.steps, steps_flag="--steps", scale=args.scale,
+        counts=[("--n_pairs", args.n_pairs), ("--n_inversion", args.n_inversion)],
+        files=[("--ckpt", args.ckpt, True), ("--embedding_path", args.embedding_path, False)],
+    )  # fmt: skip
+    for r in resolutions:
+        check_attention_res(r, settings.size, settings.size, geometry, flag="--attention_res")
+    outdir = Path(args.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
     # (label, config, which words to excite): the preset at each map side, the official defaults at the main side,
     # and the preset exciting the colour words too
     methods: list[tuple[str, AttendExciteConfig, str]] = [
@@ -331,4 +339,6 @@ def write_results(args, rows: list[Row], diffs, timings: dict[str, float], emb: 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ldm.cli import run_cli
+
+    run_cli(main)

@@ -36,8 +36,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_iter", type=int, default=2, help="sample this often")
     p.add_argument("--H", type=int, default=512, help="image height, in pixel space")
     p.add_argument("--W", type=int, default=512, help="image width, in pixel space")
-    p.add_argument("--C", type=int, default=4, help="latent channels")
-    p.add_argument("--f", type=int, default=8, help="downsampling factor")
+    p.add_argument("--C", type=int, default=None, help="latent channels (default: the config's)")
+    p.add_argument("--f", type=int, default=None, help="downsampling factor (default: the config's)")
     p.add_argument("--n_samples", type=int, default=3, help="how many samples per prompt (batch size)")
     p.add_argument("--n_rows", type=int, default=0, help="rows in the grid (default: n_samples)")
     p.add_argument("--scale", type=float, default=7.5, help="unconditional guidance scale")
@@ -60,12 +60,14 @@ def main(argv: list[str] | None = None) -> None:
         opt.config = "configs/latent-diffusion/txt2img-1p4B-eval.yaml"
         opt.ckpt = "models/ldm/text2img-large/model.ckpt"
         opt.outdir = "outputs/txt2img-samples-laion400m"
+    geometry = inference.check_sampling_flags(opt, ckpt_flag="--ckpt")  # before anything is loaded
     batches = inference.read_prompts(opt.prompt, opt.from_file, opt.n_samples)
     device = inference.pick_device(opt.device)
     model = inference.load_model(opt.config, opt.ckpt, opt.embedding_path, device)
     options = inference.SamplingOptions(
         outdir=opt.outdir, sampler="plms" if opt.plms else "ddpm" if opt.ddpm else "ddim", steps=opt.ddim_steps,
-        eta=opt.ddim_eta, scale=opt.scale, n_iter=opt.n_iter, H=opt.H, W=opt.W, C=opt.C, f=opt.f, seed=opt.seed,
+        eta=opt.ddim_eta, scale=opt.scale, n_iter=opt.n_iter, H=opt.H, W=opt.W, C=geometry.channels,
+        f=geometry.first_stage_factor, seed=opt.seed,
         fixed_code=opt.fixed_code, skip_grid=opt.skip_grid, skip_save=opt.skip_save, n_rows=opt.n_rows,
         precision=opt.precision, layout="sd", ae_tokens=opt.ae_tokens, save_attention=opt.save_attention,
         extra_settings=vars(opt),
@@ -74,4 +76,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ldm.cli import run_cli
+
+    run_cli(main)

@@ -49,6 +49,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = get_parser().parse_args(argv)
+    inference.check_sampling_flags(opt, ckpt_flag="--ckpt_path")  # before anything is loaded
     batches = inference.read_prompts(opt.prompt, opt.from_file, opt.n_samples)
     device = inference.pick_device(opt.device)
     model = inference.load_model(opt.config, opt.ckpt_path, opt.embedding_path, device, ckpt_flag="--ckpt_path")
@@ -62,4 +63,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ldm.cli import run_cli
+
+    run_cli(main)

@@ -77,6 +77,7 @@ class EmbeddingManager(nn.Module):
         if num_vectors_per_token < 1:
             raise ValueError(f"num_vectors_per_token must be >= 1, got {num_vectors_per_token}")
         placeholders = list(DEFAULT_PLACEHOLDER_TOKEN if placeholder_strings is None else placeholder_strings)
+        n_named = len(placeholders)  # the per-image tokens added next are not the user's words
         if per_image_tokens:
             placeholders.extend(per_img_token_list)
         initializer_words = list(initializer_words or [])
@@ -93,6 +94,13 @@ class EmbeddingManager(nn.Module):
         device = next(iter(embedder.parameters())).device
         for idx, placeholder in enumerate(placeholders):
             token = embedder.single_token_id(placeholder)
+            if idx < n_named and any(ch.isalnum() for ch in placeholder):  # a word, not a symbol such as "*"
+                logger.warning(
+                    "Placeholder string %r is a word of the text encoder's vocabulary: it takes that word over, so "
+                    "every %r in a prompt means the learned embedding; pick a symbol or a rare token (e.g. '*') "
+                    "to keep the word",
+                    placeholder, placeholder,
+                )  # fmt: skip
             self.string_to_token_dict[placeholder] = torch.tensor(token, dtype=torch.int64, device="cpu")
             if idx < len(initializer_words):
                 init_id = torch.tensor([embedder.single_token_id(initializer_words[idx])], device=device)

@@ -1,6 +1,6 @@
 """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2), with the samplers' common `sample(...)` call.
 
-`S` is the number of training steps to run from (default all T: t = T-1 ... 0); `eta` and `ddim_discretize` do
+`S` is the number of training steps to run from, 1..T (None: all T: t = T-1 ... 0); `eta` and `ddim_discretize` do
 not apply.
 """
 
@@ -21,9 +21,9 @@ class DDPMSampler(DiffusionSampler):
         self.clip_denoised = model.clip_denoised if clip_denoised is None else clip_denoised
 
     def timesteps_for(self, S: int | None, ddim_discretize: str, eta: float) -> list[int]:
-        num_steps = S or self.ddpm_num_timesteps
-        if num_steps > self.ddpm_num_timesteps:
-            raise ValueError(f"DDPM sampling runs at most {self.ddpm_num_timesteps} steps, got {num_steps}")
+        num_steps = self.ddpm_num_timesteps if S is None else int(S)  # 0 or a negative count is an error, not "all"
+        if not 1 <= num_steps <= self.ddpm_num_timesteps:
+            raise ValueError(f"DDPM sampling runs 1..{self.ddpm_num_timesteps} steps, got {num_steps}")
         return list(reversed(range(num_steps)))
 
     def make_step(self, timesteps: list[int], options: StepOptions) -> StepFn:

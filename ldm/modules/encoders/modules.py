@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +25,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ldm.errors import MissingFileError
 from ldm.modules.encoders.clip_text import CLIPTextTower
 from ldm.modules.x_transformer import Encoder, TransformerWrapper
+from ldm.util import repo_path
 
 if TYPE_CHECKING:
     from ldm.modules.embedding_manager import EmbeddingManager
@@ -41,9 +44,10 @@ COND_PARAMS_KEY = "model.params.cond_stage_config.params"
 
 
 def _require_file(path: str | Path | None, default: Path, what: str, key: str) -> str:
-    path = Path(path) if path else default
+    """The file ``path`` (a relative path may be relative to the repository, as in the shipped configs)."""
+    path = repo_path(path) if path else default
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{what} '{path}' not found. Provide it (scripts/build_tokenizer_files.py rebuilds the bundled copies) "
             f"or point the config key '{COND_PARAMS_KEY}.{key}' at your copy."
         )
@@ -59,6 +63,45 @@ def clean_clip_text(text: str) -> str:
     """
     text = html.unescape(html.unescape(text))
     return re.sub(r"\s+", " ", text).strip()
+
+
+# Prompts already checked by `warn_prompt_problems` (a bounded memory, so a training loop that tokenizes the same
+# captions every step logs each problem once): logging state only.
+_CHECKED_PROMPTS: OrderedDict[tuple[int, str], None] = OrderedDict()
+MAX_CHECKED_PROMPTS = 4096
+
+
+def warn_prompt_problems(tokenizer: Any, texts: Sequence[str], max_length: int) -> None:
+    """Log a warning, once per prompt, when the tokenizer drops tokens (truncation to ``max_length``) or maps part
+    of the prompt to the unknown token (emoji, CJK on BERT). Only logs; the token ids are not touched."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    framing = {getattr(tokenizer, a, None) for a in ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id")}
+    for text in texts:
+        key = (id(tokenizer), text)
+        if key in _CHECKED_PROMPTS:
+            continue
+        _CHECKED_PROMPTS[key] = None
+        if len(_CHECKED_PROMPTS) > MAX_CHECKED_PROMPTS:
+            _CHECKED_PROMPTS.popitem(last=False)
+        try:
+            enc = tokenizer(text, truncation=False, verbose=False, return_offsets_mapping=True)
+        except NotImplementedError:  # slow tokenizers have no offsets
+            enc = tokenizer(text, truncation=False, verbose=False)
+        ids = enc["input_ids"]
+        if len(ids) > max_length:
+            logger.warning(
+                "Prompt %r is %d tokens long; the text encoder keeps %d, so the last %d tokens are dropped",
+                text, len(ids), max_length, len(ids) - max_length,
+            )  # fmt: skip
+        if unk is None or unk in framing or unk not in ids:
+            continue
+        offsets = enc.get("offset_mapping")
+        spans = [text[a:b] for i, (a, b) in zip(ids, offsets, strict=True) if i == unk] if offsets else []
+        shown = f" ({', '.join(repr(s) for s in spans)})" if spans else ""
+        logger.warning(
+            "Prompt %r: %d part(s)%s are not in the tokenizer's vocabulary and become %s; they carry no meaning",
+            text, ids.count(unk), shown, tokenizer.unk_token,
+        )  # fmt: skip
 
 
 def _as_list(texts: str | Sequence[str]) -> list[str]:
@@ -93,9 +136,18 @@ class _TextEncoder(AbstractEncoder):
         """Token ids ``[B, max_length]`` on the CPU."""
         raise NotImplementedError
 
+    def _prepared(self, text: str) -> str:
+        """The text as the tokenizer gets it (CLIP cleans it first)."""
+        return text
+
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
-        """Texts -> padded/truncated token ids ``[B, max_length]`` on the parameters' device."""
-        return self._token_ids(_as_list(texts)).to(self._device())
+        """Texts -> padded/truncated token ids ``[B, max_length]`` on the parameters' device.
+
+        A prompt that is truncated or has parts the tokenizer does not know is logged once (a warning).
+        """
+        texts = _as_list(texts)
+        warn_prompt_problems(self.tokenizer, [self._prepared(t) for t in texts], self.max_length)
+        return self._token_ids(texts).to(self._device())
 
     def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -284,6 +336,9 @@ class FrozenCLIPEmbedder(_TextEncoder):
         self.transformer = self.transformer.eval()
         for param in self.parameters():
             param.requires_grad = False
+
+    def _prepared(self, text: str) -> str:
+        return clean_clip_text(text)
 
     def _token_ids(self, texts: list[str]) -> torch.Tensor:
         texts = [clean_clip_text(t) for t in texts]

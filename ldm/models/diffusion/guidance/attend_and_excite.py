@@ -165,10 +165,16 @@ def blocks_at_resolution(unet: nn.Module, latent_hw: tuple[int, int], res: int) 
     h, w = latent_hw
     names = [name for name, ds in unet.attention_block_ds.items() if h // ds == res and w // ds == res]
     if not names:
-        available = sorted({(h // ds, w // ds) for ds in unet.attention_block_ds.values()})
+        if h != w:
+            raise ValueError(f"Attend-and-Excite needs square attention maps; the latent is {h}x{w} (use --H == --W)")
+        # only sides the UNet really makes: a latent side that its downsampling does not divide makes none valid
+        bottom = 2 ** (len(unet.channel_mult) - 1)
+        sides = sorted({h // ds for ds in unet.attention_block_ds.values()}, reverse=True) if h % bottom == 0 else []
+        hint = (
+            f"set --ae_attention_res to one of {sides}" if sides else f"the latent side must be a multiple of {bottom}"
+        )
         raise ValueError(
-            f"attention_res {res}: no cross-attention layer makes {res}x{res} maps for a {h}x{w} latent; "
-            f"this UNet's maps are {available} (set --ae_attention_res to one of these sides)"
+            f"attention_res {res}: no cross-attention layer makes {res}x{res} maps for a {h}x{w} latent; {hint}"
         )
     order = unet.block_names
     return sorted(names, key=order.index)

@@ -11,13 +11,16 @@ Conventions (the official A&E ones): positions index the padded 77-token sequenc
 The rule for a word that occupies several positions (a word split into sub-tokens, or a multi-vector placeholder
 whose k vectors sit at k consecutive positions and shift later ones): the word is **one** excited token whose score
 is the **max over its positions**. A word is matched at its first occurrence in the prompt; use a position number to
-pick a later one.
+pick a later one. A word the tokenizer does not know (it maps to the unknown token, ``[UNK]``) is an error: it would
+match any other unknown word of the prompt.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from ldm.errors import UserError
 
 TokenGroup = tuple[int, ...]
 
@@ -102,9 +105,12 @@ def resolve_ae_tokens(
     last = end_position(ids, tokenizer)
     units = _units(ids, 1, last, set(placeholders))
 
-    def fail(message: str) -> ValueError:
+    def fail(message: str) -> UserError:
         table = format_token_table(token_table(ids, tokenizer, placeholders))
-        return ValueError(f"--ae_tokens: {message}. Token table of the prompt (position: token): {table}")
+        return UserError(f"--ae_tokens: {message}. Token table of the prompt (position: token): {table}")
+
+    unk = getattr(tokenizer, "unk_token_id", None)
+    framing = {getattr(tokenizer, a, None) for a in ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id")}
 
     groups: list[TokenGroup] = []
     for item in items:
@@ -117,6 +123,9 @@ def resolve_ae_tokens(
         word_ids = _word_ids(item, tokenizer, placeholders)
         if not word_ids:
             raise fail(f"'{item}' tokenises to nothing")
+        if unk is not None and unk not in framing and unk in word_ids:
+            unknown = f"'{item}' is not in the tokenizer's vocabulary (it maps to {tokenizer.unk_token})"
+            raise fail(unknown + _vocab_hint(tokenizer))
         match = next(
             (
                 tuple(p for _, positions in units[u : u + len(word_ids)] for p in positions)
@@ -130,6 +139,16 @@ def resolve_ae_tokens(
             raise fail(f"'{item}' (tokens {pieces}) is not in the prompt")
         groups.append(match)
     return tuple(groups)
+
+
+def _vocab_hint(tokenizer: Any, max_words: int = 200) -> str:
+    """``"; the vocabulary is: a, and, ..."`` for a small vocabulary (e.g. ToyWorld's), else ``""``."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    if not vocab or len(vocab) > max_words:
+        return ""
+    special = set(getattr(tokenizer, "all_special_tokens", []))
+    words = sorted(w for w in vocab if w not in special)
+    return f"; the vocabulary is: {', '.join(words)}"
 
 
 def describe_groups(groups: Sequence[TokenGroup], table: Sequence[tuple[int, str]]) -> str:

@@ -1,0 +1,216 @@
+"""Checks of the sampling flags against the model's config, before any model is loaded.
+
+One place for every script that samples (txt2img, stable_txt2img, the evaluation scripts):
+
+- the files named by flags exist (:func:`check_files`), and the config reads (:func:`ldm.util.load_yaml`);
+- ``--H``/``--W`` are multiples of the model's total downsampling, the first stage's factor ``f`` times the UNet's
+  ``2^(levels - 1)``, and at least that large; the error suggests the nearest valid sizes;
+- ``--n_samples``, ``--n_iter`` and the step count of every sampler (DDIM, PLMS and DDPM alike) are in
+  ``1..timesteps``; a negative ``--scale`` warns;
+- with ``--ae_tokens``, the A&E ``attention_res`` is a side of the cross-attention maps at that image size.
+
+Every failure is a :class:`ldm.errors.UserError` naming the flag and how to fix it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ldm.errors import MissingFileError, UserError
+from ldm.util import load_yaml, repo_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ModelGeometry", "model_geometry", "check_files", "nearest_sizes", "check_image_size", "check_count",
+    "attention_sides", "check_attention_res", "check_sampling", "check_sampling_flags",
+]  # fmt: skip
+
+# UNetModel's and the first stage's defaults, for configs that leave them out
+DEFAULT_CHANNEL_MULT = (1, 2, 4, 8)
+DEFAULT_FIRST_STAGE_FACTOR = 8
+DEFAULT_TIMESTEPS = 1000
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What a model config fixes about the sampling flags."""
+
+    first_stage_factor: int  # f: image pixels per latent pixel, 2^(len(ch_mult) - 1)
+    unet_levels: int  # len(channel_mult): the UNet halves the latent (levels - 1) times
+    timesteps: int  # T, the most steps any sampler can run
+    channels: int  # latent channels
+    image_size: int  # the latent side the model was trained at
+    attention_ds: tuple[int, ...]  # latent downsampling of each cross-attention layer (attention_resolutions, middle)
+
+    @property
+    def downsampling(self) -> int:
+        """Image pixels per pixel of the UNet's lowest level: image sides must be multiples of this."""
+        return self.first_stage_factor * 2 ** (self.unet_levels - 1)
+
+
+def model_geometry(config: DictConfig) -> ModelGeometry:
+    """The :class:`ModelGeometry` of a model config (``model:`` at the top, or the model itself)."""
+    model = config.model if "model" in config else config
+    ch_mult = OmegaConf.select(model, "params.first_stage_config.params.ddconfig.ch_mult")
+    f = 2 ** (len(ch_mult) - 1) if ch_mult else DEFAULT_FIRST_STAGE_FACTOR
+    unet = OmegaConf.select(model, "params.unet_config.params") or {}
+    levels = len(unet.get("channel_mult") or DEFAULT_CHANNEL_MULT)
+    bottom = 2 ** (levels - 1)
+    ds = {int(d) for d in unet.get("attention_resolutions") or () if int(d) <= bottom}
+    if unet.get("use_spatial_transformer", False):
+        ds.add(bottom)  # the middle block's cross-attention
+    params = model.get("params") or {}
+    return ModelGeometry(
+        first_stage_factor=f,
+        unet_levels=levels,
+        timesteps=int(params.get("timesteps", DEFAULT_TIMESTEPS)),
+        channels=int(params.get("channels", unet.get("in_channels", 4))),
+        image_size=int(params.get("image_size", unet.get("image_size", 32))),
+        attention_ds=tuple(sorted(ds)),
+    )
+
+
+def check_files(files: Sequence[tuple[str, str | os.PathLike | None, bool]]) -> list[Path | None]:
+    """``(flag, path, required)`` triples -> the paths (relative ones may resolve under the repository).
+
+    A required flag without a path, or a path that is not a file, is a :class:`MissingFileError` naming the flag.
+    """
+    found: list[Path | None] = []
+    for flag, path, required in files:
+        if not path:
+            if required:
+                raise MissingFileError(f"{flag} is required")
+            found.append(None)
+            continue
+        p = repo_path(path)
+        if not p.is_file():
+            what = "a folder, not a file" if p.is_dir() else "no such file"
+            raise MissingFileError(f"{flag} {path}: {what}")
+        found.append(p)
+    return found
+
+
+def nearest_sizes(value: int, multiple: int) -> list[int]:
+    """The valid sizes nearest ``value``: the multiples of ``multiple`` just below and above it (at least one)."""
+    below = value // multiple * multiple
+    above = below + multiple
+    return [s for s in (below, above) if s >= multiple]
+
+
+def check_image_size(H: int, W: int, geometry: ModelGeometry, config: str = "the config") -> None:
+    """``H`` and ``W`` are positive multiples of ``geometry.downsampling`` (the error suggests the nearest)."""
+    step, f, bottom = geometry.downsampling, geometry.first_stage_factor, 2 ** (geometry.unet_levels - 1)
+    for flag, value in (("--H", H), ("--W", W)):
+        if value >= step and value % step == 0:
+            continue
+        sizes = " or ".join(str(s) for s in nearest_sizes(max(value, 0), step))
+        raise UserError(
+            f"{flag} {value}: image sides must be multiples of {step} for this model ({config}: the first stage "
+            f"downsamples by {f} and the UNet by {bottom}), at least {step}; use {flag} {sizes}"
+        )
+
+
+def check_count(flag: str, value: int, high: int | None = None, why: str = "") -> None:
+    """``1 <= value`` (and ``<= high``), else a :class:`UserError` naming the flag."""
+    if value >= 1 and (high is None or value <= high):
+        return
+    bound = f"between 1 and {high}{why}" if high is not None else "at least 1"
+    raise UserError(f"{flag} {value}: must be {bound}")
+
+
+def attention_sides(H: int, W: int, geometry: ModelGeometry) -> list[int]:
+    """The sides of the (square) cross-attention maps at image size ``H`` x ``W``, largest first."""
+    h, w = H // geometry.first_stage_factor, W // geometry.first_stage_factor
+    if h != w:
+        return []
+    return sorted({h // ds for ds in geometry.attention_ds}, reverse=True)
+
+
+def check_attention_res(res: int, H: int, W: int, geometry: ModelGeometry, flag: str = "--ae_attention_res") -> None:
+    """Attend-and-Excite's ``attention_res`` is the side of some cross-attention map at this (valid) image size."""
+    if H != W:
+        raise UserError(
+            f"Attend-and-Excite needs square attention maps: --H {H} and --W {W} differ; use --H {max(H, W)} "
+            f"--W {max(H, W)} (or sample without --ae_tokens)"
+        )
+    sides = attention_sides(H, W, geometry)
+    if res in sides:
+        return
+    step, f = geometry.downsampling, geometry.first_stage_factor
+    sizes = sorted({res * ds * f for ds in geometry.attention_ds if (res * ds * f) % step == 0})
+    other = f", or --H/--W {' or '.join(map(str, sizes))} for {res}x{res} maps" if sizes else ""
+    raise UserError(
+        f"{flag} {res}: at --H {H} --W {W} this model's cross-attention maps are "
+        f"{', '.join(f'{s}x{s}' for s in sides)}; use {flag} {' or '.join(map(str, sides))}{other}"
+    )
+
+
+def check_sampling(
+    config_path: str | os.PathLike,
+    *,
+    H: int | None = None,
+    W: int | None = None,
+    steps: int = 50,
+    n_samples: int = 1,
+    n_iter: int = 1,
+    scale: float | None = None,
+    ae_attention_res: int | None = None,
+    files: Sequence[tuple[str, str | os.PathLike | None, bool]] = (),
+    steps_flag: str = "--ddim_steps",
+    counts: Sequence[tuple[str, int]] = (),
+) -> ModelGeometry:
+    """Check the sampling flags against ``config_path`` before the model is loaded; returns its geometry.
+
+    ``H``/``W`` None: the model's own size. ``ae_attention_res``: checked when A&E is on (not None). ``files``:
+    ``(flag, path, required)`` checked first. ``counts``: further ``(flag, value)`` pairs that must be >= 1.
+    """
+    check_files([("--config", config_path, True), *files])
+    geometry = model_geometry(load_yaml(config_path, "--config"))
+    size = geometry.image_size * geometry.first_stage_factor
+    H, W = size if H is None else H, size if W is None else W
+    check_image_size(H, W, geometry, str(config_path))
+    for flag, value in (("--n_samples", n_samples), ("--n_iter", n_iter), *counts):
+        check_count(flag, value)
+    check_count(steps_flag, steps, geometry.timesteps, " (the number of diffusion timesteps of the model)")
+    if scale is not None and scale < 0:
+        logger.warning(
+            "--scale %g is negative: classifier-free guidance then pushes the images away from the prompt", scale
+        )
+    if ae_attention_res is not None:
+        check_attention_res(ae_attention_res, H, W, geometry)
+    return geometry
+
+
+def check_sampling_flags(
+    opt: argparse.Namespace, ckpt_flag: str = "--ckpt_path", steps_flag: str = "--ddim_steps", ae: bool | None = None
+) -> ModelGeometry:
+    """:func:`check_sampling` for a script's parsed flags (the names the txt2img and evaluation scripts share:
+    ``config``, ``H``, ``W``, ``n_samples``, ``n_iter``, ``scale``, ``embedding_path``, ``batch_size``,
+    ``ae_tokens`` and the ``--ae_*`` flags; ``f`` and ``C`` when the script has them must match the config).
+    ``ae``: whether Attend-and-Excite runs (None: when ``--ae_tokens`` is given)."""
+    ae_res = None
+    if ae or (ae is None and getattr(opt, "ae_tokens", "").strip()):
+        from ldm.ae_flags import attend_excite_config
+
+        ae_res = attend_excite_config(opt).attention_res
+    counts = [("--batch_size", opt.batch_size)] if getattr(opt, "batch_size", None) is not None else []
+    geometry = check_sampling(
+        opt.config, H=getattr(opt, "H", None), W=getattr(opt, "W", None), steps=getattr(opt, steps_flag.lstrip("-")),
+        n_samples=getattr(opt, "n_samples", 1), n_iter=getattr(opt, "n_iter", 1), scale=getattr(opt, "scale", None),
+        ae_attention_res=ae_res, steps_flag=steps_flag, counts=counts,
+        files=[(ckpt_flag, getattr(opt, ckpt_flag.lstrip("-")), True),
+               ("--embedding_path", getattr(opt, "embedding_path", None), False)],
+    )  # fmt: skip
+    for flag, value, own in (("--f", getattr(opt, "f", None), geometry.first_stage_factor),
+                             ("--C", getattr(opt, "C", None), geometry.channels)):  # fmt: skip
+        if value is not None and value != own:
+            raise UserError(f"{flag} {value} does not match --config {opt.config}, whose model has {own}; drop {flag}")
+    return geometry
