@@ -86,12 +86,12 @@ def build_app(explorer: Explorer, settings: Settings | None = None, prompt: str 
             with gr.Column():
                 plain_image = gr.Image(label="Without A&E", type="pil", format="png", interactive=False,
                                        elem_id="image-plain")  # fmt: skip
-                plain_maps = gr.Gallery(label="Attention per word, without A&E", columns=4, format="png", height="auto",
+                plain_maps = gr.Gallery(label="Attention per word, without A&E", columns=4, format="png", height=300,
                                         elem_id="maps-plain")  # fmt: skip
             with gr.Column():
                 ae_image = gr.Image(label="With A&E", type="pil", format="png", interactive=False, elem_id="image-ae")
                 ae_maps = gr.Gallery(
-                    label="Attention per word, with A&E", columns=4, format="png", height="auto", elem_id="maps-ae"
+                    label="Attention per word, with A&E", columns=4, format="png", height=300, elem_id="maps-ae"
                 )
         step = gr.Slider(0, 1, value=1, step=1, label="Step (0 = the first; the last position = the final maps)",
                          elem_id="step")  # fmt: skip

@@ -58,6 +58,9 @@ def chip_view(explorer: Explorer, prompt: str, spec: str = "") -> ChipView:
     choices = [(c.label, str(i)) for i, c in enumerate(chips) if c.selectable]
     ids, placeholders = inference._prompt_tokens(explorer.model, prompt)
     table = format_token_table(token_table(ids, explorer.model.cond_stage_model.tokenizer, placeholders))
+    cut = [c.text for c in chips if c.kind == "truncated"]
+    if cut:
+        table += f"  (cut off by the text encoder's {len(ids)}-token limit, not seen by the model: {' '.join(cut)})"
     return ChipView(choices, [str(i) for i in selection_for(chips, spec)], table)
 
 

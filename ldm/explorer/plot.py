@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw, ImageFont
 
 PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 40, 12, 24, 30
+BAND = "#fce8c8"  # steps with refinement
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 40, 12, 34, 30
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def panel(
     size: tuple[int, int] = (420, 260),
     y_range: tuple[float, float] = (0.0, 1.0),
 ) -> Image.Image:
-    """One plot: ``series`` over steps 1..n (the x axis), ``shaded`` steps (0-based) marked by a grey band."""
+    """One plot: ``series`` over steps 1..n (the x axis), ``shaded`` steps (0-based) marked by a band."""
     w, h = size
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
@@ -54,7 +55,7 @@ def panel(
     half = (x1 - x0) / max(n - 1, 1) / 2
     for step in shaded:
         cx = xy(step, lo)[0]
-        draw.rectangle([max(x0, cx - half), y1, min(x1, cx + half), y0], fill="#e8e8e8")
+        draw.rectangle([max(x0, cx - half), y1, min(x1, cx + half), y0], fill=BAND)
     for k in range(5):  # y grid and ticks
         v = lo + (hi - lo) * k / 4
         _, y = xy(0, v)
@@ -66,7 +67,7 @@ def panel(
         draw.line([(x, y0), (x, y0 + 3)], "black")
         draw.text((x - 4, y0 + 5), str(step + 1), fill="black", font=font)
     draw.rectangle([x0, y1, x1, y0], outline="black")
-    draw.text((x0, 6), title, fill="black", font=font)
+    draw.text((x0, 10), title, fill="black", font=font)
     draw.text((x1 - 24, h - 12), "step", fill="black", font=font)
     for s in series:
         points = [xy(i, v) for i, v in enumerate(s.values)]
@@ -124,7 +125,7 @@ def run_plot(
     entries = [("loss", "#000000", False)] + [(w, PALETTE[k % len(PALETTE)], False) for k, w in enumerate(labels)]
     entries += [("dashed: without A&E", "#555555", True), ("solid: with A&E", "#555555", False)]
     if shaded:
-        entries.append(("grey band: refinement", "#bbbbbb", False))
+        entries.append(("band: refinement", BAND, False))
     key = legend(entries, loss.width + scores.width)
     out = Image.new("RGB", (loss.width + scores.width, loss.height + key.height), "white")
     out.paste(loss, (0, 0))

@@ -246,7 +246,9 @@ class Explorer:
 
             traces.append(self._one_run(prompt, spec, settings, cfg, latent_shape, groups[0], report_step))
         table = dict(report[prompt]["tokens"])
-        labels = [" ".join(dict.fromkeys(table[p] for p in g)) for g in groups[0]]
+        items = [s.strip() for s in spec.split(",") if s.strip()]
+        labels = [item if not item.lstrip("-").isdigit() else f"{table[g[0]].removesuffix('</w>')} ({item})"
+                  for item, g in zip(items, groups[0])]  # fmt: skip
         command = self.command(prompt, spec, settings, preset, ae_flags)
         return RunResult(prompt, spec, labels, traces[0], traces[1], used, command, report)
 
