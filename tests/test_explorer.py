@@ -158,6 +158,37 @@ def test_run_is_the_scripts_sampling(explorer):
     assert torch.allclose(result.excited.final_maps, final[0], atol=1e-6)
 
 
+def test_the_shown_command_reproduces_the_run(explorer, tmp_path, monkeypatch):
+    """The page's txt2img command, run as it is shown, makes the explorer's image with A&E."""
+    import importlib.util
+    import shlex
+
+    fields = explorer.preset_fields("official") | FEW_REFINEMENTS
+    config, flags = explorer.ae_config("official", fields)
+    result = explorer.run(PROMPT, "*,dog", SETTINGS, config, ae_flags=flags)
+    argv = shlex.split(result.command)
+    assert argv[:2] == ["python", "scripts/stable_txt2img.py"] and "--ae_max_refinement_steps" in argv
+    spec = importlib.util.spec_from_file_location("stable_txt2img", REPO / argv[1])
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.chdir(REPO)
+    script.main([*argv[2:], "--outdir", str(tmp_path), "--device", "cpu", "--skip_grid"])
+    made = Image.open(tmp_path / "samples" / "00000.png")
+    assert list(made.getdata()) == list(result.excited.image.getdata())
+    assert (tmp_path / "attention" / "00000.png").is_file()
+
+
+@pytest.mark.parametrize("sampler", ["plms", "ddpm"])
+def test_every_sampler_hands_over_the_maps_of_every_step(explorer, sampler):
+    config, _ = explorer.ae_config("official", explorer.preset_fields("official") | FEW_REFINEMENTS)
+    settings = dataclasses.replace(SETTINGS, sampler=sampler, steps=3)
+    result = explorer.run(PROMPT, "dog", settings, config)
+    assert result.steps == 3 and len(result.plain.maps) == 3 and result.labels == ["dog"]
+    # 3 steps: updates at steps < round(1.5) = 2, thresholds at round(0, 0.6, 1.2) = 0, 1: step 2 only watches
+    assert result.excited.guided == [True, True, False] and result.excited.maps[2].shape == (1, 16, 16)
+    assert f"--{sampler}" in result.command
+
+
 def test_errors_are_the_scripts_messages(explorer, tmp_path):
     fields = explorer.preset_fields("official")
     with pytest.raises(ValueError, match="'cat' .* is not in the prompt. Token table"):

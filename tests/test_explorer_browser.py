@@ -136,7 +136,7 @@ def test_pick_two_words_run_and_see_both_images_and_maps(app_url, browser, tmp_p
     step.send_keys(Keys.CONTROL, "a")
     step.send_keys("5", Keys.ENTER)  # back to the final maps for the picture
     wait.until(lambda _: "Final maps" in css("#step-caption")[0].text)
-    browser.set_window_size(1400, browser.execute_script("return document.body.scrollHeight") + 40)
+    browser.set_window_size(1400, browser.execute_script("return document.documentElement.scrollHeight") + 120)
     browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
