@@ -340,7 +340,9 @@ class AttendAndExcite:
         self.records.append({"step": step, "t": int(t[0]), "groups": records})
         return z
 
-    def _watch(self, x: torch.Tensor, t: torch.Tensor, step: int, num_steps: int, cond: Any, groups: list[_Group]):
+    def _watch(
+        self, x: torch.Tensor, t: torch.Tensor, step: int, num_steps: int, cond: Any, groups: list[_Group]
+    ) -> None:
         """``on_maps`` at a step without guidance: one capture-only pass for the maps."""
         samples = [s for g in groups for s in g.samples]
         eots = [g.eot for g in groups for _ in g.samples]
