@@ -24,7 +24,8 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "ruff>=0.5"],
+        "test": ["pytest>=7.4", "ruff>=0.5", "selenium>=4.20,<5"],  # selenium: the explorer's browser test
         "logging": ["tensorboard>=2.14"],
+        "app": ["gradio>=6,<7"],  # the explorer: python scripts/explore.py
     },
 )

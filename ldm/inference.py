@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from ldm.errors import MissingFileError, UserError
 from ldm.models.diffusion.guidance.attend_and_excite import (
     AttendAndExcite,
     AttendExciteConfig,
+    StepMaps,
     capture_token_maps,
     scale_schedule,
 )
@@ -238,10 +239,12 @@ def sample_prompts(
     x_T: torch.Tensor | None = None,
     ae_tokens: str = "",
     ae_config: AttendExciteConfig | None = None,
+    on_maps: Callable[[StepMaps], None] | None = None,
 ) -> SampledBatch:
     """One image per prompt: conditioning, ``uc`` = the empty prompt for CFG (skipped at ``scale`` 1), A&E on the
     ``ae_tokens`` words/positions (``ae_config`` with absolute steps, see :func:`schedule_for_run`), sampling from
     ``x_T`` (or noise from ``generator``), decoding and clamping to [0, 1]. ``eta`` is ignored by DDPM.
+    ``on_maps`` goes to the A&E object (each step's token maps, for viewers; see :class:`AttendAndExcite`).
     """
     from ldm.models.diffusion.ddpm_sampler import DDPMSampler
 
@@ -254,7 +257,9 @@ def sample_prompts(
             if ae_config is None:
                 raise ValueError("A&E tokens given without an AttendExciteConfig")
             groups, eots, report = resolve_batch_tokens(model, prompts, ae_tokens)
-            guidance = AttendAndExcite(model.model.diffusion_model, ae_config, token_indices=groups, eot_positions=eots)
+            guidance = AttendAndExcite(
+                model.model.diffusion_model, ae_config, token_indices=groups, eot_positions=eots, on_maps=on_maps
+            )
         kwargs: dict[str, Any] = {} if isinstance(sampler, DDPMSampler) else {"eta": eta}
         samples, _ = sampler.sample(
             steps, n, latent_shape, conditioning=c, x_T=x_T, verbose=False, generator=generator,

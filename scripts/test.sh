@@ -13,5 +13,6 @@ VPY=.venv/bin/python
 if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   "$VPY" -m pip install -q "torch==2.13.0"
 fi
-"$VPY" -m pip install -q -e ".[test]"
+# app: Gradio for the explorer, whose tests (one in a real browser) are part of the suite
+"$VPY" -m pip install -q -e ".[test,app]"
 exec "$VPY" -m pytest "$@"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -205,6 +205,11 @@ class AttendAndExcite:
 
     ``records`` holds, per guided step, each group's losses, scores, refinement and update (floats, for logs);
     ``num_forwards`` counts UNet guidance passes and ``num_sample_forwards`` the samples through them.
+
+    ``on_maps`` (opt-in, for viewers such as the explorer): called at every step with a :class:`StepMaps`, each
+    sample's smoothed token maps at the latent entering the step. A step with a guidance pass hands over that pass's
+    first maps (no extra pass); a step without one runs one truncated no-grad pass for them
+    (:func:`capture_token_maps`).
     """
 
     def __init__(
@@ -214,8 +219,10 @@ class AttendAndExcite:
         token_indices: Sequence[Sequence[int | Sequence[int]]] | None = None,
         eot_positions: Sequence[int | None] | None = None,
         truncate: bool = True,
+        on_maps: Callable[[StepMaps], None] | None = None,
     ) -> None:
         self.unet = unet
+        self.on_maps = on_maps
         self.config = config
         self.per_sample_indices = None if token_indices is None else [normalize_token_indices(t) for t in token_indices]
         self.eot_positions = None if eot_positions is None else list(eot_positions)
@@ -258,7 +265,8 @@ class AttendAndExcite:
     def _scores(
         self, z: torch.Tensor, t: torch.Tensor, context: torch.Tensor, groups: list[_Group], stop_after: str | None
     ):
-        """Run the capture pass on the samples of ``groups``; returns (leaf latent, rows, per-group (loss, scores))."""
+        """Run the capture pass on the samples of ``groups``; returns (leaf latent, rows, per-group (loss, scores),
+        the maps ``[b, r, r, 77]``)."""
         samples = sorted(s for g in groups for s in g.samples)
         rows = {s: r for r, s in enumerate(samples)}
         leaf = z[samples].detach().requires_grad_(True)  # [b, C, h, w]
@@ -273,7 +281,7 @@ class AttendAndExcite:
             group_maps = maps[[rows[s] for s in g.samples]].mean(dim=0)  # [r, r, 77]
             scores = max_attention_per_token(group_maps, g.token_groups, self.config, g.eot)
             results.append((attend_excite_loss(scores), scores))
-        return leaf, rows, results
+        return leaf, rows, results, maps
 
     def _finite_or_warn(self, group: _Group, *tensors: torch.Tensor) -> bool:
         if all(bool(torch.isfinite(x).all()) for x in tensors):
@@ -290,6 +298,8 @@ class AttendAndExcite:
         threshold = cfg.thresholds.get(step)
         groups = self._groups(x.shape[0])
         if not groups or (not update and threshold is None):
+            if groups and self.on_maps is not None:
+                self._watch(x, t, step, num_steps, cond, groups)
             return x
         context = _context_of(cond)  # [B, 77, D]
         for g in groups:
@@ -302,7 +312,11 @@ class AttendAndExcite:
         with torch.enable_grad(), register_attention_controller(self.unet, self.store, layers=capture):
             pending = groups
             while pending:
-                leaf, rows, results = self._scores(z, t, context, pending, stop_after)
+                leaf, rows, results, maps = self._scores(z, t, context, pending, stop_after)
+                if pending is groups and self.on_maps is not None:  # the first pass: the latent entering the step
+                    kept = {s: group_token_maps(maps[rows[s]].detach(), g.token_groups, cfg, g.eot).cpu()
+                            for g in groups for s in g.samples}  # fmt: skip
+                    self.on_maps(StepMaps(step, num_steps, int(t[0]), kept, guided=True))
                 to_update = []
                 for g, (loss, scores) in zip(pending, results):
                     value = float(loss.detach())
@@ -331,6 +345,17 @@ class AttendAndExcite:
         records = [g.record | {"samples": g.samples} for g in groups]
         self.records.append({"step": step, "t": int(t[0]), "groups": records})
         return z
+
+    def _watch(
+        self, x: torch.Tensor, t: torch.Tensor, step: int, num_steps: int, cond: Any, groups: list[_Group]
+    ) -> None:
+        """``on_maps`` at a step without guidance: one capture-only pass for the maps."""
+        samples = [s for g in groups for s in g.samples]
+        eots = [g.eot for g in groups for _ in g.samples]
+        sel = torch.tensor(samples, device=x.device)
+        indices = [self._indices_of(s) for s in samples]
+        maps = capture_token_maps(self.unet, x[sel], t[sel], _context_of(cond)[sel], indices, self.config, eots)
+        self.on_maps(StepMaps(step, num_steps, int(t[0]), dict(zip(samples, maps)), guided=False))
 
     def _advance(self, g: _Group, loss: float, scores: torch.Tensor, update: bool, target: float | None) -> bool:
         """Move ``g`` on after a pass that gave ``loss``; True when this pass's gradient is to be applied.
@@ -377,6 +402,27 @@ def _context_of(cond: Any) -> torch.Tensor:
     return cond
 
 
+def group_token_maps(
+    maps: torch.Tensor, groups: Sequence[TokenGroup], config: AttendExciteConfig, eot_position: int | None = None
+) -> torch.Tensor:
+    """Each token group's smoothed map from one map ``[r, r, 77]``: ``[K, r, r]``, the max over a group's positions
+    (the spatial max of a group's map is its score m_k)."""
+    per_position = token_attention_maps(maps, groups, config, eot_position)  # [P, r, r]
+    sizes = [len(g) for g in groups]
+    return torch.stack([part.max(dim=0).values for part in per_position.split(sizes)])  # [K, r, r]
+
+
+@dataclass
+class StepMaps:
+    """What ``AttendAndExcite(on_maps=...)`` hands over at one step."""
+
+    step: int  # 0-based step of the run
+    num_steps: int
+    t: int  # the timestep of the step
+    maps: dict[int, torch.Tensor]  # sample -> smoothed token-group maps [K, r, r] (CPU) at the latent entering the step
+    guided: bool  # True: from the step's guidance pass; False: from a capture-only pass (a step without guidance)
+
+
 @torch.no_grad()
 def capture_token_maps(
     unet: nn.Module,
@@ -385,10 +431,12 @@ def capture_token_maps(
     cond: Any,
     token_indices: Sequence[Sequence[int | Sequence[int]]],
     config: AttendExciteConfig,
+    eot_positions: Sequence[int | None] | None = None,
 ) -> list[torch.Tensor]:
-    """The maps the loss looks at, for display: per sample ``[K, r, r]`` (a group's map is the max over its positions).
+    """The maps the loss looks at, for display: per sample ``[K, r, r]`` on the CPU (see :func:`group_token_maps`).
 
-    One conditional pass (stopped after the last block at ``attention_res``) over ``z`` ``[B, C, h, w]`` at ``t``.
+    One conditional pass (stopped after the last block at ``attention_res``) over ``z`` ``[B, C, h, w]`` at ``t``;
+    ``eot_positions`` (per sample) matter only with ``softmax_end="eot"``.
     """
     context = _context_of(cond)
     capture = blocks_at_resolution(unet, tuple(z.shape[-2:]), config.attention_res)
@@ -396,10 +444,8 @@ def capture_token_maps(
     with register_attention_controller(unet, store, layers=capture):
         unet(z, t, context=context, stop_after=capture[-1])
     maps = store.aggregate(z.shape[0], config.attention_res)  # [B, r, r, 77]
-    out = []
-    for b, indices in enumerate(token_indices):
-        groups = normalize_token_indices(indices)
-        per_position = token_attention_maps(maps[b], groups, config)  # [P, r, r]
-        sizes = [len(g) for g in groups]
-        out.append(torch.stack([part.max(dim=0).values for part in per_position.split(sizes)]))  # [K, r, r]
-    return out
+    eots = list(eot_positions) if eot_positions is not None else [None] * z.shape[0]
+    return [
+        group_token_maps(maps[b], normalize_token_indices(indices), config, eots[b]).cpu()
+        for b, indices in enumerate(token_indices)
+    ]

@@ -1,0 +1,316 @@
+"""The explorer's logic, without a browser: one loaded model, its prompt chips, the A&E settings, and runs.
+
+A run samples the same seed twice through :func:`ldm.inference.sample_prompts`, the scripts' one sampling routine:
+without Attend-and-Excite and with it. Both runs pass the selected words to the A&E object with an ``on_maps``
+callback, so each step's token maps come from the guidance pass itself (the run without A&E uses a schedule with no
+update and no refinement: the latent is never changed, and each step runs one truncated pass for its maps). The final
+maps are those ``--save_attention`` draws (one pass on the final latent at ``t = 1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from ldm import inference
+from ldm.ae_flags import AE_FIELDS, DEFAULT_AE_CONFIG, add_attend_excite_args, attend_excite_config, load_ae_config
+from ldm.explorer.chips import Chip, prompt_chips
+from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig, StepMaps, capture_token_maps
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+PRESETS: dict[str, Path] = {
+    "official": DEFAULT_AE_CONFIG,
+    "ToyWorld": REPO / "configs" / "toyworld" / "attend_and_excite.yaml",
+    "earlier fork": REPO / "configs" / "guidance" / "seed_fork.yaml",
+}
+SAMPLERS = ("ddim", "plms", "ddpm")
+Progress = Callable[[float, str], None]
+
+__all__ = ["PRESETS", "SAMPLERS", "Settings", "RunTrace", "RunResult", "Explorer", "field_text", "repo_relative"]
+
+
+@dataclass
+class Settings:
+    """The sampling settings of a run (the txt2img flags of the same names)."""
+
+    steps: int = 25
+    scale: float = 3.0
+    seed: int = 42
+    sampler: str = "ddim"
+    H: int = 64
+    W: int = 64
+    eta: float = 0.0
+
+
+@dataclass
+class RunTrace:
+    """One run (without or with A&E): the image and, per step, the selected words' maps and scores."""
+
+    image: Image.Image
+    maps: list[torch.Tensor]  # per step: [K, r, r], the smoothed maps at the latent entering the step
+    final_maps: torch.Tensor  # [K, r, r] on the final latent at t=1 (what --save_attention draws)
+    timesteps: list[int]  # per step: the sampler's timestep t
+    guided: list[bool]  # per step: the maps came from a guidance pass
+    refinement: list[int]  # per step: refinement iterations spent
+
+    @property
+    def max_attention(self) -> list[list[float]]:
+        """Per step, per word: m_k, the spatial max of the word's smoothed map (the A&E score)."""
+        return [m.flatten(1).max(dim=1).values.tolist() for m in self.maps]
+
+    @property
+    def loss(self) -> list[float]:
+        """Per step: the A&E loss max_k max(0, 1 - m_k) of the latent entering the step (eq. 3)."""
+        return [max(0.0, 1.0 - min(scores)) for scores in self.max_attention]
+
+
+@dataclass
+class RunResult:
+    """A run without and with A&E from the same seed."""
+
+    prompt: str
+    spec: str  # the --ae_tokens string
+    labels: list[str]  # one per excited word
+    plain: RunTrace
+    excited: RunTrace
+    config: AttendExciteConfig  # the A&E config with its schedule scaled to the steps run
+    command: str  # the txt2img command that reproduces the run with A&E
+    report: dict = field(default_factory=dict)  # the scripts' token report of the prompt
+
+    @property
+    def steps(self) -> int:
+        return len(self.excited.maps)
+
+    @property
+    def refinement_total(self) -> int:
+        return sum(self.excited.refinement)
+
+
+def field_text(value: Any) -> str:
+    """An ``AttendExciteConfig`` value in its ``--ae_<field>`` flag syntax."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{v}" for k, v in value.items())
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _flag_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="explorer", exit_on_error=False, add_help=False)
+    add_attend_excite_args(parser, save_attention=False)
+    return parser
+
+
+class Explorer:
+    """A loaded model and what the page asks of it (every method raises the scripts' errors for bad input)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config_path: str | Path,
+        ckpt_path: str | Path,
+        ae_config_path: str | Path | None = None,
+        embedding_path: str | Path | None = None,
+    ) -> None:
+        self.model = model
+        self.config_path = str(config_path)
+        self.ckpt_path = str(ckpt_path)
+        self.embedding_path = str(embedding_path) if embedding_path else None
+        self.presets = dict(PRESETS)
+        if ae_config_path and Path(ae_config_path).resolve() not in {p.resolve() for p in PRESETS.values()}:
+            self.presets["--ae_config"] = Path(ae_config_path)
+        self.default_preset = next(
+            (k for k, p in self.presets.items() if ae_config_path and p.resolve() == Path(ae_config_path).resolve()),
+            "official",
+        )
+        self.factor = inference.first_stage_factor(self.config_path)
+        cond = OmegaConf.select(OmegaConf.load(self.config_path), "model.params.cond_stage_config.target") or ""
+        self.script = "scripts/txt2img.py" if "BERT" in cond else "scripts/stable_txt2img.py"
+
+    @classmethod
+    def load(
+        cls,
+        config_path: str | Path,
+        ckpt_path: str | Path,
+        ae_config_path: str | Path | None = None,
+        embedding_path: str | Path | None = None,
+        device: str | None = None,
+    ) -> Explorer:
+        model = inference.load_model(config_path, ckpt_path, embedding_path, inference.pick_device(device))
+        return cls(model, config_path, ckpt_path, ae_config_path, embedding_path)
+
+    # --- the page's inputs ---------------------------------------------------------------------------------------
+    @property
+    def default_size(self) -> int:
+        """The image side the model was trained for: latent size times the autoencoder's factor."""
+        return int(self.model.image_size) * self.factor
+
+    def placeholders(self) -> list[str]:
+        manager = getattr(self.model, "embedding_manager", None)
+        return sorted(manager.string_to_token_dict) if manager is not None else []
+
+    def chips(self, prompt: str) -> list[Chip]:
+        """The prompt's word chips (see :mod:`ldm.explorer.chips`)."""
+        ids, placeholders = inference._prompt_tokens(self.model, prompt)
+        return prompt_chips(prompt, ids, self.model.cond_stage_model.tokenizer, placeholders)
+
+    def preset_fields(self, preset: str) -> dict[str, str]:
+        """The A&E fields of a preset, in flag syntax."""
+        if preset not in self.presets:
+            raise ValueError(f"unknown A&E preset {preset!r}; choose one of {sorted(self.presets)}")
+        config = load_ae_config(self.presets[preset])
+        return {name: field_text(getattr(config, name)) for name in AE_FIELDS}
+
+    def ae_config(self, preset: str, fields: dict[str, str]) -> tuple[AttendExciteConfig, list[str]]:
+        """The preset with the page's fields on top, parsed as the ``--ae_<field>`` flags are; and the flags that
+        differ from the preset (for the equivalent command)."""
+        base = self.preset_fields(preset)
+        changed = [a for name, value in fields.items() if str(value).strip() != base.get(name)
+                   for a in (f"--ae_{name}", str(value).strip())]  # fmt: skip
+        try:
+            args = _flag_parser().parse_args(["--ae_config", str(self.presets[preset]), *changed])
+        except argparse.ArgumentError as err:
+            raise ValueError(str(err)) from err
+        return attend_excite_config(args), changed
+
+    def load_embedding(self, path: str | Path) -> list[str]:
+        """Load an embeddings file (any supported format) into the model's embedding manager; its placeholders."""
+        manager = getattr(self.model, "embedding_manager", None)
+        if manager is None:
+            raise ValueError(
+                f"--embedding_path {path}: --config {self.config_path} builds no embedding manager; use a config "
+                "with personalization_config"
+            )
+        manager.load(path)
+        self.embedding_path = str(path)
+        return self.placeholders()
+
+    def check_size(self, H: int, W: int) -> tuple[int, int, int]:
+        """The latent shape ``(C, H/f, W/f)`` for an image size; a size the UNet cannot take is an error."""
+        unet = self.model.model.diffusion_model
+        step = self.factor * 2 ** (len(getattr(unet, "channel_mult", [1])) - 1)
+        if H < step or W < step or H % step or W % step:
+            raise ValueError(
+                f"--H {H} --W {W}: the image size must be a positive multiple of {step} for this model "
+                f"(autoencoder factor {self.factor} times the UNet's downsampling); e.g. {self.default_size}"
+            )
+        return int(self.model.channels), H // self.factor, W // self.factor
+
+    # --- a run -------------------------------------------------------------------------------------------------
+    def run(
+        self,
+        prompt: str,
+        spec: str,
+        settings: Settings,
+        config: AttendExciteConfig,
+        progress: Progress | None = None,
+        ae_flags: Sequence[str] = (),
+        preset: str = "official",
+    ) -> RunResult:
+        """Sample ``prompt`` from ``settings.seed`` without and with A&E on the ``spec`` words (``--ae_tokens``)."""
+        if not prompt.strip():
+            raise ValueError("--prompt: type a prompt first")
+        if not spec.strip():
+            raise ValueError("--ae_tokens: select at least one word (click its chip) or type words/positions")
+        if settings.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {settings.sampler!r}; use one of {list(SAMPLERS)}")
+        if settings.steps < 1:
+            raise ValueError(f"--ddim_steps {settings.steps}: need at least one step")
+        latent_shape = self.check_size(settings.H, settings.W)
+        groups, _, report = inference.resolve_batch_tokens(self.model, [prompt], spec)  # the CLI's errors
+        used, n_run = inference.schedule_for_run(config, settings.sampler, settings.steps, self.model.num_timesteps)
+        # no update and no refinement at any step: the latent is never changed, the maps are still captured
+        watch_only = dataclasses.replace(used, max_iter_to_alter=0, thresholds={})
+        traces = []
+        for k, (name, cfg) in enumerate((("without A&E", watch_only), ("with A&E", used))):
+
+            def report_step(step: int, name: str = name, k: int = k) -> None:
+                if progress is not None:
+                    progress((k * n_run + step + 1) / (2 * n_run), f"{name}: step {step + 1}/{n_run}")
+
+            traces.append(self._one_run(prompt, spec, settings, cfg, latent_shape, groups[0], report_step))
+        table = dict(report[prompt]["tokens"])
+        items = [s.strip() for s in spec.split(",") if s.strip()]
+        labels = [item if not item.lstrip("-").isdigit() else f"{table[g[0]].removesuffix('</w>')} ({item})"
+                  for item, g in zip(items, groups[0])]  # fmt: skip
+        command = self.command(prompt, spec, settings, preset, ae_flags)
+        return RunResult(prompt, spec, labels, traces[0], traces[1], used, command, report)
+
+    def _one_run(
+        self,
+        prompt: str,
+        spec: str,
+        settings: Settings,
+        config: AttendExciteConfig,
+        latent_shape: tuple[int, int, int],
+        groups: tuple,
+        on_step: Callable[[int], None],
+    ) -> RunTrace:
+        device = next(self.model.parameters()).device
+        steps: list[StepMaps] = []
+
+        def keep(maps: StepMaps) -> None:
+            steps.append(maps)
+            on_step(maps.step)
+
+        sampler = inference.make_sampler(self.model, settings.sampler)
+        generator = torch.Generator(device=device).manual_seed(settings.seed)
+        with inference.sampling_scope(self.model):
+            out = inference.sample_prompts(
+                self.model, sampler, [prompt], latent_shape, settings.steps, settings.scale, eta=settings.eta,
+                generator=generator, ae_tokens=spec, ae_config=config, on_maps=keep,
+            )  # fmt: skip
+            t = torch.ones(1, dtype=torch.long, device=device)
+            final = capture_token_maps(self.model.model.diffusion_model, out.latents.float(), t, out.cond.float(),
+                                       [groups], config)[0]  # fmt: skip
+        per_step = {r["step"]: sum(g.get("refinement", {}).get("iterations", 0) for g in r["groups"])
+                    for r in out.guidance.records}  # fmt: skip
+        return RunTrace(
+            image=inference.to_pil(out.images[0]),
+            maps=[s.maps[0] for s in steps],
+            final_maps=final,
+            timesteps=[s.t for s in steps],
+            guided=[s.guided for s in steps],
+            refinement=[per_step.get(s.step, 0) for s in steps],
+        )
+
+    def command(self, prompt: str, spec: str, settings: Settings, preset: str, ae_flags: Sequence[str]) -> str:
+        """The txt2img command that makes the run with A&E (and its maps with ``--save_attention``)."""
+        args = [self.script, "--config", repo_relative(self.config_path), "--ckpt", repo_relative(self.ckpt_path)]
+        if self.embedding_path:
+            args += ["--embedding_path", repo_relative(self.embedding_path)]
+        args += ["--prompt", prompt, "--ddim_steps", str(settings.steps), "--scale", str(settings.scale),
+                 "--seed", str(settings.seed), "--H", str(settings.H), "--W", str(settings.W),
+                 "--n_samples", "1", "--n_iter", "1"]  # fmt: skip
+        if settings.sampler != "ddim":
+            args.append(f"--{settings.sampler}")
+        if settings.eta:
+            args += ["--ddim_eta", str(settings.eta)]
+        if self.script.endswith("stable_txt2img.py"):
+            args += ["--precision", "full", "--f", str(self.factor)]
+        args += ["--ae_tokens", spec, "--ae_config", repo_relative(self.presets[preset]), *ae_flags, "--save_attention"]
+        return "python " + shlex.join(args)
+
+
+def repo_relative(path: str | Path) -> str:
+    """A path inside the repository relative to it (the scripts run from there), others as given."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)

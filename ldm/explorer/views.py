@@ -1,0 +1,72 @@
+"""What the page shows of a run: enlarged images, each word's map over its image at a step, the plot, a summary.
+
+Pure functions of a :class:`~ldm.explorer.session.RunResult`; the overlays are ``--save_attention``'s
+(:func:`ldm.models.diffusion.guidance.visualize.overlay`).
+"""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from ldm.explorer.plot import run_plot
+from ldm.explorer.session import RunResult, RunTrace
+from ldm.models.diffusion.guidance.visualize import overlay
+
+__all__ = ["enlarged", "maps_at", "step_caption", "plot_of", "summary"]
+
+
+def enlarged(image: Image.Image, size: int) -> Image.Image:
+    """``image`` scaled up by a whole factor (nearest neighbour, the pixels stay sharp) to about ``size`` wide."""
+    factor = max(1, size // max(image.width, 1))
+    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def maps_at(trace: RunTrace, labels: list[str], step: int, size: int) -> list[tuple[Image.Image, str]]:
+    """Each word's map over the run's image, captioned with the word and its max attention m_k.
+
+    ``step`` 0..n-1 is the map at the latent entering that step; ``step >= n`` the final maps (``--save_attention``).
+    """
+    maps = trace.final_maps if step >= len(trace.maps) else trace.maps[step]  # [K, r, r]
+    base = enlarged(trace.image, size)
+    return [(overlay(base, m), f"{label} (max {float(m.max()):.2f})") for m, label in zip(maps, labels)]
+
+
+def step_caption(result: RunResult, step: int) -> str:
+    """What the step slider points at."""
+    n = result.steps
+    if step >= n:
+        return f"Final maps: the final latent at t=1 (as --save_attention draws them), after {n} steps"
+    trace = result.excited
+    parts = [f"Step {step + 1}/{n} (t={trace.timesteps[step]})"]
+    parts.append("A&E updated the latent" if trace.guided[step] else "no A&E update at this step")
+    if trace.refinement[step]:
+        parts.append(f"{trace.refinement[step]} refinement iterations")
+    return ", ".join(parts)
+
+
+def plot_of(result: RunResult) -> Image.Image:
+    """The loss and per-word max attention of both runs per step (:func:`ldm.explorer.plot.run_plot`)."""
+    return run_plot(
+        result.labels, result.plain.loss, result.excited.loss, result.plain.max_attention,
+        result.excited.max_attention, result.excited.refinement,
+    )  # fmt: skip
+
+
+def summary(result: RunResult) -> str:
+    """Markdown: the refinement iterations spent, the final scores, the equivalent command."""
+    per_step = ", ".join(f"step {i + 1}: {r}" for i, r in enumerate(result.excited.refinement) if r) or "none"
+    final_plain = result.plain.max_attention[-1]
+    final_ae = result.excited.max_attention[-1]
+    scores = "; ".join(f"**{w}** {a:.2f} → {b:.2f}" for w, a, b in zip(result.labels, final_plain, final_ae))
+    cfg = result.config
+    return "\n".join([
+        f"**Refinement iterations:** {result.refinement_total} ({per_step})  ",
+        f"**Max attention at the last step, without → with A&E:** {scores}  ",
+        f"**Schedule over {result.steps} steps:** updates at steps < {cfg.max_iter_to_alter}, thresholds "
+        f"{dict(cfg.thresholds)}, up to {cfg.max_refinement_steps} refinement iterations",
+        "",
+        "The same run from the command line:",
+        "```",
+        result.command,
+        "```",
+    ])  # fmt: skip
