@@ -15,6 +15,9 @@ CASES = {
         "configs/stable-diffusion/v1-finetune.yaml",
     ],
     "ldm_txt2img_1p4B_state_dict.json": ["configs/latent-diffusion/txt2img-1p4B-finetune.yaml"],
+    # SD 2.x: the reference's own manifests (tests/fixtures/sd2/README.md)
+    "sd2/sd_v2_state_dict.json": ["configs/stable-diffusion/v2-inference.yaml"],
+    "sd2/sd_v2_v_state_dict.json": ["configs/stable-diffusion/v2-inference-v.yaml"],
 }
 
 
@@ -43,6 +46,6 @@ def test_every_released_config_builds(config):
     cfg = OmegaConf.load(REPO / config)
     with torch.device("meta"):
         model = instantiate_from_config(cfg.model)
-    context_dim = 768 if "stable-diffusion" in config else 1280
+    context_dim = 1280 if "latent-diffusion" in config else 1024 if "/v2-" in config else 768
     assert model.model.diffusion_model.input_blocks[1][1].transformer_blocks[0].attn2.to_k.in_features == context_dim
     assert (model.embedding_manager is None) == ("personalization_config" not in cfg.model.params)
