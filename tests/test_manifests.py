@@ -33,6 +33,22 @@ def test_meta_model_matches_manifest(manifest, config):
     assert got == expected
 
 
+def test_sd2_finetune_is_the_reference_model_plus_1024_wide_embeddings():
+    """v2-finetune.yaml = the reference's v2-inference model + the textual-inversion parameters (not in the reference
+    manifest, which has no embedding manager): one 1024-wide vector for '*' and its initializer copy."""
+    expected = json.loads(require_fixture(FIXTURES / "sd2" / "sd_v2_state_dict.json").read_text())["keys"]
+    cfg = OmegaConf.load(REPO / "configs/stable-diffusion/v2-finetune.yaml")
+    with torch.device("meta"):
+        model = instantiate_from_config(cfg.model)
+    got = {k: list(v.shape) for k, v in model.state_dict().items()}
+    manager = {k: got.pop(k) for k in [k for k in got if k.startswith("embedding_manager.")]}
+    assert got == expected
+    assert manager == {
+        "embedding_manager.string_to_param_dict.*": [1, 1024],
+        "embedding_manager.initial_embeddings.*": [1, 1024],
+    }
+
+
 @pytest.mark.parametrize(
     "config",
     sorted(
