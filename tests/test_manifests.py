@@ -33,11 +33,19 @@ def test_meta_model_matches_manifest(manifest, config):
     assert got == expected
 
 
-def test_sd2_finetune_is_the_reference_model_plus_1024_wide_embeddings():
-    """v2-finetune.yaml = the reference's v2-inference model + the textual-inversion parameters (not in the reference
-    manifest, which has no embedding manager): one 1024-wide vector for '*' and its initializer copy."""
-    expected = json.loads(require_fixture(FIXTURES / "sd2" / "sd_v2_state_dict.json").read_text())["keys"]
-    cfg = OmegaConf.load(REPO / "configs/stable-diffusion/v2-finetune.yaml")
+@pytest.mark.parametrize(
+    "config,manifest",
+    [
+        ("v2-finetune.yaml", "sd_v2_state_dict.json"),
+        ("v2-inference_with_tokens.yaml", "sd_v2_state_dict.json"),
+        ("v2-inference-v_with_tokens.yaml", "sd_v2_v_state_dict.json"),
+    ],
+)
+def test_sd2_configs_with_tokens_are_the_reference_model_plus_1024_wide_embeddings(config, manifest):
+    """The SD 2 configs with an embedding manager = the reference model + the textual-inversion parameters (not in
+    the reference manifests, which have no embedding manager): one 1024-wide vector for '*' and its initializer copy."""
+    expected = json.loads(require_fixture(FIXTURES / "sd2" / manifest).read_text())["keys"]
+    cfg = OmegaConf.load(REPO / "configs/stable-diffusion" / config)
     with torch.device("meta"):
         model = instantiate_from_config(cfg.model)
     got = {k: list(v.shape) for k, v in model.state_dict().items()}

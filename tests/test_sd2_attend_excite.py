@@ -74,3 +74,30 @@ def test_stable_txt2img_runs_attend_and_excite_on_tiny_sd2(tmp_path):
     without = np.asarray(Image.open(plain_out / "samples" / "00000.png"), dtype=np.float32)
     assert with_ae.shape == (32, 32, 3)
     assert np.abs(with_ae - without).max() > 0  # the guidance changed the latent
+
+
+def test_stable_txt2img_with_sd2_embeddings_and_ae_on_the_placeholder(tmp_path):
+    """An SD 2 embeddings file (the tiny tower's width) goes in with --embedding_path; A&E excites the placeholder."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from ldm.modules import embedding_interop as ei
+
+    require_fixture(WEIGHTS)
+    config = OmegaConf.merge(
+        OmegaConf.load(REPO / "configs/tests/tiny_sd2_eps.yaml"),
+        OmegaConf.load(REPO / "configs/tests/tiny_sd2_personalization.yaml"),
+    )
+    OmegaConf.save(config, tmp_path / "tiny_sd2_with_tokens.yaml")
+    vectors = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
+    ei.write_embeddings(ei.Embeddings({"*": vectors}, {"*": 265}), tmp_path / "emb.pt")
+    out = tmp_path / "out"
+    load_script("stable_txt2img").main([
+        "--config", str(tmp_path / "tiny_sd2_with_tokens.yaml"), "--ckpt", str(WEIGHTS), "--precision", "full",
+        "--embedding_path", str(tmp_path / "emb.pt"), "--prompt", "a * and a frog", "--ae_tokens", "*,frog",
+        "--outdir", str(out), "--ae_max_refinement_steps", "1", *TINY,
+    ])  # fmt: skip
+    settings = json.loads((out / "settings-0000.json").read_text())
+    # the 2-vector placeholder occupies positions 2-3 and shifts "frog" to 6
+    assert settings["prompts"]["a * and a frog"]["excited"] == [[2, 3], [6]]
+    assert (out / "samples" / "00000.png").is_file()
