@@ -33,55 +33,62 @@ WORD_PATTERN = regex.compile(
     regex.IGNORECASE,
 )
 TERMINAL_ESCAPE = regex.compile(r"\x1b\[((?:\d|;)*)([a-zA-Z])")
-QUOTES = str.maketrans(
-    {
-        "\u2018": "'",
-        "\u2019": "'",
-        "\u201a": "'",
-        "\u201b": "'",
-        "\u2032": "'",
-        "\u02bc": "'",
-        "\u201c": '"',
-        "\u201d": '"',
-        "\u201e": '"',
-        "\u201f": '"',
-        "\u2033": '"',
-    }
+QUOTES = str.maketrans(  # ftfy's uncurl_quotes: U+02BC, U+2018-U+201B -> ', U+201C-U+201F -> "
+    {**{ch: "'" for ch in "\u02bc\u2018\u2019\u201a\u201b"}, **{ch: '"' for ch in "\u201c\u201d\u201e\u201f"}}
 )
 LIGATURES = str.maketrans(
     {"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl", "\ufb05": "st", "\ufb06": "st"}
 )
 LINE_BREAKS = regex.compile(r"\r\n|\r|\u2028|\u2029|\u0085")
+# ftfy's remove_control_chars: C0 controls but tab, newline, form feed and carriage return; DEL; deprecated format
+# characters; byte-order mark; interlinear annotation and object replacement; language tags.
+CONTROL_CHARS = regex.compile("[\x00-\x08\x0b\x0e-\x1f\x7f\u206a-\u206f\ufeff\ufff9-\ufffc\U000e0000-\U000e007f]")
+C1_CONTROLS = regex.compile("[\x80-\x9f]")
 
 
 def _is_width_variant(ch: str) -> bool:
     return "\uff01" <= ch <= "\uff5e" or ch == "\u3000" or "\uff61" <= ch <= "\uffdc"
 
 
-def _is_removable_control(ch: str) -> bool:
-    if ch in "\t\n":
-        return False
-    cat = unicodedata.category(ch)
-    return cat == "Cc" or ch in "\ufeff\ufff9\ufffa\ufffb" or "\u206a" <= ch <= "\u206f" or ch == "\u200b"
+def _c1_as_cp1252(match: regex.Match) -> str:
+    try:
+        return bytes([ord(match.group())]).decode("cp1252")
+    except UnicodeDecodeError:  # 0x81, 0x8d, 0x8f, 0x90, 0x9d are undefined in cp1252
+        return match.group()
+
+
+def _fix_mojibake(text: str) -> str:
+    """UTF-8 read as Windows-1252 or Latin-1 (``cafÃ©`` -> ``café``), when the whole text round-trips."""
+    if text.isascii():
+        return text
+    for codec in ("cp1252", "latin-1"):
+        try:
+            fixed = text.encode(codec).decode("utf-8")
+        except UnicodeError:
+            continue
+        return fixed
+    return text
 
 
 def fix_text(text: str) -> str:
     """The parts of ``ftfy.fix_text`` (ftfy 6 defaults) that change ordinary prompts; ftfy is not a dependency.
 
-    Done: terminal escape codes removed, HTML entities unescaped once when the text has no ``<`` (ftfy's "auto"),
-    Latin ligatures split (``ﬁ`` -> ``fi``), full-width/half-width forms made normal width, curly quotes made
-    straight, line breaks made ``\\n``, control characters (other than tab/newline) and byte-order marks removed,
-    NFC normalisation. Not done: mojibake repair (text decoded with the wrong codec, e.g. ``Ã©`` for ``é``), C1
-    control and lossy-sequence repair; on such text the ids can differ from OpenCLIP's.
+    Done: terminal escape codes removed; mojibake repaired when the whole text is UTF-8 read as Windows-1252/Latin-1;
+    HTML entities unescaped once when the text has no ``<`` (ftfy's "auto"); C1 controls read as Windows-1252; Latin
+    ligatures split (``ﬁ`` -> ``fi``); full-width/half-width forms made normal width; curly quotes made straight;
+    line breaks made ``\\n``; ftfy's set of control characters removed; NFC normalisation. Not done: ftfy's partial
+    (per-segment, scored) mojibake repair of mixed text and its lossy-sequence repair; on such text the ids can differ.
     """
     text = TERMINAL_ESCAPE.sub("", text)
+    text = _fix_mojibake(text)
     if "<" not in text:
         text = html.unescape(text)
+    text = C1_CONTROLS.sub(_c1_as_cp1252, text)
     text = text.translate(LIGATURES)
     text = "".join(unicodedata.normalize("NFKC", ch) if _is_width_variant(ch) else ch for ch in text)
     text = text.translate(QUOTES)
     text = LINE_BREAKS.sub("\n", text)
-    text = "".join(ch for ch in text if not _is_removable_control(ch))
+    text = CONTROL_CHARS.sub("", text)
     return unicodedata.normalize("NFC", text)
 
 
