@@ -137,6 +137,9 @@ def test_v_formulas_match_float64():
     assert rel_err(model.predict_eps_from_z_and_v(x_t64.float(), t, v), eps) < 1e-5
     assert torch.equal(model.eps_from_model_output(x_t, t, v), model.predict_eps_from_z_and_v(x_t, t, v))
     assert torch.equal(_tiny("eps").eps_from_model_output(x_t, t, eps), eps)
+    # x0-parameterization: eps from a predicted x0 inverts predict_start_from_noise
+    x0_pred = model.predict_start_from_noise(x_t64.float(), t, eps)
+    assert rel_err(model.predict_eps_from_start(x_t64.float(), t, x0_pred), eps) < 1e-4
 
 
 def test_v_training_target_is_v(monkeypatch):

@@ -116,3 +116,21 @@ def test_1024_wide_files_load_into_the_sd2_manager(tmp_path, fmt):
     v1_file = ei.write_embeddings(ei.Embeddings({"*": torch.randn(1, 768)}, {"*": OPENCLIP_STAR}), tmp_path / "v1.pt")
     with pytest.raises(ei.EmbeddingFileError, match="SD v1"):
         ei.load_into_manager(manager, v1_file)
+
+
+def test_merge_script_for_sd2_files(tmp_path):
+    """scripts/merge_embeddings.py -sd2 merges 1024-wide files, looking renamed placeholders up with OpenCLIP's
+    tokenizer; -sd (768) refuses them."""
+    from scripts.merge_embeddings import main as merge_main
+
+    for i in range(2):
+        vectors = torch.randn(1, 1024, generator=torch.Generator().manual_seed(i))
+        ei.write_embeddings(ei.Embeddings({"*": vectors}, {"*": OPENCLIP_STAR}), tmp_path / f"{i}.pt", "ti")
+    inputs = ["--manager_ckpts", str(tmp_path / "0.pt"), str(tmp_path / "1.pt"), "--rename", "*=@"]
+    assert merge_main([*inputs, "-sd2", "--output_path", str(tmp_path / "m.pt")]) == 0
+    merged = ei.read_embeddings(tmp_path / "m.pt")
+    assert merged.tokens == {
+        "*": OPENCLIP_STAR,
+        "@": ei.tokenizer_for_dim(1024)("@", add_special_tokens=False)["input_ids"][0],
+    }
+    assert merge_main([*inputs, "-sd", "--output_path", str(tmp_path / "v1.pt")]) == 2
