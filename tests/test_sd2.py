@@ -246,3 +246,21 @@ def test_penultimate_skips_last_block_then_ln_final():
         x = embedder.token_embedding(ids) + embedder.model.positional_embedding
         x = embedder.model.transformer.resblocks[0](x)  # the tiny tower has 2 blocks
         assert torch.allclose(embedder.encode_ids(ids), embedder.model.ln_final(x), atol=1e-6)
+
+
+def test_use_fp16_config_runs_float32_weights_on_cpu():
+    """use_fp16: True (as in the released SD 2 configs) names the compute dtype but converts no weights: float32
+    weights give the same output as use_fp16: False; after convert_to_fp16 the torso runs in float16."""
+    from ldm.util import load_model_from_config
+
+    config = OmegaConf.load(REPO / "configs" / "tests" / "tiny_sd2_eps.yaml")
+    config.model.params.unet_config.params.use_fp16 = True
+    model = load_model_from_config(config, require_fixture(WEIGHTS), strict=True).eval()
+    unet = model.model.diffusion_model
+    assert unet.dtype == torch.float16 and unet.torso_dtype == torch.float32
+    inputs = golden("tiny_sd2_eps/inputs.safetensors")
+    with torch.no_grad():
+        out = model.apply_model(inputs["x_eps"], inputs["t_eps"].long(), inputs["c"])
+        assert torch.equal(out, _tiny("eps").apply_model(inputs["x_eps"], inputs["t_eps"].long(), inputs["c"]))
+    unet.convert_to_fp16()
+    assert unet.torso_dtype == torch.float16

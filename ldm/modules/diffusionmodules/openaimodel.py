@@ -384,13 +384,12 @@ class UNetModel(nn.Module):
 
     @property
     def torso_dtype(self) -> torch.dtype:
-        """The dtype the blocks run in: ``self.dtype`` (use_fp16) once the torso's weights have it, else theirs.
+        """The dtype the blocks run in: their weights' (``self.dtype`` once ``convert_to_fp16`` made it so).
 
         The released SD 2 configs say ``use_fp16: True`` but their weights load as float32; the reference relies on
         autocast there. Here such a model runs in float32 (and in float16 under autocast, or after convert_to_fp16).
         """
-        weight = self.input_blocks[0][0].weight
-        return self.dtype if weight.dtype == self.dtype else weight.dtype
+        return self.input_blocks[0][0].weight.dtype
 
     def convert_to_fp16(self) -> None:
         """Cast the torso (input, middle and output blocks) to float16."""
