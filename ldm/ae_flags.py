@@ -17,6 +17,8 @@ from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig
 from ldm.util import load_yaml
 
 DEFAULT_AE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "guidance" / "attend_and_excite.yaml"
+SD2_AE_CONFIG = DEFAULT_AE_CONFIG.with_name("attend_and_excite_sd2.yaml")  # softmax_end: eot (official sd_2_1)
+OPENCLIP_ENCODER = "FrozenOpenCLIPEmbedder"
 TOKENS_HELP = "tokens to excite: words and/or 1-based positions ('*,dog', '2,5'); empty = plain sampling"
 AE_FIELDS = [f.name for f in dataclasses.fields(AttendExciteConfig) if f.name != "token_indices"]
 
@@ -55,8 +57,11 @@ def add_attend_excite_args(
     g = parser.add_argument_group("Attend-and-Excite (flags override --ae_config)")
     tokens_help = tokens_help or TOKENS_HELP
     g.add_argument("--ae_tokens", type=str, default="", help=tokens_help)
-    config_help = "YAML with the A&E fields (configs/guidance/seed_fork.yaml: the earlier fork's preset)"
-    g.add_argument("--ae_config", type=str, default=str(DEFAULT_AE_CONFIG), help=config_help)
+    config_help = (
+        "YAML with the A&E fields (default: the model family's preset, configs/guidance/attend_and_excite.yaml, or "
+        "attend_and_excite_sd2.yaml for SD 2 models; seed_fork.yaml: the earlier fork's preset)"
+    )
+    g.add_argument("--ae_config", type=str, default=None, help=config_help)
     if save_attention:
         g.add_argument("--save_attention", action="store_true", help="save each excited token's map over the image")
     kinds: dict[str, Any] = {
@@ -87,7 +92,17 @@ def load_ae_config(path: str | Path, **overrides: Any) -> AttendExciteConfig:
     return AttendExciteConfig(**values)
 
 
-def attend_excite_config(args: argparse.Namespace) -> AttendExciteConfig:
-    """The YAML of ``--ae_config`` with the ``--ae_<field>`` flags that were given on top."""
+def preset_for_model(model_config: str | Path | None) -> Path:
+    """The A&E preset of a model config's family: the SD 2 one for an OpenCLIP text tower, else the official one."""
+    if model_config is None or not Path(model_config).is_file():
+        return DEFAULT_AE_CONFIG
+    target = OmegaConf.select(OmegaConf.load(model_config), "model.params.cond_stage_config.target", default="")
+    return SD2_AE_CONFIG if str(target).endswith(OPENCLIP_ENCODER) else DEFAULT_AE_CONFIG
+
+
+def attend_excite_config(args: argparse.Namespace, model_config: str | Path | None = None) -> AttendExciteConfig:
+    """The YAML of ``--ae_config`` (default: the preset for ``model_config``'s family) with the ``--ae_<field>``
+    flags that were given on top."""
     given = {name: getattr(args, f"ae_{name}") for name in AE_FIELDS if hasattr(args, f"ae_{name}")}
-    return dataclasses.replace(load_ae_config(args.ae_config), **given)
+    path = getattr(args, "ae_config", None) or preset_for_model(model_config)
+    return dataclasses.replace(load_ae_config(path), **given)

@@ -5,8 +5,9 @@
 
 Inputs may be in any supported format (TI, A1111, diffusers). A placeholder used by two files is a clash: each
 `--rename OLD=NEW` renames the next clashing OLD (in file order) to NEW; a clash without a rename is an error.
-Never prompts. `-sd` means the files are for Stable Diffusion (CLIP tokens); without it, LDM (BERT tokens);
-`--config` uses the tokenizer and vector size of the model a config builds instead (any model, e.g. ToyWorld).
+Never prompts. `-sd` means the files are for Stable Diffusion v1 (CLIP tokens), `-sd2` for Stable Diffusion 2.x
+(1024-wide vectors, OpenCLIP tokens); without either, LDM (BERT tokens). `--config` uses the tokenizer and vector size
+of the model a config builds instead (any model, e.g. ToyWorld).
 """
 
 from __future__ import annotations
@@ -32,15 +33,17 @@ from ldm.modules.embedding_interop import (  # noqa: E402
 from ldm.outputs import OutputError  # noqa: E402
 
 logger = logging.getLogger(__name__)
-SD_DIM, LDM_DIM = 768, 1280
+SD_DIM, SD2_DIM, LDM_DIM = 768, 1024, 1280
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--manager_ckpts", nargs="+", required=True, help="embeddings files to merge")
     p.add_argument("--output_path", required=True, help="merged file (.pt, or .safetensors)")
-    p.add_argument("-sd", "--stable_diffusion", action="store_true", help="SD v1 embeddings (else LDM)")
-    p.add_argument("--config", default=None, help="model config whose tokenizer and vector size to use (else -sd)")
+    family = p.add_mutually_exclusive_group()
+    family.add_argument("-sd", "--stable_diffusion", action="store_true", help="SD v1 embeddings (else LDM)")
+    family.add_argument("-sd2", "--stable_diffusion_2", action="store_true", help="SD 2.x embeddings (1024 wide)")
+    family.add_argument("--config", default=None, help="model config whose tokenizer and vector size to use")
     p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW", help="resolve a placeholder clash")
     return p
 
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     opt = get_parser().parse_args(argv)
     try:
         tokenizer, dim = tokenizer_from_config(opt.config) if opt.config else (None, None)
-        dim = dim or (SD_DIM if opt.stable_diffusion else LDM_DIM)
+        dim = dim or (SD2_DIM if opt.stable_diffusion_2 else SD_DIM if opt.stable_diffusion else LDM_DIM)
         merged = merge(opt.manager_ckpts, parse_renames(opt.rename), dim, tokenizer)
         write_embeddings(merged, opt.output_path, "ti")
     except (EmbeddingFileError, OutputError) as err:

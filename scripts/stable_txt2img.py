@@ -1,7 +1,15 @@
 #!/usr/bin/env python
-"""Text-to-image with Stable Diffusion v1 (CLIP), optional textual-inversion embeddings and Attend-and-Excite.
+"""Text-to-image with Stable Diffusion v1 (CLIP) or 2.x (OpenCLIP), optional textual-inversion embeddings and
+Attend-and-Excite.
 
     python scripts/stable_txt2img.py --ckpt <sd-v1.ckpt> --prompt "a cat and a frog" --ae_tokens 2,5
+    python scripts/stable_txt2img.py --config configs/stable-diffusion/v2-inference.yaml \
+        --ckpt v2-1_512-ema-pruned.safetensors --prompt "a cat and a frog" --ae_tokens cat,frog
+    python scripts/stable_txt2img.py --config configs/stable-diffusion/v2-inference-v.yaml \
+        --ckpt v2-1_768-ema-pruned.safetensors --H 768 --W 768 --ae_tokens cat,frog --ae_attention_res 24
+
+--ae_tokens words are read with the model's own tokenizer (OpenCLIP's for SD 2); without --ae_config an SD 2 model
+gets configs/guidance/attend_and_excite_sd2.yaml (softmax_end: eot).
 
 Outputs (as the original): <outdir>/samples/{00000}.png, grids <outdir>/<prompt-with-dashes>-{0000}.png, plus
 <outdir>/settings-NNNN.json (one per run) and, with --save_attention, <outdir>/attention/{00000}.png.
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         precision=opt.precision, layout="sd", ae_tokens=opt.ae_tokens, save_attention=opt.save_attention,
         extra_settings=vars(opt),
     )  # fmt: skip
-    inference.run_txt2img(model, batches, options, inference.attend_excite_config(opt))
+    inference.run_txt2img(model, batches, options, inference.attend_excite_config(opt, model_config=opt.config))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Released checkpoints load strictly and sample (skipped unless the files are present; nothing is downloaded).
 
-Point the tests at your copies with LDM_TEXT2IMG_CKPT / SD_V1_CKPT, or put them at the default paths below.
+Point the tests at your copies with LDM_TEXT2IMG_CKPT / SD_V1_CKPT / SD_V2_CKPT (v2-1_512-ema-pruned or
+512-base-ema) / SD_V2_V_CKPT (v2-1_768-ema-pruned or 768-v-ema), or put them at the default paths below (a
+`.safetensors` file with the same stem is found too).
 """
 
 import os
@@ -21,7 +23,24 @@ CASES = {
         "configs/latent-diffusion/txt2img-1p4B-eval.yaml",
     ),
     "sd": ("SD_V1_CKPT", "models/ldm/stable-diffusion-v1/model.ckpt", "configs/stable-diffusion/v1-inference.yaml"),
+    "sd2": (
+        "SD_V2_CKPT",
+        "models/ldm/stable-diffusion-v2/v2-1_512-ema-pruned.ckpt",
+        "configs/stable-diffusion/v2-inference.yaml",
+    ),
+    "sd2_v": (
+        "SD_V2_V_CKPT",
+        "models/ldm/stable-diffusion-v2/v2-1_768-ema-pruned.ckpt",
+        "configs/stable-diffusion/v2-inference-v.yaml",
+    ),
 }
+
+
+def checkpoint_path(env: str, default: str) -> Path:
+    if env in os.environ:
+        return Path(os.environ[env])
+    path = REPO / default
+    return path if path.is_file() else path.with_suffix(".safetensors")
 
 
 @pytest.mark.real_weights
@@ -29,9 +48,9 @@ CASES = {
 @pytest.mark.parametrize("family", list(CASES))
 def test_released_checkpoint_loads_and_samples(family):
     env, default, config = CASES[family]
-    ckpt = Path(os.environ.get(env, REPO / default))
+    ckpt = checkpoint_path(env, default)
     if not ckpt.is_file():
-        pytest.skip(f"needs the released {family} checkpoint at {ckpt} (or set {env})")
+        pytest.skip(f"needs the released {family} checkpoint {REPO / default} (or .safetensors; or set {env})")
     model = load_model_from_config(OmegaConf.load(REPO / config), ckpt, strict=True).eval()
     with torch.no_grad():
         c = model.get_learned_conditioning(["a photo of a cat"])

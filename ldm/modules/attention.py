@@ -188,7 +188,9 @@ class SpatialTransformer(nn.Module):
 
     ``GroupNorm -> 1x1 conv to n_heads*d_head -> depth x BasicTransformerBlock -> zero-initialised 1x1 conv``, plus a
     residual connection. ``use_checkpoint`` (not in the original signature, where the blocks always checkpoint) lets the
-    UNet's ``use_checkpoint`` switch the blocks' gradient checkpointing.
+    UNet's ``use_checkpoint`` switch the blocks' gradient checkpointing. ``use_linear`` (SD 2.x) makes ``proj_in`` and
+    ``proj_out`` ``nn.Linear`` layers applied to the flattened pixels (weights ``[out, in]`` instead of
+    ``[out, in, 1, 1]``, as in the released SD 2 checkpoints); the two forms compute the same map.
     """
 
     def __init__(
@@ -200,21 +202,31 @@ class SpatialTransformer(nn.Module):
         dropout: float = 0.0,
         context_dim: int | None = None,
         use_checkpoint: bool = True,
+        use_linear: bool = False,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
+        self.use_linear = use_linear
         inner_dim = n_heads * d_head
         self.norm = nn.GroupNorm(num_groups=32, num_channels=in_channels, eps=1e-6, affine=True)
-        self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1)
+        if use_linear:
+            self.proj_in = nn.Linear(in_channels, inner_dim)
+        else:
+            self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(
                 inner_dim, n_heads, d_head, dropout=dropout, context_dim=context_dim, checkpoint=use_checkpoint
             )
             for _ in range(depth)
         )
-        self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, kernel_size=1))
+        if use_linear:
+            self.proj_out = zero_module(nn.Linear(inner_dim, in_channels))
+        else:
+            self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, kernel_size=1))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if self.use_linear:
+            return self._forward_linear(x, context)
         b, _, h, w = x.shape  # [B, C, H, W]
         x_in = x
         x = self.proj_in(self.norm(x))  # [B, inner, H, W]
@@ -223,3 +235,14 @@ class SpatialTransformer(nn.Module):
             x = block(x, context=context)
         x = x.transpose(1, 2).reshape(b, -1, h, w)  # [B, inner, H, W]
         return self.proj_out(x) + x_in
+
+    def _forward_linear(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """The SD 2.x form: the projections act on the flattened pixels ``[B, HW, C]``."""
+        b, _, h, w = x.shape  # [B, C, H, W]
+        x_in = x
+        x = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
+        x = self.proj_in(x)  # [B, HW, inner]
+        for block in self.transformer_blocks:
+            x = block(x, context=context)
+        x = self.proj_out(x)  # [B, HW, C]
+        return x.transpose(1, 2).reshape(b, -1, h, w) + x_in

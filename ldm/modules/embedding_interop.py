@@ -282,7 +282,11 @@ def tokenizer_for_dim(dim: int) -> Any:
         from transformers import BertTokenizerFast
 
         return BertTokenizerFast(str(enc.BERT_VOCAB_FILE))
-    if dim in (768, 1024):  # SD v2's OpenCLIP uses the same BPE vocabulary as CLIP
+    if dim == 1024:  # SD v2: OpenCLIP's conventions over the same BPE vocabulary as CLIP
+        from ldm.modules.encoders.openclip_tokenizer import OpenCLIPTokenizer
+
+        return OpenCLIPTokenizer()
+    if dim == 768:
         from transformers import CLIPTokenizer
 
         return CLIPTokenizer(str(enc.CLIP_VOCAB_FILE), str(enc.CLIP_MERGES_FILE))

@@ -32,7 +32,8 @@ PROGRESSIVE_SCALE = 2000  # progressive_words: one more active vector every PROG
 
 
 class TextEmbedder(Protocol):
-    """What the manager needs from a text encoder (``BERTEmbedder`` and ``FrozenCLIPEmbedder`` provide it)."""
+    """What the manager needs from a text encoder (``BERTEmbedder``, ``FrozenCLIPEmbedder`` and SD 2's
+    ``FrozenOpenCLIPEmbedder`` provide it)."""
 
     embedding_dim: int
 

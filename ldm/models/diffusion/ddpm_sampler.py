@@ -31,7 +31,7 @@ class DDPMSampler(DiffusionSampler):
 
         def step(x: torch.Tensor, cond: Any, ts: torch.Tensor, index: int, i: int):
             e_t = self.eps(x, ts, cond, options)
-            pred_x0 = model.predict_start_from_noise(x, ts, e_t) if model.parameterization == "eps" else e_t
+            pred_x0 = model.predict_start_from_noise(x, ts, e_t)
             if self.clip_denoised:
                 pred_x0 = pred_x0.clamp(-1.0, 1.0)
             mean, _, log_var = model.q_posterior(pred_x0, x, ts)  # DDPM eq. 7

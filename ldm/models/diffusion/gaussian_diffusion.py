@@ -21,6 +21,10 @@ from ldm.util import count_params, default, instantiate_from_config
 
 logger = logging.getLogger(__name__)
 
+# What the denoiser predicts: the noise eps, the clean sample x0, or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0
+# (Salimans & Ho 2022, "progressive distillation"; SD 2.x 768 models).
+PARAMETERIZATIONS = ("eps", "x0", "v")
+
 SCHEDULE_BUFFERS = (
     "betas",
     "alphas_cumprod",
@@ -116,8 +120,11 @@ class DDPM(pl.LightningModule):
         ema_decay: float = 0.9999,
     ) -> None:
         super().__init__()
-        if parameterization not in ("eps", "x0"):
-            raise ValueError("parameterization must be 'eps' or 'x0'")
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(
+                f"parameterization must be one of {PARAMETERIZATIONS} (model.params.parameterization), "
+                f"got {parameterization!r}"
+            )
         self.parameterization = parameterization
         self.cond_stage_model = None
         self.clip_denoised = clip_denoised
@@ -194,8 +201,10 @@ class DDPM(pl.LightningModule):
         with np.errstate(divide="ignore"):  # posterior_variance[0] == 0; entry 0 is replaced below
             if self.parameterization == "eps":
                 lvlb = betas**2 / (2 * posterior_variance * alphas * (1 - alphas_cumprod))
-            else:
+            elif self.parameterization == "x0":
                 lvlb = 0.5 * np.sqrt(alphas_cumprod) / (2.0 * (1 - alphas_cumprod))
+            else:  # v: the reference weights every step equally
+                lvlb = np.ones_like(betas)
         lvlb[0] = lvlb[1]
         self.register_buffer("lvlb_weights", torch.tensor(lvlb, dtype=torch.float32), persistent=False)
 
@@ -241,6 +250,49 @@ class DDPM(pl.LightningModule):
             - extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * noise
         )
 
+    def predict_start_from_z_and_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
+        return (
+            extract_into_tensor(self.sqrt_alphas_cumprod, t, x_t.shape) * x_t
+            - extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * v
+        )
+
+    def predict_eps_from_z_and_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t."""
+        return (
+            extract_into_tensor(self.sqrt_alphas_cumprod, t, x_t.shape) * v
+            + extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * x_t
+        )
+
+    def predict_eps_from_start(self, x_t: torch.Tensor, t: torch.Tensor, x_start: torch.Tensor) -> torch.Tensor:
+        """eps = (sqrt(1/abar_t) x_t - x_0) / sqrt(1/abar_t - 1) (inverse of predict_start_from_noise)."""
+        return (
+            extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x_start
+        ) / extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape)
+
+    def get_v(self, x_start: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The v-parameterization target v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0."""
+        return (
+            extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * noise
+            - extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * x_start
+        )
+
+    def eps_from_model_output(self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
+        """The one place a (CFG-combined) model output becomes eps, for every sampler and parameterization."""
+        if self.parameterization == "eps":
+            return model_output
+        if self.parameterization == "v":
+            return self.predict_eps_from_z_and_v(x_t, t, model_output)
+        return self.predict_eps_from_start(x_t, t, model_output)
+
+    def training_target(self, x_start: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser is trained to output: eps, x_0, or v."""
+        if self.parameterization == "eps":
+            return noise
+        if self.parameterization == "v":
+            return self.get_v(x_start, noise, t)
+        return x_start
+
     def q_posterior(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """DDPM eq. 6-7: mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
         mean = (
@@ -269,7 +321,7 @@ class DDPM(pl.LightningModule):
         noise = default(noise, lambda: torch.randn_like(x_start))
         x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
         model_output = self.apply_model(x_noisy, t, cond)
-        target = noise if self.parameterization == "eps" else x_start
+        target = self.training_target(x_start, noise, t)
         prefix = "train" if self.training else "val"
         per_sample = self.get_loss(model_output, target, mean=False).mean(dim=(1, 2, 3))  # [B]
         loss_dict = {f"{prefix}/loss_simple": per_sample.mean()}

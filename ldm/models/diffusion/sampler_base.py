@@ -1,6 +1,7 @@
 """The loop all samplers share: latent guidance -> denoise (with CFG) -> step (design seam 1).
 
-A sampler only uses `model.apply_model` (the denoiser eps(x, t, c)), `model.alphas_cumprod`, and, for the DDPM
+A sampler only uses `model.apply_model` (the denoiser), `model.eps_from_model_output` (its output -> eps, for the
+eps/x0/v parameterizations), `model.alphas_cumprod`, and, for the DDPM
 sampler, the model's posterior buffers. It never reaches into the UNet. Subclasses choose the timesteps
 (`timesteps_for`) and the update of one step (`make_step`); `sample` keeps the original call.
 """
@@ -82,10 +83,15 @@ class DiffusionSampler:
 
     # --- shared ----------------------------------------------------------------------------------------------
     def eps(self, x: torch.Tensor, t: torch.Tensor, cond: Any, options: StepOptions) -> torch.Tensor:
-        """eps_theta with classifier-free guidance (and the original's optional score corrector)."""
-        e_t = guided_eps(
+        """eps_theta with classifier-free guidance (and the original's optional score corrector).
+
+        CFG combines the raw model outputs (eps, x0 or v, as the reference does for v); the combination is then
+        turned into eps once, here, by ``model.eps_from_model_output``: every sampler works on eps alone.
+        """
+        out = guided_eps(
             self.model.apply_model, x, t, cond, options.unconditional_conditioning, options.unconditional_guidance_scale
         )
+        e_t = self.model.eps_from_model_output(x, t, out)
         if options.score_corrector is not None:
             e_t = options.score_corrector.modify_score(self.model, e_t, x, t, cond, **(options.corrector_kwargs or {}))
         return e_t

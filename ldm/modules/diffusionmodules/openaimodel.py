@@ -1,7 +1,8 @@
 """The diffusion UNet of LDM / Stable Diffusion (after Dhariwal & Nichol 2021, "ADM", with the LDM cross-attention).
 
 Constructor, module names and state_dict keys match CompVis latent-diffusion's ``UNetModel`` so released
-text2img-large and SD v1 checkpoints (``model.diffusion_model.*``) load unchanged. Additions: ``use_sdpa`` (fused
+text2img-large, SD v1 and SD 2.x checkpoints (``model.diffusion_model.*``; SD 2 adds
+``use_linear_in_transformer``) load unchanged. Additions: ``use_sdpa`` (fused
 attention for uncaptured layers), ``forward(..., stop_after=<block name>)`` to run only a prefix of the network, and
 ``attention_block_ds`` (block name -> downsampling factor of every block holding a ``SpatialTransformer``).
 """
@@ -269,6 +270,7 @@ class UNetModel(nn.Module):
         n_embed: int | None = None,
         legacy: bool = True,
         use_sdpa: bool = True,
+        use_linear_in_transformer: bool = False,
     ) -> None:
         super().__init__()
         if use_spatial_transformer and context_dim is None:
@@ -288,6 +290,7 @@ class UNetModel(nn.Module):
         self.channel_mult = list(channel_mult)
         self.num_classes = num_classes
         self.use_checkpoint = use_checkpoint
+        # As the reference: use_fp16 names the compute dtype and converts no weights (convert_to_fp16 does).
         self.dtype = torch.float16 if use_fp16 else torch.float32
         self.predict_codebook_ids = n_embed is not None
 
@@ -300,8 +303,9 @@ class UNetModel(nn.Module):
                 dim_head = ch // heads if use_spatial_transformer else num_head_channels
             if use_spatial_transformer:  # the original passes no dropout to the transformer
                 return SpatialTransformer(
-                    ch, heads, dim_head, depth=transformer_depth, context_dim=context_dim, use_checkpoint=use_checkpoint
-                )
+                    ch, heads, dim_head, depth=transformer_depth, context_dim=context_dim,
+                    use_checkpoint=use_checkpoint, use_linear=use_linear_in_transformer,
+                )  # fmt: skip
             return AttentionBlock(ch, block_heads, dim_head, use_checkpoint, use_new_attention_order)
 
         def resblock(ch: int, out_ch: int, **kw: bool) -> ResBlock:
@@ -378,6 +382,15 @@ class UNetModel(nn.Module):
             + [f"output_blocks.{i}" for i in range(len(self.output_blocks))]
         )
 
+    @property
+    def torso_dtype(self) -> torch.dtype:
+        """The dtype the blocks run in: their weights' (``self.dtype`` once ``convert_to_fp16`` made it so).
+
+        The released SD 2 configs say ``use_fp16: True`` but their weights load as float32; the reference relies on
+        autocast there. Here such a model runs in float32 (and in float16 under autocast, or after convert_to_fp16).
+        """
+        return self.input_blocks[0][0].weight.dtype
+
     def convert_to_fp16(self) -> None:
         """Cast the torso (input, middle and output blocks) to float16."""
         for part in (self.input_blocks, self.middle_block, self.output_blocks):
@@ -412,7 +425,7 @@ class UNetModel(nn.Module):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))  # [B, 4*model_channels]
         if self.num_classes is not None:
             emb = emb + self.label_emb(y)
-        h = x.type(self.dtype)
+        h = x.type(self.torso_dtype)
         skips = []
         for i, block in enumerate(self.input_blocks):
             h = block(h, emb, context)

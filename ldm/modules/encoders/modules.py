@@ -354,3 +354,12 @@ class FrozenCLIPEmbedder(_TextEncoder):
         if embedding_manager is not None:
             ids, emb = embedding_manager(ids, emb)
         return self.transformer(inputs_embeds=emb)  # [B, N, D]
+
+
+def __getattr__(name: str) -> Any:
+    """``FrozenOpenCLIPEmbedder`` (SD 2.x) lives in ``openclip.py``; the released configs name it here."""
+    if name == "FrozenOpenCLIPEmbedder":
+        from ldm.modules.encoders.openclip import FrozenOpenCLIPEmbedder
+
+        return FrozenOpenCLIPEmbedder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
