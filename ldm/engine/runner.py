@@ -176,6 +176,7 @@ def run_items(
     except BaseException:
         board.report(made, "failed")
         raise
+    logger.info("rank %d made %d images", rank, made)
     board.wait_all(on_poll=refresh)
     refresh()
     bar.close()
