@@ -190,7 +190,7 @@ def _prompt_tokens(model: torch.nn.Module, prompt: str) -> tuple[list[int], dict
 
 
 def resolve_batch_tokens(
-    model: torch.nn.Module, prompts: Sequence[str], spec: str | Sequence[str]
+    model: torch.nn.Module, prompts: Sequence[str], spec: str | Sequence[str], log: bool = True
 ) -> tuple[list[tuple[tuple[int, ...], ...]], list[int], dict[str, dict]]:
     """The positions ``spec`` (``"cat,dog"``, ``"*,2"``: words and/or 1-based positions) excites in each prompt;
     ``spec`` may be a list with one spec per prompt.
@@ -211,8 +211,9 @@ def resolve_batch_tokens(
         resolved = resolve_ae_tokens(prompt_spec, ids, tokenizer, placeholders)
         if prompt not in report:
             excited = describe_groups(resolved, table)
-            logger.info("Prompt %r tokens: %s", prompt, format_token_table(table))
-            logger.info("A&E excites positions: %s", excited)
+            level = logging.INFO if log else logging.DEBUG
+            logger.log(level, "Prompt %r tokens: %s", prompt, format_token_table(table))
+            logger.log(level, "A&E excites positions: %s", excited)
             report[prompt] = {"tokens": dict(table), "excited": [list(g) for g in resolved]}
         groups.append(resolved)
         eots.append(end_position(ids, tokenizer))
@@ -243,12 +244,13 @@ def sample_prompts(
     x_T: torch.Tensor | None = None,
     ae_tokens: str | Sequence[str] = "",
     ae_config: AttendExciteConfig | None = None,
+    log_tokens: bool = True,
 ) -> SampledBatch:
     """One image per prompt: conditioning, ``uc`` = the empty prompt for CFG (skipped at ``scale`` 1), A&E on the
     ``ae_tokens`` words/positions (``ae_config`` with absolute steps, see :func:`schedule_for_run`), sampling from
     ``x_T`` (or noise from ``generator``), decoding and clamping to [0, 1]. ``eta`` is ignored by DDPM.
     ``generator`` may be one per prompt (per-image noise, see ``sampler_base.noise_like``) and ``ae_tokens`` one
-    spec per prompt.
+    spec per prompt; ``log_tokens`` False logs the token tables at DEBUG (the engine logs them once per run).
     """
     from ldm.models.diffusion.ddpm_sampler import DDPMSampler
 
@@ -261,7 +263,7 @@ def sample_prompts(
         if any(spec.strip() for spec in specs):
             if ae_config is None:
                 raise ValueError("A&E tokens given without an AttendExciteConfig")
-            groups, eots, report = resolve_batch_tokens(model, prompts, specs)
+            groups, eots, report = resolve_batch_tokens(model, prompts, specs, log=log_tokens)
             guidance = AttendAndExcite(model.model.diffusion_model, ae_config, token_indices=groups, eot_positions=eots)
         kwargs: dict[str, Any] = {} if isinstance(sampler, DDPMSampler) else {"eta": eta}
         samples, _ = sampler.sample(

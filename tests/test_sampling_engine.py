@@ -83,6 +83,11 @@ def test_image_noise_is_its_own_whatever_the_batch():
             first = sample_items(model, sampler, [a, b], settings, ae).latents
             second = sample_items(model, sampler, [c, a], settings, ae).latents
         assert torch.equal(first[0], second[1]), sampler_name  # a: other companion, other position
+        with inference.sampling_scope(model):
+            alone = sample_items(model, sampler, [a], settings, ae)  # a partial batch: filled up, fillers dropped
+        assert alone.latents.shape[0] == 1 and torch.equal(alone.latents[0], first[0]), sampler_name
+        if alone.guidance is not None:
+            assert all(g["samples"] == [0] for r in alone.guidance.records for g in r["groups"])
         assert (first[0] - first[1]).abs().max() > 0.1  # and a differs from b
     start = {m: sample_items(model, inference.make_sampler(model, "ddim"), items[m][:1],
                              EngineSettings(latent_shape=(4, 8, 8), steps=1), ae) for m in ("plain", "ae")}  # fmt: skip
@@ -140,3 +145,21 @@ def test_a_killed_run_resumes_with_the_missing_images_only(tmp_path, caplog):
     # Other settings into the same folder: refused, naming what differs.
     with pytest.raises(ValueError, match="other settings.*steps"):
         script.main([*argv(prompts, resumed, 2, "--skip_grid"), "--ddim_steps", "4"])
+
+
+def test_distributed_options_from_flags():
+    import argparse
+
+    from ldm.engine.distributed import _devices, add_distributed_args, distributed_options
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--device")
+    add_distributed_args(p)
+    opts = distributed_options(p.parse_args(["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]))
+    assert (opts.accelerator, opts.devices, opts.strategy, opts.num_nodes) == ("cpu", "2", "ddp", 1)
+    assert distributed_options(p.parse_args(["--device", "cuda:1"])).devices == "1,"  # the old flag: that device
+    assert _devices("1,") == [1] and _devices("2") == 2 and _devices("0,1") == [0, 1]
+    with pytest.raises(ValueError, match="--devices 'two'"):
+        _devices("two")
+    with pytest.raises(ValueError, match="--num_nodes 0"):
+        distributed_options(p.parse_args(["--num_nodes", "0"]))

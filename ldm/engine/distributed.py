@@ -142,11 +142,11 @@ class ProgressBoard:
         if self.world_size == 1:
             return
         while True:
-            states = [s for r, s in enumerate(self.states()) if r != self.rank]
-            failed = [r for r, s in enumerate(self.states()) if r != self.rank and s.get("state") == "failed"]
+            others = {r: s for r, s in enumerate(self.states()) if r != self.rank}
+            failed = [r for r, s in others.items() if s.get("state") == "failed"]
             if failed:
                 raise RuntimeError(f"sampling failed on rank(s) {failed}; see their logs (the finished images stay)")
-            if all(s.get("state") == "finished" for s in states):
+            if all(s.get("state") == "finished" for s in others.values()):
                 return
             if on_poll is not None:
                 on_poll()

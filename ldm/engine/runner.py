@@ -91,18 +91,32 @@ def sample_items(
     model: torch.nn.Module, sampler: Any, items: Sequence[WorkItem], settings: EngineSettings,
     ae_used: AttendExciteConfig | None,
 ) -> inference.SampledBatch:  # fmt: skip
-    """One batch of items of one method: each from its own generator (start noise, then step noise)."""
+    """One batch of items of one method: each from its own generator (start noise, then step noise).
+
+    A batch of fewer than ``settings.batch_size`` items is filled up with copies of its last item, whose outputs are
+    dropped: every model call has ``batch_size`` samples, so an image does not depend on whether its batch was full
+    (kernels may take other code paths for other batch sizes; see the README's "Distributed sampling").
+    """
     methods = {it.method for it in items}
     if len(methods) != 1:
         raise ValueError(f"a batch mixes methods {sorted(methods)}")
+    n = len(items)
+    items = list(items) + [items[-1]] * max(0, settings.batch_size - n)
     device = next(model.parameters()).device
     generators = [item_generator(it.seed) for it in items]
-    x_T = torch.stack([start_noise(g, settings.latent_shape) for g in generators]).to(device)  # [n, C, h, w]
+    x_T = torch.stack([start_noise(g, settings.latent_shape) for g in generators]).to(device)  # [b, C, h, w]
     specs = [it.ae_tokens if it.method == "ae" else "" for it in items]
-    return inference.sample_prompts(
+    out = inference.sample_prompts(
         model, sampler, [it.prompt for it in items], settings.latent_shape, settings.steps, settings.scale,
-        eta=settings.eta, generator=generators, x_T=x_T, ae_tokens=specs, ae_config=ae_used,
+        eta=settings.eta, generator=generators, x_T=x_T, ae_tokens=specs, ae_config=ae_used, log_tokens=False,
     )  # fmt: skip
+    if len(items) == n:
+        return out
+    if out.guidance is not None:  # the fillers' records go too
+        for rec in out.guidance.records:
+            rec["groups"] = [g for g in rec["groups"] if min(g["samples"]) < n]
+    groups = out.token_groups[:n] if out.token_groups is not None else None
+    return inference.SampledBatch(out.images[:n], out.latents[:n], out.cond[:n], out.guidance, groups, out.report)
 
 
 def _check_settings(root: Path, record: dict) -> None:
