@@ -165,13 +165,22 @@ def run_items(
     root = Path(root)
     rank, world = int(fabric.global_rank), int(fabric.world_size)
     board = ProgressBoard(root / STATE_DIR, rank, world)
-    pending_ids: list[int] | None = None
+    plan: list[int] | str | None = None  # rank 0: the pending item numbers, or the error that stops every rank
+    error: Exception | None = None
     if rank == 0:
         record = {k: v for k, v in dataclasses.asdict(settings).items() if k != "batch_size"}
-        _check_settings(root, record | (run_record or {}))
-        pending_ids = [i for i, it in enumerate(items) if not it.path.is_file()]
+        try:
+            _check_settings(root, record | (run_record or {}))
+            plan = [i for i, it in enumerate(items) if not it.path.is_file()]
+        except (ValueError, OSError) as err:
+            error, plan = err, str(err)
     board.reset()  # before the broadcast: every rank's stale file from an earlier run is gone when it returns
-    pending_ids = fabric.broadcast(pending_ids, src=0) if world > 1 else pending_ids
+    plan = fabric.broadcast(plan, src=0) if world > 1 else plan
+    if error is not None:
+        raise error
+    if isinstance(plan, str):
+        raise RuntimeError(f"rank 0 stopped the run: {plan}")
+    pending_ids = plan
     mine = [items[i] for i in pending_ids[rank::world]]
     skipped = len(items) - len(pending_ids)
     if rank == 0 and skipped:
