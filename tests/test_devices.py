@@ -19,8 +19,12 @@ DEVICES = [
 
 
 @pytest.fixture(params=DEVICES)
-def device(request) -> torch.device:
-    return torch.device(request.param)
+def device(request):
+    """The device; on CUDA with TF32 off (float32 kernels, as on the CPU), restored afterwards."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield torch.device(request.param)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @pytest.fixture
@@ -36,8 +40,8 @@ def test_ddim_sampling_matches_golden(model, device):
         10, batch_size=2, shape=(4, 32, 32), conditioning=inputs["c"], x_T=inputs["x_T"], verbose=False,
         unconditional_guidance_scale=5.0, unconditional_conditioning=inputs["uc"],
     )  # fmt: skip
-    # CUDA kernels (TF32 off by default in PyTorch for matmul; convolutions may use it) get a looser bound.
-    assert rel_err(samples.cpu(), golden["samples"]) < (2e-5 if device.type == "cpu" else 2e-3)
+    # Other float32 kernels on CUDA (other summation orders) get a looser bound than the CPU goldens' 2e-5.
+    assert rel_err(samples.cpu(), golden["samples"]) < (2e-5 if device.type == "cpu" else 2e-4)
 
 
 def test_attend_and_excite_step_lowers_the_loss(model, device):
