@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import GOLDEN_WEIGHTS, REPO, require_fixture
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_on_cpu_with_tiny_sizes(tmp_path):
     require_fixture(GOLDEN_WEIGHTS["sd"])
     out = tmp_path / "gpu_check.json"
