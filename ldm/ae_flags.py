@@ -101,8 +101,9 @@ def preset_for_model(model_config: str | Path | None) -> Path:
 
 
 def attend_excite_config(args: argparse.Namespace, model_config: str | Path | None = None) -> AttendExciteConfig:
-    """The YAML of ``--ae_config`` (default: the preset for ``model_config``'s family) with the ``--ae_<field>``
-    flags that were given on top."""
+    """The YAML of ``--ae_config`` (default: the preset for the family of ``model_config``, else of ``args.config``)
+    with the ``--ae_<field>`` flags that were given on top."""
+    model_config = model_config or getattr(args, "config", None)
     given = {name: getattr(args, f"ae_{name}") for name in AE_FIELDS if hasattr(args, f"ae_{name}")}
     path = getattr(args, "ae_config", None) or preset_for_model(model_config)
     return dataclasses.replace(load_ae_config(path), **given)

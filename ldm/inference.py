@@ -42,8 +42,10 @@ from ldm.models.diffusion.guidance.tokens import (
     token_table,
 )
 from ldm.models.diffusion.guidance.visualize import render_attention
+from ldm.models.diffusion.sampler_base import Generators
 from ldm.models.diffusion.schedule import make_ddim_timesteps
 from ldm.outputs import RunFolder
+from ldm.precision import precision_scope
 from ldm.util import load_yaml
 from ldm.validation import check_files, check_sampling_flags
 
@@ -124,12 +126,12 @@ def schedule_for_run(
 
 @contextlib.contextmanager
 def sampling_scope(model: torch.nn.Module, precision: str = "full") -> Iterator[None]:
-    """No gradients (A&E enables them itself), autocast on CUDA when ``precision="autocast"``, the EMA weights."""
+    """No gradients (A&E enables them itself), autocast for ``precision="autocast"`` (CUDA float16, CPU bfloat16,
+    see ``ldm.precision``), the EMA weights."""
     device = next(model.parameters()).device
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.no_grad())
-        if precision == "autocast" and device.type == "cuda":
-            stack.enter_context(torch.autocast(device.type))
+        stack.enter_context(precision_scope(device, precision))
         if hasattr(model, "ema_scope"):
             stack.enter_context(model.ema_scope())
         yield
@@ -190,9 +192,10 @@ def _prompt_tokens(model: torch.nn.Module, prompt: str) -> tuple[list[int], dict
 
 
 def resolve_batch_tokens(
-    model: torch.nn.Module, prompts: Sequence[str], spec: str
+    model: torch.nn.Module, prompts: Sequence[str], spec: str | Sequence[str], log: bool = True
 ) -> tuple[list[tuple[tuple[int, ...], ...]], list[int], dict[str, dict]]:
-    """The positions ``spec`` (``"cat,dog"``, ``"*,2"``: words and/or 1-based positions) excites in each prompt.
+    """The positions ``spec`` (``"cat,dog"``, ``"*,2"``: words and/or 1-based positions) excites in each prompt;
+    ``spec`` may be a list with one spec per prompt.
 
     Positions are those the UNet attends to (after any multi-vector placeholder splice); a word split into several
     sub-tokens, or a multi-vector placeholder, is one group of positions (rules in ``guidance/tokens.py``).
@@ -200,15 +203,19 @@ def resolve_batch_tokens(
     Raises ``ValueError`` showing the token table for a word not in a prompt.
     """
     tokenizer = model.cond_stage_model.tokenizer
+    specs = [spec] * len(prompts) if isinstance(spec, str) else list(spec)
+    if len(specs) != len(prompts):
+        raise ValueError(f"got {len(specs)} A&E token specs for {len(prompts)} prompts")
     groups, eots, report = [], [], {}
-    for prompt in prompts:
+    for prompt, prompt_spec in zip(prompts, specs, strict=True):
         ids, placeholders = _prompt_tokens(model, prompt)
         table = token_table(ids, tokenizer, placeholders)
-        resolved = resolve_ae_tokens(spec, ids, tokenizer, placeholders)
+        resolved = resolve_ae_tokens(prompt_spec, ids, tokenizer, placeholders)
         if prompt not in report:
             excited = describe_groups(resolved, table)
-            logger.info("Prompt %r tokens: %s", prompt, format_token_table(table))
-            logger.info("A&E excites positions: %s", excited)
+            level = logging.INFO if log else logging.DEBUG
+            logger.log(level, "Prompt %r tokens: %s", prompt, format_token_table(table))
+            logger.log(level, "A&E excites positions: %s", excited)
             report[prompt] = {"tokens": dict(table), "excited": [list(g) for g in resolved]}
         groups.append(resolved)
         eots.append(end_position(ids, tokenizer))
@@ -235,16 +242,19 @@ def sample_prompts(
     steps: int,
     scale: float,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     x_T: torch.Tensor | None = None,
-    ae_tokens: str = "",
+    ae_tokens: str | Sequence[str] = "",
     ae_config: AttendExciteConfig | None = None,
     on_maps: Callable[[StepMaps], None] | None = None,
+    log_tokens: bool = True,
 ) -> SampledBatch:
     """One image per prompt: conditioning, ``uc`` = the empty prompt for CFG (skipped at ``scale`` 1), A&E on the
     ``ae_tokens`` words/positions (``ae_config`` with absolute steps, see :func:`schedule_for_run`), sampling from
     ``x_T`` (or noise from ``generator``), decoding and clamping to [0, 1]. ``eta`` is ignored by DDPM.
     ``on_maps`` goes to the A&E object (each step's token maps, for viewers; see :class:`AttendAndExcite`).
+    ``generator`` may be one per prompt (per-image noise, see ``sampler_base.noise_like``) and ``ae_tokens`` one
+    spec per prompt; ``log_tokens`` False logs the token tables at DEBUG (the engine logs them once per run).
     """
     from ldm.models.diffusion.ddpm_sampler import DDPMSampler
 
@@ -253,10 +263,11 @@ def sample_prompts(
     with torch.no_grad():
         uc = model.get_learned_conditioning(n * [""]) if scale != 1.0 else None  # [n, 77, D]
         c = model.get_learned_conditioning(list(prompts))  # [n, 77, D]
-        if ae_tokens.strip():
+        specs = [ae_tokens] * n if isinstance(ae_tokens, str) else list(ae_tokens)
+        if any(spec.strip() for spec in specs):
             if ae_config is None:
                 raise ValueError("A&E tokens given without an AttendExciteConfig")
-            groups, eots, report = resolve_batch_tokens(model, prompts, ae_tokens)
+            groups, eots, report = resolve_batch_tokens(model, prompts, specs, log=log_tokens)
             guidance = AttendAndExcite(
                 model.model.diffusion_model, ae_config, token_indices=groups, eot_positions=eots, on_maps=on_maps
             )

@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from ldm import inference  # noqa: E402
+from ldm import engine, inference  # noqa: E402
 from ldm.evaluation import metrics  # noqa: E402
 from ldm.evaluation.clip import CLIPFeatureExtractor, resolve_clip_folder  # noqa: E402
 from ldm.evaluation.evaluators import (  # noqa: E402
@@ -50,9 +50,9 @@ from ldm.evaluation.evaluators import (  # noqa: E402
     markdown_table,
     read_prompt_file,
 )
-from ldm.evaluation.generate import add_size_args, generate_images, guidance_summary, latent_shape  # noqa: E402
-from ldm.evaluation.images import list_images, save_images  # noqa: E402
+from ldm.evaluation.generate import add_size_args, guidance_summary, latent_shape, read_guidance_records  # noqa: E402
 from ldm.outputs import save_json, save_text  # noqa: E402
+from ldm.precision import PRECISIONS  # noqa: E402
 
 logger = logging.getLogger("evaluate_attend_excite")
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml"
@@ -79,8 +79,12 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--n_samples", type=int, default=64, help="images per prompt and method (default 64)")
     g.add_argument("--ddim_steps", type=int, default=50, help="DDIM steps (default 50)")
     g.add_argument("--scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5, as A&E)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the starting noise (the same for both methods)")
+    g.add_argument("--seed", type=int, default=0, help="base seed; image i of a prompt has its own seed from "
+                   "(seed, prompt, i), the same for both methods")  # fmt: skip
+    g.add_argument("--precision", choices=PRECISIONS, default="full",
+                   help="full | autocast (CUDA fp16, CPU bf16) | fp16 | bf16 (half-precision weights)")  # fmt: skip
     add_size_args(g)
+    engine.add_distributed_args(p)
     tokens_help = "words/positions to excite in every prompt (default: the last word of each half of the prompt)"
     inference.add_attend_excite_args(p, tokens_help=tokens_help, save_attention=False)
     return p
@@ -121,12 +125,13 @@ def check_tokens(model: torch.nn.Module, args: argparse.Namespace, prompts: list
                            "give positions with --ae_tokens to pick another)", prompt, list(groups))  # fmt: skip
 
 
-def generate_all(
-    args: argparse.Namespace, prompts: list[tuple[str, str]], device: torch.device
-) -> tuple[dict[str, Path], dict]:
-    """Generate images for every prompt without and with A&E; existing complete folders are reused.
+LABELS = {"plain": "without_ae", "ae": "with_ae"}  # method -> image folder under <out_dir>/images
 
-    Returns the image roots and the generation settings (written to each folder's ``settings.json`` too).
+
+def generate_all(args: argparse.Namespace, prompts: list[tuple[str, str]]) -> tuple[dict[str, Path], dict] | None:
+    """Generate every prompt's images without and with A&E on the engine (one process per device, resumable:
+    images that exist are kept). Returns, on rank 0, the image roots and the generation settings (also written to
+    each prompt folder's ``settings.json``); None on the other ranks.
     """
     if not args.ckpt_path:
         raise ValueError("--generate needs --ckpt_path (and --config)")
@@ -135,41 +140,51 @@ def generate_all(
             object_words(prompt)  # fail early on prompts A&E cannot use
     inference.check_sampling_flags(args, ckpt_flag="--ckpt_path", ae=True)  # before the model is loaded
     ae_config = inference.attend_excite_config(args)
-    model = inference.load_model(args.config, args.ckpt_path, args.embedding_path, device, ckpt_flag="--ckpt_path")
+    texts = [p for _, p in prompts]
+    root = Path(args.out_dir) / "images"
+    items = engine.make_items(
+        root, texts, args.n_samples, list(LABELS), args.seed,
+        path_of=lambda p, i, m: Path(LABELS[m]) / p / f"{i:04}.png",  # the folder is named exactly like the prompt
+        ae_tokens_of=lambda p: ae_spec(args, p),
+        record_of=lambda p, i, m: Path(LABELS[m]) / p / "guidance" / f"{i:04}.json",
+    )  # fmt: skip
+    fabric = engine.launch(engine.distributed_options(args))
+    model = engine.load_model_for(fabric.device, args.config, args.ckpt_path, args.embedding_path, args.precision,
+                           "--ckpt_path")  # fmt: skip
     check_tokens(model, args, prompts)
     shape = latent_shape(model, inference.first_stage_factor(args.config), args.H, args.W)
-    ae_used, n_run = inference.schedule_for_run(ae_config, "ddim", args.ddim_steps, model.num_timesteps)
+    ae_used, n_run = inference.schedule_for_run(ae_config, "ddim", args.ddim_steps, model.num_timesteps,
+                                                log=fabric.global_rank == 0)  # fmt: skip
     settings = {
         "ckpt_path": args.ckpt_path, "config": args.config, "embedding_path": args.embedding_path,
         "n_samples": args.n_samples, "ddim_steps": args.ddim_steps, "scale": args.scale, "seed": args.seed,
-        "latent_shape": list(shape), "attend_and_excite": dataclasses.asdict(ae_used) | {"steps_run": n_run},
+        "precision": args.precision, "latent_shape": list(shape),
+        "attend_and_excite": dataclasses.asdict(ae_used) | {"steps_run": n_run},
     }  # fmt: skip
-    roots = {
-        "without_ae": Path(args.out_dir) / "images" / "without_ae",
-        "with_ae": Path(args.out_dir) / "images" / "with_ae",
-    }
-    for label, root in roots.items():
-        for _, prompt in prompts:
-            folder = root / prompt
-            if folder.is_dir() and len(list_images(folder)) >= args.n_samples:
-                logger.info("reusing %s", folder)
-                continue
-            spec = ae_spec(args, prompt) if label == "with_ae" else ""
-            out = generate_images(
-                model, prompt, args.n_samples, args.ddim_steps, args.scale, args.seed, args.batch_size, shape,
-                ae_tokens=spec, ae_config=ae_config,
-            )  # fmt: skip
-            save_images(out.images, folder)
+    engine_settings = engine.EngineSettings(
+        latent_shape=shape, steps=args.ddim_steps, scale=args.scale, batch_size=args.batch_size,
+        precision=args.precision, ae_config=ae_config,
+    )  # fmt: skip
+    record = {k: settings[k] for k in ("ckpt_path", "config", "embedding_path", "seed")}
+    result = engine.run_items(fabric, model, items, engine_settings, root, record)
+    if not result.is_rank_zero:
+        return None
+    for _, prompt in prompts:
+        for method, label in LABELS.items():
             ae = None
-            if spec:  # the config used, the tokens (table and excited positions) and what the guidance did
-                done = {"ae_tokens": spec, **out.report[prompt], "guidance": guidance_summary(out.records)}
+            if method == "ae":  # the config used, the tokens (table and excited positions) and what the guidance did
+                spec = ae_spec(args, prompt)
+                _, _, report = inference.resolve_batch_tokens(model, [prompt], spec)
+                mine = [it for it in items if it.prompt == prompt and it.method == "ae"]
+                records = read_guidance_records([it.record_path for it in mine])
+                done = {"ae_tokens": spec, **report[prompt], "guidance": guidance_summary(records)}
                 ae = settings["attend_and_excite"] | done
-            record = {"prompt": prompt, "method": label, **settings, "attend_and_excite": ae}
-            save_json(record, folder / "settings.json")
+            folder_record = {"prompt": prompt, "method": label, **settings, "attend_and_excite": ae}
+            save_json(folder_record, root / label / prompt / "settings.json", root)
     del model
-    if device.type == "cuda":
+    if fabric.device.type == "cuda":
         torch.cuda.empty_cache()
-    return roots, settings
+    return {label: root / label for label in LABELS.values()}, settings
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -185,7 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     generation = None
     if args.generate:
-        dirs, generation = generate_all(args, prompts, device)
+        generated = generate_all(args, prompts)
+        if generated is None:  # a rank other than 0 of a multi-process run: rank 0 scores
+            return {}
+        dirs, generation = generated
     else:
         labels = args.labels or [Path(d).name for d in args.images_dir]
         if len(labels) != len(args.images_dir) or len(set(labels)) != len(labels):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,13 +29,14 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from ldm import inference  # noqa: E402
+from ldm import engine, inference  # noqa: E402
 from ldm.errors import UserError  # noqa: E402
 from ldm.evaluation.clip import CLIPFeatureExtractor, resolve_clip_folder  # noqa: E402
 from ldm.evaluation.evaluators import evaluate_inversion, strip_placeholder  # noqa: E402
-from ldm.evaluation.generate import add_size_args  # noqa: E402
-from ldm.evaluation.images import image_folder_files, load_images, save_images  # noqa: E402
+from ldm.evaluation.generate import add_size_args, latent_shape  # noqa: E402
+from ldm.evaluation.images import image_folder_files, load_images  # noqa: E402
 from ldm.outputs import save_text  # noqa: E402
+from ldm.precision import PRECISIONS  # noqa: E402
 
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml"
 
@@ -49,7 +51,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_samples", type=int, default=64, help="images to generate (default 64)")
     p.add_argument("--ddim_steps", type=int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--scale", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the starting noise (default 42)")
+    p.add_argument("--seed", type=int, default=42, help="base seed; image i has its own seed from (seed, prompt, i)")
+    p.add_argument("--precision", choices=PRECISIONS, default="full",
+                   help="full | autocast (CUDA fp16, CPU bf16) | fp16 | bf16 (half-precision weights)")  # fmt: skip
     p.add_argument("--batch_size", type=int, default=8, help="sampling and CLIP batch size (default 8)")
     add_size_args(p)
     p.add_argument("--out_dir", default="outputs/evaluation", help="where the JSON and samples go")
@@ -62,9 +66,32 @@ def get_parser() -> argparse.ArgumentParser:
         help="resize training images to NxN (bicubic) as the TI dataset does; 0 keeps their size (default 256)",
     )
     p.add_argument("--gen_dir", help="score the images in this folder instead of generating")
-    p.add_argument("--no_save", action="store_true", help="do not write the generated images to out_dir/samples")
+    p.add_argument("--no_save", action="store_true", help="delete out_dir/samples after scoring")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    engine.add_distributed_args(p)
     return p
+
+
+def generate_samples(args: argparse.Namespace, samples: Path) -> list[Path] | None:
+    """The ``--n_samples`` images of ``--prompt`` as ``samples/NNNN.png``, on the engine (one process per device;
+    images that exist are kept). Returns their paths on rank 0 once every rank is done, None on the other ranks."""
+    items = engine.make_items(samples, [args.prompt], args.n_samples, ["plain"], args.seed,
+                       path_of=lambda p, i, m: f"{i:04}.png")  # fmt: skip
+    fabric = engine.launch(engine.distributed_options(args))
+    model = engine.load_model_for(fabric.device, args.config, args.ckpt_path, args.embedding_path, args.precision,
+                           "--ckpt_path")  # fmt: skip
+    shape = latent_shape(model, inference.first_stage_factor(args.config), args.H, args.W)
+    settings = engine.EngineSettings(
+        latent_shape=shape, steps=args.ddim_steps, scale=args.scale, batch_size=args.batch_size,
+        precision=args.precision,
+    )  # fmt: skip
+    record = {"prompt": args.prompt, "config": args.config, "ckpt_path": args.ckpt_path,
+              "embedding_path": args.embedding_path, "seed": args.seed}  # fmt: skip
+    result = engine.run_items(fabric, model, items, settings, samples, record)
+    del model
+    if fabric.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return [it.path for it in items] if result.is_rank_zero else None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -82,25 +109,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.gen_dir:
         generated = load_images(image_folder_files(args.gen_dir, "--gen_dir"))
     else:
-        from ldm.evaluation.generate import generate_images, latent_shape
-
         if not args.ckpt_path:
             raise UserError("--ckpt_path is required to generate images (or pass --gen_dir to score existing ones)")
         if args.placeholder in args.prompt and not args.embedding_path:
             raise UserError(f"--prompt contains {args.placeholder!r} but no --embedding_path was given")
         inference.check_sampling_flags(args, ckpt_flag="--ckpt_path")  # before the model is loaded
-        model = inference.load_model(args.config, args.ckpt_path, args.embedding_path, device, ckpt_flag="--ckpt_path")
-        shape = latent_shape(model, inference.first_stage_factor(args.config), args.H, args.W)
-        images = generate_images(
-            model, args.prompt, args.n_samples, args.ddim_steps, args.scale, args.seed, args.batch_size, shape
-        ).images  # [N, 3, H, W] in [0, 1]
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        if not args.no_save:
-            save_images(images, out_dir / "samples")
-        generated = list(images)
-
+        samples = out_dir / "samples"
+        paths = generate_samples(args, samples)
+        if paths is None:  # a rank other than 0 of a multi-process run: rank 0 scores
+            return {}
+        generated = load_images(paths)
+        if args.no_save:
+            shutil.rmtree(samples)
     source = load_images(source_files, size=args.data_size or None)
     extractor = CLIPFeatureExtractor.from_pretrained(clip_folder, device=device, batch_size=args.batch_size)
     result = evaluate_inversion(extractor, generated, source, args.prompt, args.placeholder)

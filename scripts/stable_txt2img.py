@@ -27,6 +27,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from ldm import inference  # noqa: E402
+from ldm.engine import add_distributed_args  # noqa: E402
+from ldm.engine.txt2img import run_from_file  # noqa: E402
+from ldm.precision import PRECISIONS, cast_model  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -49,13 +52,19 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_samples", type=int, default=3, help="how many samples per prompt (batch size)")
     p.add_argument("--n_rows", type=int, default=0, help="rows in the grid (default: n_samples)")
     p.add_argument("--scale", type=float, default=7.5, help="unconditional guidance scale")
-    p.add_argument("--from-file", type=str, help="a file of prompts, one per line (batches of --n_samples)")
+    p.add_argument(
+        "--from-file",
+        type=str,
+        help="prompts, one a line: --n_iter images each (the engine)",
+    )
     p.add_argument("--config", type=str, default="configs/stable-diffusion/v1-inference.yaml")
     p.add_argument("--ckpt", "--ckpt_path", dest="ckpt", type=str, default="models/ldm/stable-diffusion-v1/model.ckpt")
     p.add_argument("--seed", type=int, default=42, help="seed of the starting noise")
-    p.add_argument("--precision", type=str, choices=["full", "autocast"], default="autocast")
+    p.add_argument("--precision", type=str, choices=PRECISIONS, default="autocast",
+                   help="full | autocast (CUDA fp16, CPU bf16) | fp16 | bf16 (half-precision weights)")  # fmt: skip
     p.add_argument("--embedding_path", type=str, default=None, help="textual-inversion embeddings (.pt/.safetensors)")
     p.add_argument("--device", type=str, default=None, help="torch device (default: cuda if available)")
+    add_distributed_args(p)  # --from-file runs on the engine: one process per device
     inference.add_attend_excite_args(p)
     return p
 
@@ -69,9 +78,6 @@ def main(argv: list[str] | None = None) -> None:
         opt.ckpt = "models/ldm/text2img-large/model.ckpt"
         opt.outdir = "outputs/txt2img-samples-laion400m"
     geometry = inference.check_sampling_flags(opt, ckpt_flag="--ckpt")  # before anything is loaded
-    batches = inference.read_prompts(opt.prompt, opt.from_file, opt.n_samples)
-    device = inference.pick_device(opt.device)
-    model = inference.load_model(opt.config, opt.ckpt, opt.embedding_path, device)
     options = inference.SamplingOptions(
         outdir=opt.outdir, sampler="plms" if opt.plms else "ddpm" if opt.ddpm else "ddim", steps=opt.ddim_steps,
         eta=opt.ddim_eta, scale=opt.scale, n_iter=opt.n_iter, H=opt.H, W=opt.W, C=geometry.channels,
@@ -80,6 +86,13 @@ def main(argv: list[str] | None = None) -> None:
         precision=opt.precision, layout="sd", ae_tokens=opt.ae_tokens, save_attention=opt.save_attention,
         extra_settings=vars(opt),
     )  # fmt: skip
+    if opt.from_file:
+        run_from_file(opt, options, opt.ckpt, "--ckpt")
+        return
+    batches = inference.read_prompts(opt.prompt, None, opt.n_samples)
+    device = inference.pick_device(opt.device)
+    model = inference.load_model(opt.config, opt.ckpt, opt.embedding_path, device)
+    cast_model(model, opt.precision)
     inference.run_txt2img(model, batches, options, inference.attend_excite_config(opt, model_config=opt.config))
 
 

@@ -20,12 +20,19 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from ldm import inference  # noqa: E402
+from ldm.engine import add_distributed_args  # noqa: E402
+from ldm.engine.txt2img import run_from_file  # noqa: E402
+from ldm.precision import PRECISIONS, cast_model  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prompt", type=str, nargs="?", default="a painting of a virus monster playing guitar")
-    p.add_argument("--from-file", type=str, help="a file of prompts, one per line (batches of --n_samples)")
+    p.add_argument(
+        "--from-file",
+        type=str,
+        help="prompts, one a line: --n_iter images each (the engine)",
+    )
     p.add_argument("--outdir", type=str, nargs="?", default="outputs/txt2img-samples")
     p.add_argument("--ddim_steps", type=int, default=200, help="number of sampling steps")
     p.add_argument("--plms", action="store_true", help="use PLMS sampling")
@@ -42,6 +49,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding_path", type=str, default=None, help="textual-inversion embeddings (.pt/.safetensors)")
     p.add_argument("--seed", type=int, default=42, help="seed of the starting noise")
     p.add_argument("--device", type=str, default=None, help="torch device (default: cuda if available)")
+    p.add_argument("--precision", type=str, choices=PRECISIONS, default="full",
+                   help="full | autocast (CUDA fp16, CPU bf16) | fp16 | bf16 (half-precision weights)")  # fmt: skip
+    p.add_argument("--fixed_code", action="store_true", help="the same starting noise for every prompt")
+    add_distributed_args(p)  # --from-file runs on the engine: one process per device
     inference.add_attend_excite_args(p)
     return p
 
@@ -50,15 +61,20 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = get_parser().parse_args(argv)
     inference.check_sampling_flags(opt, ckpt_flag="--ckpt_path")  # before anything is loaded
-    batches = inference.read_prompts(opt.prompt, opt.from_file, opt.n_samples)
-    device = inference.pick_device(opt.device)
-    model = inference.load_model(opt.config, opt.ckpt_path, opt.embedding_path, device, ckpt_flag="--ckpt_path")
     options = inference.SamplingOptions(
         outdir=opt.outdir, sampler="plms" if opt.plms else "ddpm" if opt.ddpm else "ddim", steps=opt.ddim_steps,
         eta=opt.ddim_eta, scale=opt.scale, n_iter=opt.n_iter, H=opt.H, W=opt.W, seed=opt.seed, layout="ldm",
         f=inference.first_stage_factor(opt.config),
         n_rows=opt.n_samples, ae_tokens=opt.ae_tokens, save_attention=opt.save_attention, extra_settings=vars(opt),
+        precision=opt.precision, fixed_code=opt.fixed_code,
     )  # fmt: skip
+    if opt.from_file:
+        run_from_file(opt, options, opt.ckpt_path, "--ckpt_path")
+        return
+    batches = inference.read_prompts(opt.prompt, None, opt.n_samples)
+    device = inference.pick_device(opt.device)
+    model = inference.load_model(opt.config, opt.ckpt_path, opt.embedding_path, device, ckpt_flag="--ckpt_path")
+    cast_model(model, opt.precision)
     inference.run_txt2img(model, batches, options, inference.attend_excite_config(opt))
 
 

@@ -106,20 +106,22 @@ def test_load_model_errors_and_strict_loading(tmp_path):
 
 
 def test_txt2img_and_evaluation_generation_agree(tmp_path):
-    """stable_txt2img and the evaluation's generate_images go through one sampling routine: same seed, same images."""
+    """stable_txt2img --from-file and the evaluation's generate_images go through one engine: same seed rule (one
+    seed per image from (seed, prompt, index)), same images."""
     from ldm import inference
     from ldm.evaluation.generate import generate_images
 
     require_fixture(GOLDEN_WEIGHTS["sd"])
     config, out = REPO / "configs/tests/golden_tiny_sd.yaml", tmp_path / "sd"
+    (tmp_path / "prompts.txt").write_text("a cat and a frog\n")
     load_script("stable_txt2img").main([
-        "--config", str(config), "--ckpt", str(GOLDEN_WEIGHTS["sd"]), "--prompt", "a cat and a frog", "--H", "32",
-        "--W", "32", "--f", "2", "--ddim_steps", "2", "--n_samples", "2", "--n_iter", "1", "--seed", "5",
+        "--config", str(config), "--ckpt", str(GOLDEN_WEIGHTS["sd"]), "--from-file", str(tmp_path / "prompts.txt"),
+        "--H", "32", "--W", "32", "--f", "2", "--ddim_steps", "2", "--n_samples", "1", "--n_iter", "2", "--seed", "5",
         "--precision", "full", "--skip_grid", "--outdir", str(out),
     ])  # fmt: skip
     model = inference.load_model(config, GOLDEN_WEIGHTS["sd"])
     images = generate_images(model, "a cat and a frog", 2, 2, 7.5, 5, 2, (4, 16, 16)).images  # [2, 3, 32, 32]
-    saved = [np.asarray(Image.open(out / "samples" / f"{k:05}.png")) for k in range(2)]
+    saved = [np.asarray(Image.open(out / "plain" / "a-cat-and-a-frog" / f"{k:05}.png")) for k in range(2)]
     for k, image in enumerate(images):
         np.testing.assert_array_equal(saved[k], np.asarray(inference.to_pil(image)))
     assert np.abs(saved[0].astype(float) - saved[1]).mean() > 1.0  # two noises, two images

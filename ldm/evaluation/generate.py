@@ -8,15 +8,20 @@ loaded with :func:`ldm.inference.load_model`.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from ldm import inference
+from ldm.engine.items import make_items
+from ldm.engine.runner import EngineSettings, sample_items
 from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig
 
 logger = logging.getLogger(__name__)
@@ -54,39 +59,52 @@ def generate_images(
     shape: tuple[int, int, int] | None = None,
     ae_tokens: str = "",
     ae_config: AttendExciteConfig | None = None,
+    precision: str = "full",
 ) -> Generation:
-    """``n_samples`` images of ``prompt`` in batches of ``batch_size`` (latent ``shape``, default the model's).
-
-    One ``torch.Generator`` seeded with ``seed`` draws the starting noise of all batches, so a run is reproducible
-    and runs with and without A&E start from the same noise. ``ae_tokens`` (words/positions, e.g. ``"cat,dog"``)
-    turns on Attend-and-Excite with ``ae_config`` (default: the official one), its schedule scaled to the steps run.
+    """``n_samples`` images of ``prompt`` in batches of ``batch_size`` (latent ``shape``, default the model's), in
+    memory, by the engine's rule: image ``i`` starts from its own noise, seeded by ``item_seed(seed, prompt, i)``, so
+    the images are those the engine writes (``run_items``) and the same with and without A&E. ``ae_tokens``
+    (words/positions, e.g. ``"cat,dog"``) turns on Attend-and-Excite with ``ae_config`` (default: the official one),
+    its schedule scaled to the steps run.
     """
     if n_samples < 1 or batch_size < 1:
         raise ValueError(f"n_samples ({n_samples}) and batch_size ({batch_size}) must be positive")
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(int(seed))
+    method = "ae" if ae_tokens.strip() else "plain"
+    # The paths are never written: the items only carry prompt, index and seed here.
+    items = make_items(".", [prompt], n_samples, [method], seed, path_of=lambda p, i, m: f"{i:04}.png",
+                       ae_tokens_of=lambda p: ae_tokens)  # fmt: skip
+    settings = EngineSettings(latent_shape=shape or latent_shape(model, 1), steps=ddim_steps, scale=scale,
+                              batch_size=batch_size, precision=precision)  # fmt: skip
     sampler = inference.make_sampler(model, "ddim")
-    shape = shape or latent_shape(model, 1)
     ae_used = None
-    if ae_tokens.strip():
+    if method == "ae":
         ae_used, _ = inference.schedule_for_run(ae_config or AttendExciteConfig(), "ddim", ddim_steps,
                                                 model.num_timesteps, log=False)  # fmt: skip
     out = Generation(images=torch.empty(0))
     images: list[Tensor] = []
-    with inference.sampling_scope(model):
-        n_batches = (n_samples + batch_size - 1) // batch_size
-        for b in tqdm(range(n_batches), desc=f"sampling {prompt!r}", leave=False):
-            bs = min(batch_size, n_samples - b * batch_size)
-            batch = inference.sample_prompts(
-                model, sampler, bs * [prompt], shape, ddim_steps, scale, eta=0.0, generator=generator,
-                ae_tokens=ae_tokens, ae_config=ae_used,
-            )  # fmt: skip
+    with inference.sampling_scope(model, precision):
+        for start in tqdm(range(0, n_samples, batch_size), desc=f"sampling {prompt!r}", leave=False):
+            batch = sample_items(model, sampler, items[start : start + batch_size], settings, ae_used)
             images.append(batch.images)  # [bs, 3, H, W]
             out.report.update(batch.report)
             if batch.guidance is not None:
                 out.records.extend(batch.guidance.records)
     out.images = torch.cat(images)  # [N, 3, H, W]
     return out
+
+
+def read_guidance_records(paths: Sequence[Path | None]) -> list[dict]:
+    """The per-step A&E records of the images whose record files exist (images made before the engine have none)."""
+    records: list[dict] = []
+    missing = 0
+    for path in paths:
+        if path is None or not path.is_file():
+            missing += 1
+            continue
+        records.extend(json.loads(path.read_text())["guidance"])
+    if missing:
+        logger.warning("%d images have no A&E record; the guidance summary leaves them out", missing)
+    return records
 
 
 def guidance_summary(records: list[dict]) -> dict:

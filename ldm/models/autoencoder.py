@@ -85,12 +85,13 @@ class AutoencoderKL(pl.LightningModule):
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
         """Image ``[B, 3, H, W]`` in [-1, 1] -> posterior over ``[B, embed_dim, H/f, W/f]``."""
+        x = x.to(self.quant_conv.weight.dtype)  # half-precision weights (--precision fp16/bf16) take half inputs
         moments = self.quant_conv(self.encoder(x))  # [B, 2*embed_dim, H/f, W/f]
         return DiagonalGaussianDistribution(moments)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent ``[B, embed_dim, h, w]`` -> image ``[B, 3, h*f, w*f]`` (not clamped)."""
-        return self.decoder(self.post_quant_conv(z))
+        return self.decoder(self.post_quant_conv(z.to(self.post_quant_conv.weight.dtype)))  # in the weights' dtype
 
     def forward(
         self, input: torch.Tensor, sample_posterior: bool = True

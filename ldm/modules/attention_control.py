@@ -112,7 +112,7 @@ class AttentionStore:
         return sum(len(v) for v in self.maps.values())
 
     def aggregate(self, batch_size: int, res: int) -> torch.Tensor:
-        """Mean over heads and layers of the stored maps per sample: ``[B, res, res, 77]``.
+        """Mean over heads and layers of the stored maps per sample, in float32: ``[B, res, res, 77]``.
 
         The places are visited in the order ``up, down, mid`` as in the reference's ``aggregate_attention``.
         """
@@ -122,6 +122,7 @@ class AttentionStore:
                 if probs.shape[1] != res * res:
                     continue
                 heads = probs.shape[0] // batch_size
+                probs = probs.float()  # maps of a half-precision model are averaged in float32
                 per_layer.append(probs.reshape(batch_size, heads, res, res, probs.shape[-1]))  # [B, h, r, r, 77]
         if not per_layer:
             raise RuntimeError(

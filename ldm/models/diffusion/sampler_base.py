@@ -9,7 +9,7 @@ sampler, the model's posterior buffers. It never reaches into the UNet. Subclass
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,11 @@ def batch_size_of(conditioning: Any) -> int | None:
     return conditioning.shape[0]
 
 
+# One generator for the batch, or one per sample (the distributed engine: an image's noise depends on its own seed
+# only, whatever batch it is in).
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
 @dataclass(frozen=True)
 class StepOptions:
     """What one step needs besides the latent: CFG, the original's score corrector and noise options."""
@@ -47,12 +52,23 @@ class StepOptions:
     corrector_kwargs: dict | None = None
     temperature: float = 1.0
     noise_dropout: float = 0.0
-    generator: torch.Generator | None = None
+    generator: Generators = None
 
 
 def noise_like(
-    shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None = None, repeat: bool = False
+    shape: tuple[int, ...], device: torch.device, generator: Generators = None, repeat: bool = False
 ) -> torch.Tensor:
+    """Standard normal noise of ``shape`` (float32) on ``device``.
+
+    ``generator`` may be a list with one generator per sample (``shape[0]`` of them): sample ``b`` is drawn from
+    ``generator[b]`` on that generator's device, then moved to ``device``; so a sample's noise does not depend on the
+    other samples of its batch.
+    """
+    if generator is not None and not isinstance(generator, torch.Generator):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} per-sample generators for a batch of {shape[0]}")
+        draws = [torch.randn((1, *shape[1:]), generator=g, device=g.device) for g in generator]
+        return torch.cat(draws).to(device)
     if repeat:
         noise = torch.randn((1, *shape[1:]), device=device, generator=generator)
         return noise.repeat(shape[0], *((1,) * (len(shape) - 1)))
@@ -128,9 +144,12 @@ class DiffusionSampler:
         unconditional_conditioning: Any = None,
         ddim_discretize: str = "uniform",
         latent_guidance: LatentGuidance | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         """Sample from x_T (drawn from `generator` when not given); returns (samples, intermediates).
+
+        `generator` is one generator for the batch or a list of one per sample (see `noise_like`); it also draws
+        the step noise of DDPM and of DDIM with eta > 0.
 
         `intermediates` holds `x_inter` and `pred_x0` every `log_every_t` steps; both start with x_T, as in the
         original. `latent_guidance` (e.g. Attend-and-Excite) edits the latent at the start of every step.
@@ -150,11 +169,7 @@ class DiffusionSampler:
             noise_dropout,
             generator,
         )
-        x = (
-            x_T.to(self.device)
-            if x_T is not None
-            else torch.randn((batch_size, *shape), generator=generator, device=self.device)
-        )
+        x = x_T.to(self.device) if x_T is not None else noise_like((batch_size, *shape), self.device, generator)
         step_fn = self.make_step(timesteps, options)
         intermediates: dict[str, list[torch.Tensor]] = {"x_inter": [x], "pred_x0": [x]}
         total = len(timesteps)

@@ -422,10 +422,17 @@ class UNetModel(nn.Module):
         if stop_after is not None and stop_after not in self.block_names:
             valid = ", ".join(self.block_names)
             raise ValueError(f"UNetModel: unknown stop_after block {stop_after!r}; valid names: {valid}")
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))  # [B, 4*model_channels]
+        # Half-precision weights (``--precision fp16/bf16``): inputs go in at the weights' dtype, the output leaves at
+        # the input's dtype, so the sampler's latent arithmetic stays float32. ``use_fp16`` halves only the torso.
+        torso_dtype = self.torso_dtype
+        embed_dtype = self.time_embed[0].weight.dtype
+        t_emb = timestep_embedding(timesteps, self.model_channels).to(embed_dtype)  # [B, model_channels]
+        emb = self.time_embed(t_emb)  # [B, 4*model_channels]
         if self.num_classes is not None:
             emb = emb + self.label_emb(y)
-        h = x.type(self.torso_dtype)
+        if context is not None and context.is_floating_point():
+            context = context.to(torso_dtype)
+        h = x.type(torso_dtype)
         skips = []
         for i, block in enumerate(self.input_blocks):
             h = block(h, emb, context)
@@ -439,5 +446,5 @@ class UNetModel(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
             if stop_after == f"output_blocks.{i}":
                 return h
-        h = h.type(x.dtype)
-        return self.id_predictor(h) if self.predict_codebook_ids else self.out(h)
+        head = self.id_predictor if self.predict_codebook_ids else self.out
+        return head(h.type(head[-1].weight.dtype)).type(x.dtype)

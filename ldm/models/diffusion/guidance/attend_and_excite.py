@@ -135,6 +135,7 @@ def token_attention_maps(
     then the reference Gaussian per position.
     """
     end = -1 if config.softmax_end == "last" or eot_position is None else eot_position
+    maps = maps.float()  # half-precision models: the softmax, smoothing and loss run in float32
     attn = torch.softmax(maps[:, :, 1:end] * config.softmax_scale, dim=-1)  # [r, r, n_kept]
     positions = [p - 1 for group in groups for p in group]
     selected = attn[:, :, positions].permute(2, 0, 1)  # [P, r, r]

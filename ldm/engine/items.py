@@ -1,0 +1,124 @@
+"""The work of a sampling run as a list of items, each image with its own seed and its own file.
+
+An item is one image: ``(prompt, sample index, method)`` with the method ``"plain"`` or ``"ae"`` (Attend-and-Excite
+on the item's ``ae_tokens``). Its seed is :func:`item_seed` of ``(base seed, prompt, index)``, not of the method, so
+an image with and without A&E starts from the same noise, and not of the batch, the process or the order, so an
+image is the same however the run is split (see the README's "Distributed sampling").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ldm.outputs import inside, safe_stem
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["METHODS", "WorkItem", "item_seed", "item_generator", "start_noise", "prompt_stems", "make_items"]
+
+METHODS = ("plain", "ae")
+
+
+def item_seed(seed: int, prompt: str, index: int) -> int:
+    """The image's own seed: the first 8 bytes of ``sha256(f"{seed}|{prompt}|{index}")`` as a 63-bit integer."""
+    digest = hashlib.sha256(f"{int(seed)}|{prompt}|{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+def item_generator(seed: int) -> torch.Generator:
+    """A CPU generator for one image: its start noise and then its step noise (DDPM, DDIM with eta > 0).
+
+    Drawing on the CPU (then moving to the device) makes an image's noise the same on every device.
+    """
+    return torch.Generator(device="cpu").manual_seed(int(seed))
+
+
+def start_noise(generator: torch.Generator, shape: tuple[int, int, int]) -> torch.Tensor:
+    """x_T of one image, ``[C, h, w]`` float32 on the CPU (the generator moves on for the step noise)."""
+    return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One image to make: where it goes, how, and with which seed."""
+
+    prompt: str
+    index: int  # the sample index within the prompt (and method)
+    method: str  # "plain" or "ae"
+    path: Path  # the image file (PNG); its existence marks the item done
+    seed: int  # item_seed(...)
+    ae_tokens: str = ""  # words/positions A&E excites (method "ae")
+    record_path: Path | None = None  # where the A&E record of this image goes (JSON), written before the image
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown sampling method {self.method!r}; use one of {METHODS}")
+        if self.method == "ae" and not self.ae_tokens.strip():
+            raise ValueError(f"A&E item for {self.prompt!r} has no tokens to excite")
+
+
+def prompt_stems(prompts: Sequence[str]) -> dict[str, str]:
+    """A distinct folder name for every prompt: ``safe_stem(prompt)``; prompts whose stems collide (``"a/cat"`` and
+    ``"a cat"``) all get ``-<first 8 hex digits of sha256(prompt)>`` appended, so the names do not depend on order.
+    """
+    stems = {p: safe_stem(p) for p in dict.fromkeys(prompts)}
+    counts: dict[str, int] = {}
+    for stem in stems.values():
+        key = stem.lower()  # case-insensitive file systems
+        counts[key] = counts.get(key, 0) + 1
+    for prompt, stem in stems.items():
+        if counts[stem.lower()] > 1:
+            stems[prompt] = f"{stem}-{hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
+    return stems
+
+
+def make_items(
+    root: str | Path,
+    prompts: Iterable[str],
+    n_per_prompt: int,
+    methods: Sequence[str],
+    seed: int,
+    path_of: Callable[[str, int, str], str | Path],
+    ae_tokens_of: Callable[[str], str] | None = None,
+    record_of: Callable[[str, int, str], str | Path] | None = None,
+    fixed_code: bool = False,
+) -> list[WorkItem]:
+    """Every ``(prompt, index, method)`` item, methods outermost, then prompts in order, then indices.
+
+    ``path_of(prompt, index, method)`` gives the image path (relative to ``root`` or absolute; it must resolve
+    inside ``root``), ``record_of`` the A&E record path, ``ae_tokens_of(prompt)`` the tokens A&E excites.
+    A prompt given twice is kept once (its images would be the same), with a warning. ``fixed_code``: the seed
+    ignores the prompt, so sample ``i`` of every prompt starts from the same noise.
+    """
+    if n_per_prompt < 1:
+        raise ValueError(f"need at least one image per prompt, got {n_per_prompt}")
+    prompts = list(prompts)
+    unique = list(dict.fromkeys(prompts))
+    if len(unique) < len(prompts):
+        logger.warning("%d repeated prompts are sampled once each", len(prompts) - len(unique))
+    root = Path(root)
+    items = []
+    for method in methods:
+        for prompt in unique:
+            tokens = ae_tokens_of(prompt) if (method == "ae" and ae_tokens_of is not None) else ""
+            for index in range(n_per_prompt):
+                record = None
+                if method == "ae" and record_of is not None:
+                    record = inside(root, record_of(prompt, index, method))
+                items.append(
+                    WorkItem(
+                        prompt=prompt, index=index, method=method, path=inside(root, path_of(prompt, index, method)),
+                        seed=item_seed(seed, "" if fixed_code else prompt, index), ae_tokens=tokens,
+                        record_path=record,
+                    )
+                )  # fmt: skip
+    paths = [it.path for it in items]
+    if len(set(paths)) != len(paths):
+        raise ValueError("two items map to the same image file; the output layout must name every item apart")
+    return items

@@ -1,0 +1,94 @@
+"""``--from-file`` of ``scripts/txt2img.py`` and ``scripts/stable_txt2img.py`` on the engine.
+
+Every line of the file is a prompt; each gets ``--n_iter`` images (as the original, where a batch of ``--n_samples``
+lines was sampled ``--n_iter`` times), sampled in batches of ``--n_samples`` over the processes Fabric starts.
+Layout (deterministic, so a rerun skips what exists)::
+
+    <outdir>/<plain|ae>/<prompt stem>/<index:05>.png        the images (stem: ldm.engine.items.prompt_stems)
+    <outdir>/<plain|ae>/<prompt stem>/records/<index:05>.json  with A&E: what the guidance did for that image
+    <outdir>/<plain|ae>/<prompt stem>.png                   a grid of the prompt's images (not with --skip_grid)
+    <outdir>/settings-NNNN.json                             the run's options, A&E settings and token tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ldm import inference
+from ldm.engine.distributed import distributed_options, launch
+from ldm.engine.items import make_items, prompt_stems
+from ldm.engine.runner import EngineSettings, load_model_for, run_items
+from ldm.evaluation.images import load_images
+from ldm.outputs import RunFolder, inside
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["read_prompt_lines", "run_from_file"]
+
+
+def read_prompt_lines(from_file: str) -> list[str]:
+    """The non-empty lines of ``--from-file`` (an error names the flag when the file is missing or empty)."""
+    return [p for batch in inference.read_prompts("", from_file, 1) for p in batch]
+
+
+def run_from_file(
+    opt: argparse.Namespace, options: inference.SamplingOptions, ckpt: str, ckpt_flag: str
+) -> dict[str, Any] | None:
+    """Sample every prompt of ``opt.from_file`` on the engine; returns the settings written (rank 0) or None."""
+    if options.skip_save:
+        raise ValueError("--skip_save cannot be used with --from-file: the saved images are how a run resumes")
+    if options.save_attention:
+        raise ValueError("--save_attention is not available with --from-file; sample single prompts with --prompt")
+    prompts = read_prompt_lines(opt.from_file)
+    method = "ae" if options.ae_tokens.strip() else "plain"
+    stems = prompt_stems(prompts)
+    outdir = Path(options.outdir)
+    items = make_items(
+        outdir, prompts, options.n_iter, [method], options.seed,
+        path_of=lambda p, i, m: Path(m) / stems[p] / f"{i:05}.png",
+        ae_tokens_of=lambda p: options.ae_tokens,
+        record_of=lambda p, i, m: Path(m) / stems[p] / "records" / f"{i:05}.json",
+        fixed_code=options.fixed_code,
+    )  # fmt: skip
+    fabric = launch(distributed_options(opt))
+    model = load_model_for(fabric.device, opt.config, ckpt, opt.embedding_path, options.precision, ckpt_flag)
+    report: dict = {}
+    if method == "ae":  # every prompt's tokens, before the slow part (a word not in a prompt is an error)
+        _, _, report = inference.resolve_batch_tokens(model, list(dict.fromkeys(prompts)), options.ae_tokens)
+    ae_config = inference.attend_excite_config(opt)
+    settings = EngineSettings(
+        latent_shape=(options.C, options.H // options.f, options.W // options.f), sampler=options.sampler,
+        steps=options.steps, scale=options.scale, eta=options.eta, batch_size=max(1, opt.n_samples),
+        precision=options.precision, ae_config=ae_config if method == "ae" else None,
+    )  # fmt: skip
+    record = {"config": str(opt.config), "ckpt": str(ckpt), "embedding_path": opt.embedding_path,
+              "seed": options.seed, "fixed_code": options.fixed_code}  # fmt: skip
+    result = run_items(fabric, model, items, settings, outdir, record)
+    if not result.is_rank_zero:
+        return None
+    folder = RunFolder(outdir, options.layout)
+    if not options.skip_grid:
+        for prompt in dict.fromkeys(prompts):
+            images = torch.stack(load_images([it.path for it in items if it.prompt == prompt]))  # [n, 3, H, W]
+            grid = inference.make_grid(images, nrow=options.n_rows or min(len(images), 8))
+            folder.save_image(inference.to_pil(grid), inside(outdir, Path(method) / f"{stems[prompt]}.png"))
+    ae_used = None
+    if method == "ae":
+        ae_used, n_run = inference.schedule_for_run(ae_config, options.sampler, options.steps, model.num_timesteps,
+                                                    log=False)  # fmt: skip
+        ae_used = dataclasses.asdict(ae_used) | {"steps_run": n_run}
+    written = {
+        "options": dataclasses.asdict(options), "attend_and_excite": ae_used, "prompts": report,
+        "engine": {"items": result.total, "skipped": result.skipped, "method": method,
+                   "folders": {p: f"{method}/{stems[p]}" for p in stems}},
+        "extra": options.extra_settings,
+    }  # fmt: skip
+    folder.save_json(written, folder.settings_path())
+    logger.info("Samples are in %s", outdir / method)
+    return written
