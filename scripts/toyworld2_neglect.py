@@ -5,7 +5,8 @@ noise p of ToyWorld 2 (scripts/train_toyworld2.sh SWEEP=...).
     python scripts/toyworld2_neglect.py --ckpt logs/toyworld2/<run>/pilot.safetensors --label p=0.2 \
         --out logs/toyworld2/<run>/neglect.json
 
-Prompts "a {colour} {shape} and a {colour} {shape}" (distinct shapes and colours) from --prompt_seed, one starting
+Prompts "a {colour} {shape} and a {colour} {shape}" (distinct shapes and colours; the prompt family of
+scripts/evaluate_toyworld.py's benchmark (i), drawn with its `subject_prompts`) from --prompt_seed, one starting
 noise per prompt from --noise_seed + i. The defaults (prompt seed 200, noise seeds 60000+) are TUNING seeds: disjoint
 from scripts/evaluate_toyworld.py's evaluation seeds (prompt seeds 0-2, noise 10000+/30000+) and from the first toy's
 A&E tuning (prompt seed 100, noise 50000+). A sample "misses a subject" when the ToyWorld detector does not find
@@ -17,42 +18,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for folder in (REPO, REPO / "scripts"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
-import numpy as np  # noqa: E402
-
-from ldm.data.toyworld import DEFAULT_COLOURS, NAMED_SHAPES  # noqa: E402
+# the evaluation's prompt family and interval (only the seeds differ here)
+from evaluate_toyworld import subject_prompts, wilson  # noqa: E402
 
 TOY2_INFERENCE = REPO / "configs" / "toyworld2" / "txt2img-inference.yaml"
 
 logger = logging.getLogger("toyworld2_neglect")
-
-
-def two_subject_prompts(n: int, seed: int) -> list[str]:
-    """``n`` prompts naming two subjects with distinct shapes and distinct colours."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        shapes = rng.choice(NAMED_SHAPES, size=2, replace=False)
-        colours = rng.choice(DEFAULT_COLOURS, size=2, replace=False)
-        out.append(f"a {colours[0]} {shapes[0]} and a {colours[1]} {shapes[1]}")
-    return out
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson interval of the proportion k/n."""
-    if n == 0:
-        return 0.0, 0.0
-    z, p = 1.96, k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_grad_enabled(False)
     model = load_toyworld_model(args.config, args.ckpt)
-    prompts = two_subject_prompts(args.n, args.prompt_seed)
+    prompts, _ = subject_prompts(args.n, 2, args.prompt_seed)
     seeds = [args.noise_seed + i for i in range(args.n)]
     settings = SampleSettings(steps=args.steps, scale=args.scale)
     images = sample_images(model, prompts, seeds, settings, progress=True)

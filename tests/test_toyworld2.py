@@ -9,6 +9,8 @@ biases: they start at zero, where the decay leaves them, so only a gradient move
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 
 import pytest
@@ -16,6 +18,7 @@ import torch
 from conftest import REPO
 from omegaconf import OmegaConf
 
+from ldm.evaluation.toyworld_detect import parse_caption
 from ldm.util import instantiate_from_config, load_state_dict_file
 
 TXT2IMG = REPO / "configs" / "toyworld2" / "txt2img.yaml"
@@ -102,3 +105,80 @@ def test_sampling_and_inversion_configs_build_frozen(name):
     assert config.model.params.unet_config == OmegaConf.load(TXT2IMG).model.params.unet_config
     assert config.model.params.cond_stage_config == OmegaConf.load(TXT2IMG).model.params.cond_stage_config
     assert reference.params.unet_config.params.context_dim == reference.params.cond_stage_config.params.hidden_size
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_and_neglect_measurement_of_a_pilot(trained, tmp_path):
+    """The sweep's path: export the (tiny) run as scripts/train_toyworld2.sh does, load it with the inference config,
+    sample plain two-subject prompts and write the detector's verdicts."""
+    from safetensors.torch import save_file
+
+    result, _ = trained
+    export = _load_script("export_toyworld")
+    state = export.to_fp16(export.ldm_state(result.model.state_dict()))
+    assert not any(k.startswith("model_ema.") for k in state)
+    ckpt = tmp_path / "pilot.safetensors"
+    save_file(state, str(ckpt))
+    config = OmegaConf.load(REPO / "configs" / "toyworld2" / "txt2img-inference.yaml")
+    tiny = OmegaConf.load(TINY).model.params
+    for key in ("unet_config", "cond_stage_config"):
+        config.model.params[key] = OmegaConf.merge(config.model.params[key], tiny[key])
+    config_path = tmp_path / "inference.yaml"
+    OmegaConf.save(config, config_path)
+
+    neglect = _load_script("toyworld2_neglect")
+    out = tmp_path / "neglect.json"
+    argv = ["--ckpt", str(ckpt), "--config", str(config_path), "--n", "3", "--steps", "2", "--out", str(out)]
+    assert neglect.main(argv) == 0
+    report = json.loads(out.read_text())
+    samples = report["samples"]
+    assert [s["seed"] for s in samples] == [60000, 60001, 60002]
+    assert report["missing_rate"] == pytest.approx(sum(s["missing"] for s in samples) / 3)
+    for s in samples:
+        (c1, s1), (c2, s2) = parse_caption(s["prompt"])
+        assert c1 != c2 and s1 != s2 and not (s["all_correct"] and s["missing"])
+
+
+def test_star_inversion_runs_on_the_clip_tower(trained, tmp_path):
+    """configs/toyworld2/finetune.yaml (made tiny) learns "*" for two steps against the exported tiny model: only
+    the placeholder vectors move, and they have the tower's width."""
+    from safetensors.torch import save_file
+
+    import main
+
+    result, _ = trained
+    export = _load_script("export_toyworld")
+    ckpt = tmp_path / "model.safetensors"
+    save_file(export.to_fp16(export.ldm_state(result.model.state_dict())), str(ckpt))
+    tiny = OmegaConf.load(TINY).model.params
+    overlay = OmegaConf.create({
+        "model": {"params": {"unet_config": tiny.unet_config, "cond_stage_config": tiny.cond_stage_config}},
+        "data": {"params": {"batch_size": 1, "train": {"params": {"repeats": 1}}}},
+        "lightning": {"trainer": {"max_steps": 2, "enable_progress_bar": False},
+                      "callbacks": {"image_logger": {"params": {"batch_frequency": 1000}}}},
+    })  # fmt: skip
+    overlay_path = tmp_path / "overlay.yaml"
+    OmegaConf.save(overlay, overlay_path)
+    argv = ["-t", "--base", str(REPO / "configs" / "toyworld2" / "finetune.yaml"), str(overlay_path),
+            "-l", str(tmp_path / "logs"), "-n", "star", "--actual_resume", str(ckpt),
+            "--data_root", str(REPO / "data" / "toyworld" / "heldout"), "--init_word", "object",
+            "--logger", "csv", "--accelerator", "cpu"]  # fmt: skip
+    inverted = main.run(argv)
+    assert inverted.trainer.global_step == 2
+    model = inverted.model
+    vectors = list(model.embedding_manager.embedding_parameters())
+    assert vectors and all(v.shape[-1] == 32 and v.requires_grad for v in vectors)
+    tower_model = model.cond_stage_model
+    start = tower_model.token_embedding(torch.tensor([tower_model.single_token_id("object")]))[0]  # [32]
+    assert all(not torch.allclose(row, start) for v in vectors for row in v.detach().reshape(-1, 32))  # learned
+    assert not any(p.requires_grad for p in model.cond_stage_model.parameters())
+    tower = result.model.cond_stage_model.state_dict()
+    for key, value in model.cond_stage_model.state_dict().items():  # the frozen tower is the exported one
+        assert torch.equal(value, tower[key].half().float()), key
+    assert (inverted.logdir / "checkpoints" / "embeddings.pt").is_file()
