@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
+from ldm.data.toyworld_noise import check_probability, draw_caption_noise, phantom_phrase
+
 logger = logging.getLogger(__name__)
 
 # Named colours (RGB 0-255). Hues are far apart (red ~0, yellow ~50, green ~130, blue ~225, purple ~285 degrees) so
@@ -78,6 +80,10 @@ TEMPLATES_3: tuple[str, ...] = (
     "{o1}, {o2} and {o3}",
     "a photo of {o1}, {o2} and {o3}",
     "a picture of {o1}, {o2} and {o3}",
+)
+TEMPLATES_4: tuple[str, ...] = (  # only over-described three-object scenes (a phantom subject) have four phrases
+    "{o1}, {o2}, {o3} and {o4}",
+    "a photo of {o1}, {o2}, {o3} and {o4}",
 )
 CAPTION_WORDS_EXTRA: tuple[str, ...] = (
     *("a", "an", "photo", "picture", "drawing", "image", "of", "and", "with", "next", "to"),
@@ -237,17 +243,38 @@ def caption_for(
     named_shapes: Sequence[str] = NAMED_SHAPES,
     generic_prob: float = 0.2,
     drop_colour_prob: float = 0.1,
+    p_over_describe: float = 0.0,
+    p_under_describe: float = 0.0,
+    noise_rng: np.random.Generator | None = None,
+    colours: Sequence[str] = DEFAULT_COLOURS,
 ) -> str:
     """A template caption for ``spec``. Shapes not in ``named_shapes`` (the held-out one) are always called
     ``object``; named shapes are called ``object`` with probability ``generic_prob`` (with the defaults, about 40% of
     the objects called ``object`` in training captions are the held-out shape; with ``generic_prob`` 0.05 and
     ``heldout_prob`` 0.15, as in phase 2 of the shipped model's training, about 75%). Objects are listed in a random
-    order; the colour is dropped with probability ``drop_colour_prob``."""
+    order; the colour is dropped with probability ``drop_colour_prob``.
+
+    Caption noise (`ldm.data.toyworld_noise`, drawn from ``noise_rng``, required when a probability is > 0): with
+    probability ``p_over_describe`` the caption also names an absent "{colour} {shape}" (colour from ``colours``);
+    with probability ``p_under_describe`` one present object of a multi-object scene is left unnamed. With both 0
+    (the default) ``noise_rng`` is not used and the caption is the noiseless one."""
     if not spec.objects:
         return "a photo of nothing"  # unreachable with min_objects >= 1; kept total
-    order = rng.permutation(len(spec.objects))
-    phrases = [_noun_phrase(spec.objects[int(i)], rng, named_shapes, generic_prob, drop_colour_prob) for i in order]
-    templates = {1: TEMPLATES_1, 2: TEMPLATES_2, 3: TEMPLATES_3}[len(phrases)]
+    objects, extra = list(spec.objects), None
+    if check_probability(p_over_describe, "p_over_describe") or check_probability(p_under_describe, "p_under_describe"):
+        if noise_rng is None:
+            raise ValueError("caption noise (p_over_describe/p_under_describe > 0) needs a noise_rng")
+        noise = draw_caption_noise(
+            [o.shape for o in objects], noise_rng, p_over_describe, p_under_describe, named_shapes, colours
+        )
+        if noise.drop is not None:
+            del objects[noise.drop]
+        extra = noise
+    order = rng.permutation(len(objects))
+    phrases = [_noun_phrase(objects[int(i)], rng, named_shapes, generic_prob, drop_colour_prob) for i in order]
+    if extra is not None and extra.phantom is not None:
+        phrases.insert(extra.slot, phantom_phrase(*extra.phantom))
+    templates = {1: TEMPLATES_1, 2: TEMPLATES_2, 3: TEMPLATES_3, 4: TEMPLATES_4}[len(phrases)]
     template = templates[int(rng.integers(len(templates)))]
     return template.format(**{f"o{i + 1}": p for i, p in enumerate(phrases)})
 
@@ -294,6 +321,7 @@ class ToyWorldDataset(Dataset):
 
     Usable from a config as ``target: ldm.data.toyworld.ToyWorldDataset`` with ``params``. Items are rendered on the
     fly (about 1 ms each at 64x64); item ``i`` depends only on ``(seed, split, i)`` and the other parameters.
+    ``p_over_describe`` / ``p_under_describe``: caption noise (see `caption_for`; 0 = the shipped BERT toy's captions).
     """
 
     def __init__(
@@ -310,6 +338,8 @@ class ToyWorldDataset(Dataset):
         heldout_prob: float = 0.12,
         generic_prob: float = 0.2,
         drop_colour_prob: float = 0.1,
+        p_over_describe: float = 0.0,
+        p_under_describe: float = 0.0,
         min_size: float = 8.0,
         max_size: float = 13.0,
         supersample: int = 4,
@@ -327,6 +357,8 @@ class ToyWorldDataset(Dataset):
         self.min_objects, self.max_objects = int(min_objects), int(max_objects)
         self.heldout_shape, self.heldout_prob = heldout_shape, float(heldout_prob)
         self.generic_prob, self.drop_colour_prob = float(generic_prob), float(drop_colour_prob)
+        self.p_over_describe = check_probability(p_over_describe, "p_over_describe")
+        self.p_under_describe = check_probability(p_under_describe, "p_under_describe")
         self.min_size, self.max_size, self.supersample = float(min_size), float(max_size), int(supersample)
 
     def __len__(self) -> int:
@@ -356,6 +388,10 @@ class ToyWorldDataset(Dataset):
             named_shapes=self.shapes,
             generic_prob=self.generic_prob,
             drop_colour_prob=self.drop_colour_prob,
+            p_over_describe=self.p_over_describe,
+            p_under_describe=self.p_under_describe,
+            noise_rng=scene_rng(self.seed, self.split, i, 2),
+            colours=self.colours,
         )
 
     def __getitem__(self, i: int) -> dict:
