@@ -55,7 +55,7 @@ __all__ = [  # the A&E flags live in ldm.ae_flags; the scripts reach them throug
     "AE_FIELDS", "DEFAULT_AE_CONFIG", "add_attend_excite_args", "attend_excite_config",
     "load_model", "make_sampler", "steps_run", "schedule_for_run", "sampling_scope", "SampledBatch",
     "sample_prompts", "resolve_batch_tokens", "SamplingOptions", "run_txt2img", "read_prompts", "pick_device",
-    "first_stage_factor", "make_grid", "to_pil", "attention_picture", "check_sampling_flags",
+    "first_stage_factor", "make_grid", "to_pil", "attention_picture", "check_sampling_flags", "prompt_tokens",
 ]  # fmt: skip
 
 
@@ -178,7 +178,7 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray((255.0 * image.permute(1, 2, 0).cpu().numpy()).round().astype(np.uint8))  # [H, W, 3]
 
 
-def _prompt_tokens(model: torch.nn.Module, prompt: str) -> tuple[list[int], dict[int, str]]:
+def prompt_tokens(model: torch.nn.Module, prompt: str) -> tuple[list[int], dict[int, str]]:
     """The prompt's token ids after the placeholder splice, and placeholder id -> string."""
     encoder = model.cond_stage_model
     ids = encoder.tokenize([prompt])  # [1, 77]
@@ -208,7 +208,7 @@ def resolve_batch_tokens(
         raise ValueError(f"got {len(specs)} A&E token specs for {len(prompts)} prompts")
     groups, eots, report = [], [], {}
     for prompt, prompt_spec in zip(prompts, specs, strict=True):
-        ids, placeholders = _prompt_tokens(model, prompt)
+        ids, placeholders = prompt_tokens(model, prompt)
         table = token_table(ids, tokenizer, placeholders)
         resolved = resolve_ae_tokens(prompt_spec, ids, tokenizer, placeholders)
         if prompt not in report:
@@ -352,7 +352,7 @@ def attention_picture(
     """One conditional pass on the final latent at t=1; each excited token's smoothed map over the image."""
     t = torch.ones(1, dtype=torch.long, device=z.device)
     maps = capture_token_maps(unet, z.float(), t, c.float(), [groups], config)[0]  # [K, r, r]
-    ids, placeholders = _prompt_tokens(model, prompt)
+    ids, placeholders = prompt_tokens(model, prompt)
     names = dict(token_table(ids, model.cond_stage_model.tokenizer, placeholders))
     labels = [" ".join(dict.fromkeys(names[p] for p in g)) for g in groups]
     return render_attention(to_pil(image), maps, labels)

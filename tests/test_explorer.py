@@ -49,7 +49,7 @@ def explorer(tmp_path_factory) -> Explorer:
 def test_chips_group_subwords_and_a_multi_vector_placeholder(explorer):
     chips = explorer.chips(PROMPT)
     by_text = {c.text: c for c in chips}
-    ids, placeholders = inference._prompt_tokens(explorer.model, PROMPT)
+    ids, placeholders = inference.prompt_tokens(explorer.model, PROMPT)
     tok = explorer.model.cond_stage_model.tokenizer
     hedgehog, star, dog = by_text["hedgehogzz"], by_text["*"], by_text["dog"]
     pieces = tok("hedgehogzz", add_special_tokens=False)["input_ids"]

@@ -56,7 +56,7 @@ def chip_view(explorer: Explorer, prompt: str, spec: str = "") -> ChipView:
     """The prompt's chips, with those the current ``--ae_tokens`` string names selected."""
     chips = explorer.chips(prompt)
     choices = [(c.label, str(i)) for i, c in enumerate(chips) if c.selectable]
-    ids, placeholders = inference._prompt_tokens(explorer.model, prompt)
+    ids, placeholders = inference.prompt_tokens(explorer.model, prompt)
     table = format_token_table(token_table(ids, explorer.model.cond_stage_model.tokenizer, placeholders))
     cut = [c.text for c in chips if c.kind == "truncated"]
     if cut:

@@ -1,7 +1,7 @@
 """A prompt as word chips: each chip is what one ``--ae_tokens`` item excites, shown with its positions and kind.
 
 Pure functions over the model's tokenizer and the prompt's token ids after the placeholder splice
-(``ldm.inference._prompt_tokens``), so chips use the same lookup as the scripts
+(``ldm.inference.prompt_tokens``), so chips use the same lookup as the scripts
 (:func:`ldm.models.diffusion.guidance.tokens.resolve_ae_tokens`):
 
 - a word split into several sub-tokens is one chip (one excited token, the max over its positions);

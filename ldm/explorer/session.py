@@ -167,7 +167,7 @@ class Explorer:
 
     def chips(self, prompt: str) -> list[Chip]:
         """The prompt's word chips (see :mod:`ldm.explorer.chips`)."""
-        ids, placeholders = inference._prompt_tokens(self.model, prompt)
+        ids, placeholders = inference.prompt_tokens(self.model, prompt)
         return prompt_chips(prompt, ids, self.model.cond_stage_model.tokenizer, placeholders)
 
     def preset_fields(self, preset: str) -> dict[str, str]:
