@@ -97,6 +97,7 @@ def browser():
 
 
 def test_pick_two_words_run_and_see_both_images_and_maps(app_url, browser, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -107,7 +108,8 @@ def test_pick_two_words_run_and_see_both_images_and_maps(app_url, browser, tmp_p
     def chip_labels() -> list[str]:
         return [label.text for label in css("#chips label")]
 
-    wait = WebDriverWait(browser, TIMEOUT)
+    # Gradio re-renders components while it updates them: an element found a moment ago may be gone, so look again
+    wait = WebDriverWait(browser, TIMEOUT, ignored_exceptions=(StaleElementReferenceException,))
     browser.get(app_url)
     prompt = wait.until(lambda _: css("#prompt textarea") or css("#prompt input"))[0]
     prompt.clear()

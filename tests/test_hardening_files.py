@@ -94,28 +94,26 @@ def test_rerun_keeps_the_first_runs_grid_and_settings(sd_model, tmp_path):
     assert (tmp_path / "a-cat-0000.png").read_bytes() != (tmp_path / "a-cat-0001.png").read_bytes()
 
 
-def test_from_file_prompts_stay_inside_and_ldm_layout(tmp_path):
-    """scripts/txt2img.py (the LDM layout: <stem>.png, then <stem>-NNNN.png) with path-like prompts from a file."""
+def test_from_file_prompts_stay_inside(tmp_path):
+    """scripts/txt2img.py --from-file (the sampling engine's layout: <method>/<stem>/NNNNN.png, <method>/<stem>.png)
+    with path-like prompts: every file lands inside --outdir under a sanitised name."""
     require_fixture(GOLDEN_WEIGHTS["ldm"])
     outdir, victim = tmp_path / "out", tmp_path / "y.png"
     victim.write_bytes(b"precious")
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("../y\n/\n")  # the grid is named after the first prompt; "/" alone leaves nothing
+    prompts.write_text("../y\n/\n")  # "../y" must not reach tmp_path/y.png; "/" alone leaves nothing of itself
     argv = ["--config", str(LDM_CONFIG), "--ckpt_path", str(GOLDEN_WEIGHTS["ldm"]), "--from-file", str(prompts),
             "--outdir", str(outdir), "--H", "32", "--W", "32", "--ddim_steps", "2", "--n_samples", "1",
             "--n_iter", "1", "--device", "cpu"]  # fmt: skip
     script = load_script("txt2img")
     script.main(argv)
+    files = files_under(outdir)
     assert victim.read_bytes() == b"precious"
-    assert files_under(outdir) == ["samples/0000.png", "samples/0001.png", "settings-0000.json", "y.png"]
-    prompts.write_text("/\n")
-    script.main(argv)
-    assert files_under(outdir) == [
-        "prompt.png", "samples/0000.png", "samples/0001.png", "samples/0002.png", "settings-0000.json",
-        "settings-0001.json", "y.png",
-    ]  # fmt: skip
-    script.main(argv)
-    assert "prompt-0000.png" in files_under(outdir) and "settings-0002.json" in files_under(outdir)
+    assert "plain/y/00000.png" in files and "plain/y.png" in files  # "../y" -> stem "y", inside outdir
+    assert "plain/prompt/00000.png" in files and "plain/prompt.png" in files  # "/" -> the fallback stem
+    assert "settings-0000.json" in files
+    script.main(argv)  # a rerun: the images exist and are kept, the run's record is a new settings file
+    assert "settings-0001.json" in files_under(outdir)
     assert victim.read_bytes() == b"precious" and sorted(p.name for p in tmp_path.iterdir()) == [
         "out", "prompts.txt", "y.png",
     ]  # fmt: skip
