@@ -16,6 +16,7 @@ from torch import nn
 from ldm.models.diffusion.gaussian_diffusion import DDPM, freeze
 from ldm.models.diffusion.image_logging import log_images
 from ldm.models.diffusion.posterior_cache import PosteriorCache, batch_cache_keys
+from ldm.modules.diffusionmodules.util import compile_diffusion_model, forced_checkpointing
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.util import instantiate_from_config
 
@@ -37,6 +38,7 @@ class LatentDiffusion(DDPM):
         scale_factor: float = 1.0,
         scale_by_std: bool = False,
         cache_first_stage: bool = True,
+        compile_unet: bool = False,
         *args: Any,
         **kwargs: Any,
     ) -> None:
@@ -74,6 +76,8 @@ class LatentDiffusion(DDPM):
             # `embedding_manager_ckpt` loads a saved file.
             self.init_from_ckpt(ckpt_path, [*ignore_keys, "embedding_manager."])
             self.restarted_from_ckpt = True
+        if compile_unet:
+            compile_diffusion_model(self.model.diffusion_model)
         if personalization_config is not None:
             if not self.unfreeze_model:
                 freeze(self.model)
@@ -200,7 +204,10 @@ class LatentDiffusion(DDPM):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.embedding_manager is not None:
             self.embedding_manager.set_progress(self.global_step)  # progressive_words follows the optimiser step
-        return super().training_step(batch, batch_idx)
+        # A frozen UNet stays in eval mode, where blocks never recompute; a training step still follows the config's
+        # `use_checkpoint` (the per-config choice is in the README, "Benchmarks").
+        with forced_checkpointing(bool(getattr(self.model.diffusion_model, "use_checkpoint", False))):
+            return super().training_step(batch, batch_idx)
 
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         """eps_theta(x_t, t, c): cond is a context tensor, a list of them, or the original's dict form."""
