@@ -26,5 +26,7 @@ setup(
     extras_require={
         "test": ["pytest>=7.4", "ruff>=0.5"],
         "logging": ["tensorboard>=2.14"],
+        # benchmarks/bench_vs_diffusers.py only; never a runtime or test dependency
+        "bench": ["diffusers>=0.42.1"],
     },
 )
