@@ -6,7 +6,7 @@ Target: SDPA at most 0.8x the explicit path's time, never more memory.
 (``flatten(2).transpose(1, 2)`` in, ``transpose(1, 2).reshape`` out), with the profiler's ``aten::copy_`` time.
 ``--checkpointing``: one Attend-and-Excite guidance pass (batch 1, forward + gradient w.r.t. the latent) with and
 without ``checkpoint_guidance``: time and the activations autograd keeps for the backward (bytes of the tensors saved
-for backward, unique storages: what checkpointing trades for recomputation).
+for backward, unique storages, the weights excluded: what checkpointing trades for recomputation).
 Usage: python benchmarks/bench_unet.py [--batch_sizes 1 2] [--repeats 2] [--size 64] [--layout] [--checkpointing]
 """
 
@@ -127,12 +127,14 @@ def layout_section(unet: torch.nn.Module, size: int, ctx_dim: int, repeats: int,
           f"max |diff| {float((outs['contiguous'] - outs['strided']).abs().max()):.1e}")  # fmt: skip
 
 
-def saved_activation_bytes(fn) -> tuple[float, int]:
-    """(seconds, bytes of the unique storages autograd saves for backward) of ``fn()``."""
+def saved_activation_bytes(fn, params: list[torch.Tensor]) -> tuple[float, int]:
+    """(seconds, bytes of the unique storages autograd saves for backward, weights excluded) of ``fn()``."""
     storages: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in params}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        if t.untyped_storage().data_ptr() not in weights:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
     start = time.perf_counter()
@@ -152,7 +154,9 @@ def checkpointing_section(unet: torch.nn.Module, size: int, ctx_dim: int, repeat
         for flag in (False, True):
             cfg = AttendExciteConfig(token_indices=(2, 5), thresholds={}, schedule_steps=None, checkpoint_guidance=flag)
             guidance = AttendAndExcite(unet, cfg)
-            sec, nbytes = saved_activation_bytes(lambda g=guidance: g(x, torch.tensor([501]), 0, 10, c))
+            sec, nbytes = saved_activation_bytes(
+                lambda g=guidance: g(x, torch.tensor([501]), 0, 10, c), list(unet.parameters())
+            )
             rows[flag][0] += sec / repeats
             rows[flag][1] = nbytes
     for flag, (sec, nbytes) in rows.items():
