@@ -27,5 +27,7 @@ setup(
         "test": ["pytest>=7.4", "ruff>=0.5", "selenium>=4.20,<5"],  # selenium: the explorer's browser test
         "logging": ["tensorboard>=2.14"],
         "app": ["gradio>=6,<7"],  # the explorer: python scripts/explore.py
+        # benchmarks/bench_vs_diffusers.py only; never a runtime or test dependency
+        "bench": ["diffusers>=0.42.1"],
     },
 )

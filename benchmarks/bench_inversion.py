@@ -9,7 +9,8 @@ and their steps/s are printed with ratios to the baseline (printed, not asserted
 least 1.5x the baseline. A step = first stage (or cache) + text encoder with the placeholder + UNet forward/backward
 + AdamW on the placeholder vector, batch 1.
 
-Usage: python benchmarks/bench_inversion.py [--configs tiny sd] [--steps 5] [--size 512] [--bf16]
+``--checkpointing``: the SD v1 step with the UNet's gradient checkpointing on and off (time, saved activations).
+Usage: python benchmarks/bench_inversion.py [--configs tiny sd] [--steps 5] [--size 512] [--bf16] [--checkpointing]
 (defaults: 512 px and 6 steps on CUDA; 256 px and 3 steps on CPU). Every variant first runs the whole batch stream
 once (warm-up; the cached variants' caches fill, as after the first pass over 3-5 training images in real runs),
 then the variants are timed in interleaved rounds over the same stream.
@@ -111,6 +112,51 @@ def bench(name: str, device: torch.device, size: int, steps: int, bf16: bool, ro
     return results
 
 
+def checkpointing_bench(device: torch.device, size: int, steps: int, rounds: int) -> None:
+    """SD v1 finetune step (cache + SDPA) with the UNet's gradient checkpointing on and off: time and the bytes autograd
+    saves for the backward (unique storages, weights excluded)."""
+    model = build("sd", device)
+    optimizer = model.configure_optimizers()
+    unet = model.model.diffusion_model
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = make_dataset(Path(tmp), size)
+        batches = [collate([dataset[i]]) for i in range(steps)]
+        model.posterior_cache = PosteriorCache()
+        saved: dict[bool, int] = {}
+        seconds = {True: 0.0, False: 0.0}
+
+        def run_steps(flag: bool) -> None:
+            unet.use_checkpoint = flag  # LatentDiffusion.shared_step follows it for the frozen UNet
+            storages: dict[int, int] = {}
+
+            def pack(t: torch.Tensor) -> torch.Tensor:
+                ptr = t.untyped_storage().data_ptr()
+                if ptr not in weights:
+                    storages[ptr] = t.untyped_storage().nbytes()
+                return t
+
+            for batch in batches:
+                storages.clear()
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    loss, _ = model.shared_step(batch)
+                saved[flag] = sum(storages.values())
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        for flag in (True, False):  # warm-up (fills the posterior cache)
+            run_steps(flag)
+        for r in range(rounds):
+            for flag in (True, False) if r % 2 == 0 else (False, True):
+                seconds[flag] += timed(lambda f=flag: run_steps(f), device)
+    per_step = {flag: s / (rounds * steps) for flag, s in seconds.items()}
+    print(f"\nsd ({size}px) inversion step, gradient checkpointing: on | off")
+    ratio = per_step[True] / per_step[False]
+    print(f"  s/step:          {per_step[True]:6.2f} | {per_step[False]:6.2f}  (on/off {ratio:.2f}x)")
+    print(f"  saved MiB/step:  {saved[True] / 2**20:6.0f} | {saved[False] / 2**20:6.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["tiny", "sd"])
@@ -118,7 +164,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="image side for SD v1 (the tiny model uses 64)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--rounds", type=int, default=2, help="timed passes over the batch stream per variant")
+    parser.add_argument("--checkpointing", action="store_true", help="SD v1 step with/without checkpointing only")
     args = parser.parse_args()
+    if args.checkpointing:
+        device = pick_device()
+        checkpointing_bench(device, args.size or 256, args.steps or 2, args.rounds)
+        return
     device = pick_device()
     steps = args.steps or (6 if device.type == "cuda" else 3)
     print(f"device {device}, {args.rounds} x {steps} timed steps per variant after a warm-up pass, batch 1")

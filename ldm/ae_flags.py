@@ -68,7 +68,7 @@ def add_attend_excite_args(
         "attention_res": int, "max_iter_to_alter": int, "thresholds": _pairs, "scale_factor": float,
         "scale_range": _range, "smooth_attentions": _bool, "sigma": float, "kernel_size": int,
         "softmax_scale": float, "softmax_end": str, "max_refinement_steps": int, "loss_reduction": str,
-        "schedule_steps": _optional_int,
+        "schedule_steps": _optional_int, "checkpoint_guidance": _bool,
     }  # fmt: skip
     for name in AE_FIELDS:
         # SUPPRESS: a flag that was not given leaves no attribute, so "--ae_schedule_steps none" (a None value) is

@@ -27,9 +27,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from ldm import inference  # noqa: E402
-from ldm.engine import add_distributed_args  # noqa: E402
+from ldm.engine import add_distributed_args, load_model_for  # noqa: E402
 from ldm.engine.txt2img import run_from_file  # noqa: E402
-from ldm.precision import PRECISIONS, cast_model  # noqa: E402
+from ldm.precision import PRECISIONS  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -65,6 +65,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding_path", type=str, default=None, help="textual-inversion embeddings (.pt/.safetensors)")
     p.add_argument("--device", type=str, default=None, help="torch device (default: cuda if available)")
     add_distributed_args(p)  # --from-file runs on the engine: one process per device
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet (the first step of each shape compiles: slower start, faster steps)",
+    )
     inference.add_attend_excite_args(p)
     return p
 
@@ -91,8 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     batches = inference.read_prompts(opt.prompt, None, opt.n_samples)
     device = inference.pick_device(opt.device)
-    model = inference.load_model(opt.config, opt.ckpt, opt.embedding_path, device)
-    cast_model(model, opt.precision)
+    model = load_model_for(
+        device, opt.config, opt.ckpt, opt.embedding_path, opt.precision, "--ckpt", compile_unet=opt.compile
+    )
     inference.run_txt2img(model, batches, options, inference.attend_excite_config(opt, model_config=opt.config))
 
 

@@ -71,10 +71,16 @@ def load_model_for(
     embedding_path: str | None,
     precision: str,
     ckpt_flag: str = "--ckpt",
+    compile_unet: bool = False,
 ) -> torch.nn.Module:
-    """:func:`ldm.inference.load_model` on ``device``, the frozen networks cast for ``precision`` (fp16/bf16)."""
-    model = inference.load_model(config, ckpt, embedding_path, device, ckpt_flag=ckpt_flag)
-    return cast_model(model, precision)
+    """:func:`ldm.inference.load_model` on ``device``, the frozen networks cast for ``precision`` (fp16/bf16), the
+    UNet compiled with ``torch.compile`` when ``compile_unet`` (``--compile``)."""
+    from ldm.modules.diffusionmodules.util import compile_diffusion_model
+
+    model = cast_model(inference.load_model(config, ckpt, embedding_path, device, ckpt_flag=ckpt_flag), precision)
+    if compile_unet:
+        compile_diffusion_model(model.model.diffusion_model)
+    return model
 
 
 def _per_sample_records(records: list[dict], sample: int) -> list[dict]:

@@ -57,7 +57,8 @@ def run_from_file(
         fixed_code=options.fixed_code,
     )  # fmt: skip
     fabric = launch(distributed_options(opt))
-    model = load_model_for(fabric.device, opt.config, ckpt, opt.embedding_path, options.precision, ckpt_flag)
+    model = load_model_for(fabric.device, opt.config, ckpt, opt.embedding_path, options.precision, ckpt_flag,
+                           compile_unet=getattr(opt, "compile", False))  # fmt: skip
     report: dict = {}
     if method == "ae":  # every prompt's tokens, before the slow part (a word not in a prompt is an error)
         _, _, report = inference.resolve_batch_tokens(model, list(dict.fromkeys(prompts)), options.ae_tokens)

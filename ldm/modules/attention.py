@@ -174,8 +174,9 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         # Never recompute a block whose attention is being captured: the controller would see every map twice.
-        captured = self.attn1.controller is not None or self.attn2.controller is not None
-        return checkpoint(self._forward, (x, context), self.parameters(), self.checkpoint and not captured)
+        if self.attn1.controller is not None or self.attn2.controller is not None:
+            return self._forward(x, context)
+        return checkpoint(self._forward, (x, context), self.parameters(), self.checkpoint, self.training)
 
     def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         x = self.attn1(self.norm1(x)) + x  # [B, HW, dim]
@@ -230,10 +231,12 @@ class SpatialTransformer(nn.Module):
         b, _, h, w = x.shape  # [B, C, H, W]
         x_in = x
         x = self.proj_in(self.norm(x))  # [B, inner, H, W]
-        x = x.flatten(2).transpose(1, 2)  # [B, HW, inner]
+        # Contiguous token layout for the blocks' LayerNorms and Linears (a strided transpose view would be copied
+        # again by every op that needs a dense input); one copy in, one copy out.
+        x = x.permute(0, 2, 3, 1).reshape(b, h * w, -1).contiguous()  # [B, HW, inner]
         for block in self.transformer_blocks:
             x = block(x, context=context)
-        x = x.transpose(1, 2).reshape(b, -1, h, w)  # [B, inner, H, W]
+        x = x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()  # [B, inner, H, W], contiguous for proj_out
         return self.proj_out(x) + x_in
 
     def _forward_linear(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:

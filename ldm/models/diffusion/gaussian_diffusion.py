@@ -224,7 +224,8 @@ class DDPM(pl.LightningModule):
 
     def init_from_ckpt(
         self, path: str, ignore_keys: list[str] | tuple[str, ...] = (), only_model: bool = False
-    ) -> None:
+    ) -> list[str]:
+        """Load ``path`` non-strictly; returns the model's keys the checkpoint did not provide."""
         from ldm.util import load_state_dict_file, load_state_dict_into
 
         sd = load_state_dict_file(path)
@@ -232,7 +233,8 @@ class DDPM(pl.LightningModule):
         target = self.model if only_model else self
         if only_model:
             sd = {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
-        load_state_dict_into(target, sd, strict=False, source=f"Checkpoint '{path}'")
+        missing, _ = load_state_dict_into(target, sd, strict=False, source=f"Checkpoint '{path}'")
+        return missing
 
     # --- forward process -------------------------------------------------------------------------------------
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:

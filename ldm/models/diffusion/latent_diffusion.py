@@ -16,7 +16,9 @@ from torch import nn
 from ldm.models.diffusion.gaussian_diffusion import DDPM, freeze
 from ldm.models.diffusion.image_logging import log_images
 from ldm.models.diffusion.posterior_cache import PosteriorCache, batch_cache_keys
+from ldm.modules.diffusionmodules.util import compile_diffusion_model, forced_checkpointing
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+from ldm.modules.skip_init import reinit_unloaded, skip_random_init
 from ldm.util import instantiate_from_config
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ class LatentDiffusion(DDPM):
         scale_factor: float = 1.0,
         scale_by_std: bool = False,
         cache_first_stage: bool = True,
+        compile_unet: bool = False,
         *args: Any,
         **kwargs: Any,
     ) -> None:
@@ -50,18 +53,14 @@ class LatentDiffusion(DDPM):
             conditioning_key = None
         ckpt_path = kwargs.pop("ckpt_path", None)
         ignore_keys = kwargs.pop("ignore_keys", [])
-        super().__init__(*args, conditioning_key=conditioning_key, **kwargs)
+        # Weights that `ckpt_path` overwrites are not drawn at random first (start-up time; README "Benchmarks").
+        # An EMA copy is made from the initial weights, so a model with EMA is built the ordinary way.
+        skip_init = bool(ckpt_path) and not kwargs.get("use_ema", True)
+        with skip_random_init(skip_init):
+            networks = (first_stage_config, cond_stage_config, conditioning_key, scale_factor, cond_stage_trainable)
+            self._build(*networks, args, kwargs)
         self.concat_mode = concat_mode
-        self.cond_stage_trainable = cond_stage_trainable
         self.cond_stage_key = cond_stage_key
-        params = first_stage_config.get("params", {}) if hasattr(first_stage_config, "get") else {}
-        self.num_downs = len(params["ddconfig"]["ch_mult"]) - 1 if "ddconfig" in params else 0
-        if scale_by_std:
-            self.register_buffer("scale_factor", torch.tensor(scale_factor))
-        else:
-            self.scale_factor = scale_factor
-        self.instantiate_first_stage(first_stage_config)
-        self.instantiate_cond_stage(cond_stage_config)
         self.cond_stage_forward = cond_stage_forward
         self.clip_denoised = False
         self.embedding_manager = None
@@ -72,8 +71,12 @@ class LatentDiffusion(DDPM):
             # Base weights first, so initializer words are looked up in the trained token-embedding table.
             # The checkpoint's own embedding_manager.* entries (if any) are not used: -r restores a run's embeddings,
             # `embedding_manager_ckpt` loads a saved file.
-            self.init_from_ckpt(ckpt_path, [*ignore_keys, "embedding_manager."])
+            missing = self.init_from_ckpt(ckpt_path, [*ignore_keys, "embedding_manager."])
+            if skip_init:
+                reinit_unloaded(self, set(self.state_dict()) - set(missing))
             self.restarted_from_ckpt = True
+        if compile_unet:
+            compile_diffusion_model(self.model.diffusion_model)
         if personalization_config is not None:
             if not self.unfreeze_model:
                 freeze(self.model)
@@ -86,6 +89,22 @@ class LatentDiffusion(DDPM):
                 # Frozen-run checkpoints hold only the embeddings (on_save_checkpoint): resume loads them non-strictly;
                 # the frozen weights come again from `ckpt_path`.
                 self.strict_loading = False
+
+    def _build(
+        self, first_stage_config: Any, cond_stage_config: Any, conditioning_key: Any, scale_factor: float,
+        cond_stage_trainable: bool, args: tuple, kwargs: dict,
+    ) -> None:  # fmt: skip
+        """The networks (UNet through ``DDPM.__init__``, first and cond stages) and their settings."""
+        super().__init__(*args, conditioning_key=conditioning_key, **kwargs)
+        self.cond_stage_trainable = cond_stage_trainable
+        params = first_stage_config.get("params", {}) if hasattr(first_stage_config, "get") else {}
+        self.num_downs = len(params["ddconfig"]["ch_mult"]) - 1 if "ddconfig" in params else 0
+        if self.scale_by_std:
+            self.register_buffer("scale_factor", torch.tensor(scale_factor))
+        else:
+            self.scale_factor = scale_factor
+        self.instantiate_first_stage(first_stage_config)
+        self.instantiate_cond_stage(cond_stage_config)
 
     def instantiate_first_stage(self, config: Any) -> None:
         self.first_stage_model = instantiate_from_config(config)
@@ -188,8 +207,11 @@ class LatentDiffusion(DDPM):
         return self.get_first_stage_encoding(posterior).detach()
 
     def shared_step(self, batch: dict, **kwargs: Any):
-        z, c = self.get_input(batch, self.first_stage_key)
-        return self(z, c)
+        # A frozen UNet stays in eval mode, where blocks never recompute; a training step still follows the config's
+        # `use_checkpoint` (per-config choice: README "Benchmarks"). Without gradients nothing recomputes anyway.
+        with forced_checkpointing(bool(getattr(self.model.diffusion_model, "use_checkpoint", False))):
+            z, c = self.get_input(batch, self.first_stage_key)
+            return self(z, c)
 
     def forward(self, x: torch.Tensor, c: Any, *args: Any, **kwargs: Any):
         t = torch.randint(0, self.num_timesteps, (x.shape[0],), device=self.device).long()

@@ -117,7 +117,7 @@ class AttnBlock(nn.Module):
 
         # softmax(q k^T / sqrt(C)) v
         out = F.scaled_dot_product_attention(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)))  # [B,1,HW,C]
-        out = out.transpose(2, 3).reshape(b, c, height, width)
+        out = out.transpose(2, 3).reshape(b, c, height, width).contiguous()  # dense NCHW for the 1x1 conv
         return x + self.proj_out(out)
 
 

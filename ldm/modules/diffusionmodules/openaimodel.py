@@ -162,7 +162,7 @@ class ResBlock(TimestepBlock):
             self.skip_connection = conv_nd(dims, channels, out_ch, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return checkpoint(self._forward, (x, emb), self.parameters(), self.use_checkpoint)
+        return checkpoint(self._forward, (x, emb), self.parameters(), self.use_checkpoint, self.training)
 
     def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.updown:
@@ -212,7 +212,7 @@ class AttentionBlock(nn.Module):
         self.proj_out = zero_module(conv_nd(1, channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return checkpoint(self._forward, (x,), self.parameters(), self.use_checkpoint)
+        return checkpoint(self._forward, (x,), self.parameters(), self.use_checkpoint, self.training)
 
     def _attention(self, qkv: torch.Tensor) -> torch.Tensor:
         bs, width, length = qkv.shape  # [B, 3*C, T]

@@ -3,12 +3,19 @@
 Names and behaviour follow CompVis latent-diffusion's ``ldm/modules/diffusionmodules/util.py`` so that configs and
 checkpoints keep working; gradient checkpointing is the non-reentrant kind so that gradients reach every input
 (including the latent in Attend-and-Excite guidance, see ``docs/design.md`` seam 4).
+
+When a block is recomputed (``checkpoint``): only while autograd records, and only when the block is configured to
+checkpoint (``use_checkpoint``) *and* is in training mode, or inside :func:`forced_checkpointing` (the explicit
+memory option of the Attend-and-Excite guidance pass, ``AttendExciteConfig.checkpoint_guidance``). Sampling runs the
+model in eval mode, so it never recomputes, whatever the config says.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -20,7 +27,9 @@ __all__ = [
     "GroupNorm32",
     "avg_pool_nd",
     "checkpoint",
+    "compile_diffusion_model",
     "conv_nd",
+    "forced_checkpointing",
     "linear",
     "normalization",
     "timestep_embedding",
@@ -28,22 +37,48 @@ __all__ = [
 ]
 
 
+_FORCED: ContextVar[bool] = ContextVar("ldm_forced_checkpointing", default=False)
+
+
+@contextmanager
+def forced_checkpointing(enabled: bool = True) -> Iterator[None]:
+    """Inside this context every block that goes through :func:`checkpoint` recomputes its activations in the
+    backward (when ``enabled``), whatever its ``use_checkpoint`` and training mode: less activation memory, one more
+    forward of each block per backward."""
+    token = _FORCED.set(enabled)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
 def checkpoint(
     func: Callable[..., Any],
     inputs: Sequence[Any],
     params: Iterable[nn.Parameter],
     flag: bool,
+    training: bool = True,
 ) -> Any:
-    """Evaluate ``func(*inputs)``, recomputing its activations in the backward pass when ``flag`` is set.
+    """Evaluate ``func(*inputs)``, recomputing its activations in the backward pass when asked to.
 
-    Checkpointing only happens while autograd records (``torch.is_grad_enabled()``); it uses the non-reentrant
-    implementation, which propagates gradients to every tensor ``func`` touches, so ``params`` (kept for the original
-    call signature) need not be listed.
+    Recomputation happens only while autograd records (``torch.is_grad_enabled()``) and either ``flag and training``
+    (the block's ``use_checkpoint`` and its ``nn.Module.training``: callers pass ``self.training``) or inside
+    :func:`forced_checkpointing`. It uses the non-reentrant implementation, which propagates gradients to every
+    tensor ``func`` touches, so ``params`` (kept for the original call signature) need not be listed.
     """
     del params  # non-reentrant checkpointing tracks parameters itself
-    if flag and torch.is_grad_enabled():
+    if torch.is_grad_enabled() and ((flag and training) or _FORCED.get()):
         return torch.utils.checkpoint.checkpoint(func, *inputs, use_reentrant=False)
     return func(*inputs)
+
+
+def compile_diffusion_model(unet: nn.Module, **options: Any) -> nn.Module:
+    """Compile ``unet``'s forward in place with ``torch.compile`` (``nn.Module.compile``: parameter names and the
+    state dict are unchanged); ``options`` go to ``torch.compile``. Returns ``unet``. The first call of each new input
+    shape compiles (tens of seconds on CPU); a captured attention layer or ``stop_after`` falls back to eager for that
+    graph region (graph breaks), with the same results."""
+    unet.compile(**options)
+    return unet
 
 
 def timestep_embedding(

@@ -33,6 +33,7 @@ from torch import nn
 
 from ldm.models.diffusion.guidance.smoothing import smooth_maps
 from ldm.modules.attention_control import AttentionStore, register_attention_controller
+from ldm.modules.diffusionmodules.util import forced_checkpointing
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class AttendExciteConfig:
             as the earlier LDM fork did.
         schedule_steps: the step count ``thresholds`` and ``max_iter_to_alter`` were written for; the scripts rescale
             them to the steps actually run with :func:`scale_schedule`. ``None``: already absolute.
+        checkpoint_guidance: recompute the UNet blocks of the guidance pass in its backward (gradient checkpointing,
+            whatever the config's ``use_checkpoint``): less activation memory for one more forward of the blocks per
+            backward (README "Benchmarks"). Off: sampling never recomputes.
     """
 
     token_indices: tuple[int | TokenGroup, ...] = ()
@@ -79,6 +83,7 @@ class AttendExciteConfig:
     max_refinement_steps: int = 20
     loss_reduction: str = "per_sample"
     schedule_steps: int | None = 50
+    checkpoint_guidance: bool = False
 
     def __post_init__(self) -> None:
         if self.loss_reduction not in LOSS_REDUCTIONS:
@@ -310,7 +315,11 @@ class AttendAndExcite:
         alpha = step_size(cfg, step, num_steps)
         target = max(0.0, 1.0 - threshold) if threshold is not None else None
         z = x.detach().clone()
-        with torch.enable_grad(), register_attention_controller(self.unet, self.store, layers=capture):
+        with (
+            torch.enable_grad(),
+            forced_checkpointing(cfg.checkpoint_guidance),
+            register_attention_controller(self.unet, self.store, layers=capture),
+        ):
             pending = groups
             while pending:
                 leaf, rows, results, maps = self._scores(z, t, context, pending, stop_after)
