@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "configs/stable-diffusion/v1-inference.yaml"))
     parser.add_argument("--layout", action="store_true", help="contiguous vs strided SpatialTransformer layout")
     parser.add_argument("--checkpointing", action="store_true", help="A&E guidance pass with/without checkpointing")
+    parser.add_argument("--compile", action="store_true", help="torch.compile'd UNet forward vs eager")
     parser.add_argument("--only_sections", action="store_true", help="skip the SDPA/explicit table")
     args = parser.parse_args()
     device = pick_device()
@@ -56,6 +57,8 @@ def main() -> None:
         layout_section(unet, args.size, ctx_dim, args.repeats, device)
     if args.checkpointing:
         checkpointing_section(unet, args.size, ctx_dim, args.repeats)
+    if args.compile:
+        compile_section(args.config, args.size, ctx_dim, args.repeats, device)
     if args.only_sections:
         return
     print("batch | explicit s | sdpa s | time ratio | explicit MiB | sdpa MiB | memory ratio")
@@ -163,6 +166,35 @@ def checkpointing_section(unet: torch.nn.Module, size: int, ctx_dim: int, repeat
         print(f"  {str(flag):>5} | {sec:6.2f} | {nbytes / 2**20:8.0f}")
     print(f"  on/off: time {rows[True][0] / rows[False][0]:.2f}x, saved activations "
           f"{rows[True][1] / max(rows[False][1], 1):.2f}x")  # fmt: skip
+
+
+def compile_section(config: str, size: int, ctx_dim: int, repeats: int, device: torch.device) -> None:
+    """Eager vs ``torch.compile`` of the same weights (a second UNet with the eager one's state dict)."""
+    from ldm.modules.diffusionmodules.util import compile_diffusion_model
+
+    cfg = OmegaConf.load(config).model.params.unet_config
+    cfg.params.use_checkpoint = False
+    eager = instantiate_from_config(cfg).to(device).eval()
+    compiled = instantiate_from_config(cfg).to(device).eval()
+    compiled.load_state_dict(eager.state_dict())
+    compile_diffusion_model(compiled)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, size, size, generator=gen).to(device)  # [2, 4, h, w]
+    c = torch.randn(2, 77, ctx_dim, generator=gen).to(device)
+    t = torch.full((2,), 500, dtype=torch.long, device=device)
+    with torch.no_grad():
+        start = time.perf_counter()
+        out_compiled = compiled(x, t, context=c)  # compiles
+        compile_s = time.perf_counter() - start
+        out_eager = eager(x, t, context=c)
+        secs = {"eager": 0.0, "compiled": 0.0}
+        for _ in range(repeats):  # interleaved
+            for name, net in (("eager", eager), ("compiled", compiled)):
+                secs[name] += timed(partial(net, x, t, context=c), device) / repeats
+    rel = float((out_compiled - out_eager).abs().max() / out_eager.abs().max())
+    print(f"\ntorch.compile, batch 2, {size}x{size} latent: first call (compiling) {compile_s:.1f} s")
+    print(f"  eager {secs['eager']:.2f} s | compiled {secs['compiled']:.2f} s | "
+          f"speed-up {secs['eager'] / secs['compiled']:.2f}x | max rel diff {rel:.1e}")  # fmt: skip
 
 
 if __name__ == "__main__":

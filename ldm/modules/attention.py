@@ -243,7 +243,7 @@ class SpatialTransformer(nn.Module):
         """The SD 2.x form: the projections act on the flattened pixels ``[B, HW, C]``."""
         b, _, h, w = x.shape  # [B, C, H, W]
         x_in = x
-        x = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
+        x = self.norm(x).flatten(2).transpose(1, 2).contiguous()  # [B, HW, C], dense for proj_in (as above)
         x = self.proj_in(x)  # [B, HW, inner]
         for block in self.transformer_blocks:
             x = block(x, context=context)
