@@ -18,14 +18,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOY=sd
+TOY_GIVEN=0
 while [ $# -gt 0 ]; do
   case $1 in
-    --toy) TOY=${2:-}; shift 2 ;;
-    --toy=*) TOY=${1#--toy=}; shift ;;
+    --toy) TOY=${2:-}; TOY_GIVEN=1; shift 2 ;;
+    --toy=*) TOY=${1#--toy=}; TOY_GIVEN=1; shift ;;
     -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "error: unknown argument '$1'; use --toy sd (default) or --toy bert" >&2; exit 2 ;;
   esac
 done
+if [ "$TOY_GIVEN" = 0 ] && [ ! -f models/toyworld2/txt2img.safetensors ]; then
+  echo "note: models/toyworld2/txt2img.safetensors (the SD-family toy) is not in this checkout; showing the BERT toy" \
+    "(bash scripts/train_toyworld2.sh makes the SD-family one; then bash scripts/demo.sh shows it)" >&2
+  TOY=bert
+fi
 case $TOY in
   sd|2|clip) TOY=2; CONFIG=configs/toyworld2/txt2img-inference.yaml; CKPT=models/toyworld2/txt2img.safetensors
      FINETUNE=configs/toyworld2/finetune.yaml; DEFAULT_AE=configs/guidance/attend_and_excite.yaml

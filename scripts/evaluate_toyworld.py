@@ -12,8 +12,9 @@ headline rates from there) and a plot (docs/results.png, docs/results_toyworld2.
       drawn as asked (the bar of the toy's shipped-model test is set from it).
 
 (i)   two-subject prompts "a {colour} {shape} and a {colour} {shape}" (distinct shapes and colours), one seed each:
-      share of images missing a named subject (the detector does not find every named shape), showing all subjects
-      (shapes) and all with the right colours, plain against A&E, with a paired 95% bootstrap interval of the
+      share of images missing a named subject (the detector does not find every named shape), with fewer objects
+      than named subjects (a subject not drawn at all, whatever its shape), showing all subjects (shapes) and all
+      with the right colours, plain against A&E, with a paired 95% bootstrap interval of the
       difference; A&E at each cross-attention resolution asked for. If the plain model shows little neglect (all
       subjects in >= 90%), three-subject prompts are measured too (--three_subjects yes: always).
 (ii)  inversion: "*" is learned from data/toyworld/heldout with main.py (the toy's finetune config), then the
@@ -285,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def metrics(verdicts) -> dict[str, np.ndarray]:
         shapes = np.array([v.shapes_present for v in verdicts])
-        return {"missing a subject": ~shapes, "all subjects (shapes)": shapes,
+        few = np.array([len(v.detections) < len(v.wanted) for v in verdicts])  # an object is not drawn at all
+        return {"missing a subject": ~shapes, "fewer objects than subjects": few, "all subjects (shapes)": shapes,
                 "all subjects, right colours": np.array([v.all_correct for v in verdicts])}  # fmt: skip
 
     def compare(bench: str, prompts, specs, seeds, tag: str) -> None:
