@@ -1,17 +1,46 @@
 #!/usr/bin/env bash
-# The whole mission offline, on the bundled ToyWorld model (models/toyworld/), in a few minutes on 2 CPU cores:
+# The whole mission offline, on a bundled ToyWorld model, in a few minutes on 2 CPU cores:
 #   (a) two-subject prompts sampled without and with Attend-and-Excite (grids + attention maps),
 #   (b) textual inversion of the held-out shape (a star no caption ever named) from data/toyworld/heldout with main.py,
 #   (c) "a photo of *" and "a * and a blue circle" with the learned "*" and A&E,
-# then the ToyWorld detector's verdicts. Everything goes to outputs/demo/ (summary in outputs/demo/summary.txt).
+# then the ToyWorld detector's verdicts, beside the evaluation's headline rates (docs/results.md, with intervals).
+# Everything goes to outputs/demo/ (summary in outputs/demo/summary.txt).
 #
-#   bash scripts/demo.sh
+#   bash scripts/demo.sh               # ToyWorld 2, the Stable-Diffusion-family toy (models/toyworld2/): CLIP tower,
+#                                      #   trained with caption noise so plain sampling drops subjects; A&E with the
+#                                      #   official defaults (configs/guidance/attend_and_excite.yaml, 16x16 maps)
+#   bash scripts/demo.sh --toy bert    # ToyWorld 1 (models/toyworld/): BERT tower, its A&E preset (8x8 maps)
 #
 # Environment: PYTHON (interpreter that creates .venv, default python3), STEPS (DDIM steps, 25), N (samples per
-# prompt, 4), INV_STEPS (inversion steps, 1000), AE_CONFIG (A&E
-# preset, configs/toyworld/attend_and_excite.yaml), THREADS (torch threads, default: all cores), OUT (outputs/demo).
+# prompt, 8: with 8 one image moves a prompt's rate by 1/8, and the three prompts pool 24 images per method),
+# INV_STEPS (inversion steps, 1000), AE_CONFIG (A&E setting; default per toy as above), THREADS (torch threads,
+# default: all cores), OUT (outputs/demo). Prompts and seeds are fixed here, not chosen from the outputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TOY=sd
+TOY_GIVEN=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --toy) TOY=${2:-}; TOY_GIVEN=1; shift 2 ;;
+    --toy=*) TOY=${1#--toy=}; TOY_GIVEN=1; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "error: unknown argument '$1'; use --toy sd (default) or --toy bert" >&2; exit 2 ;;
+  esac
+done
+if [ "$TOY_GIVEN" = 0 ] && [ ! -f models/toyworld2/txt2img.safetensors ]; then
+  echo "note: models/toyworld2/txt2img.safetensors (the SD-family toy) is not in this checkout; showing the BERT toy" \
+    "(bash scripts/train_toyworld2.sh makes the SD-family one; then bash scripts/demo.sh shows it)" >&2
+  TOY=bert
+fi
+case $TOY in
+  sd|2|clip) TOY=2; CONFIG=configs/toyworld2/txt2img-inference.yaml; CKPT=models/toyworld2/txt2img.safetensors
+     FINETUNE=configs/toyworld2/finetune.yaml; DEFAULT_AE=configs/guidance/attend_and_excite.yaml
+     MAKE="bash scripts/train_toyworld2.sh" ;;
+  bert|1) TOY=1; CONFIG=configs/toyworld/txt2img-inference.yaml; CKPT=models/toyworld/txt2img.safetensors
+     FINETUNE=configs/toyworld/finetune.yaml; DEFAULT_AE=configs/toyworld/attend_and_excite.yaml
+     MAKE="bash scripts/train_toyworld.sh" ;;
+  *) echo "error: --toy '$TOY' is not a ToyWorld model; use --toy sd (default) or --toy bert" >&2; exit 2 ;;
+esac
 START=$(date +%s)
 step() { printf '\n\033[1m== [%3ds] %s\033[0m\n' "$(($(date +%s) - START))" "$*"; }
 
@@ -31,16 +60,14 @@ if ! "$VPY" -c "import ldm, omegaconf, pytorch_lightning, transformers, kornia, 
 fi
 if [ -n "${THREADS:-}" ]; then export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS; fi
 
-CONFIG=configs/toyworld/txt2img-inference.yaml
-CKPT=models/toyworld/txt2img.safetensors
 OUT=${OUT:-outputs/demo}
 STEPS=${STEPS:-25}
-N=${N:-4}
+N=${N:-8}
 INV_STEPS=${INV_STEPS:-1000}
 SCALE=3.0
-AE_CONFIG=${AE_CONFIG:-configs/toyworld/attend_and_excite.yaml}  # A&E tuned for the toy model (8x8 maps, softmax x10)
+AE_CONFIG=${AE_CONFIG:-$DEFAULT_AE}
 if [ ! -f "$CKPT" ]; then
-  echo "error: $CKPT is missing; make it with: bash scripts/train_toyworld.sh" >&2
+  echo "error: $CKPT is missing; make it with: $MAKE" >&2
   exit 1
 fi
 rm -rf "$OUT"
@@ -55,6 +82,7 @@ sample() {  # outdir prompt [extra txt2img flags...]
 }
 
 # --- (a) two subjects, without and with Attend-and-Excite --------------------------------------------------------
+echo "ToyWorld $TOY: $CKPT, A&E setting $AE_CONFIG"
 step "(a) two-subject prompts, plain and with Attend-and-Excite ($N samples each, $STEPS DDIM steps)"
 for pair in "red circle|blue square" "green triangle|yellow diamond" "blue circle|red triangle"; do
   a=${pair%|*} b=${pair#*|}
@@ -68,7 +96,7 @@ done
 
 # --- (b) textual inversion of the held-out shape ----------------------------------------------------------------
 step "(b) textual inversion: learning '*' from $(ls data/toyworld/heldout | wc -l) images in data/toyworld/heldout ($INV_STEPS steps)"
-"$VPY" main.py -t --base configs/toyworld/finetune.yaml -n star --logdir "$OUT/b_inversion" --accelerator cpu \
+"$VPY" main.py -t --base "$FINETUNE" -n star --logdir "$OUT/b_inversion" --accelerator cpu \
   --actual_resume "$CKPT" --data_root data/toyworld/heldout --init_word object --max_steps "$INV_STEPS" \
   lightning.trainer.enable_progress_bar=true 2>&1 | tr '\r' '\n' | grep -E --line-buffered "Epoch .*[05]0/|Restored|Error|error" || true
 EMB=$(ls -t "$OUT"/b_inversion/*/checkpoints/embeddings.pt 2>/dev/null | head -n 1 || true)
@@ -88,7 +116,7 @@ sample c_inverted/a-star-and-a-blue-circle "a * and a blue circle" --embedding_p
 
 # --- summary ----------------------------------------------------------------------------------------------------
 step "Summary"
-"$VPY" scripts/toyworld_demo.py "$OUT"
+"$VPY" scripts/toyworld_demo.py "$OUT" --results docs/results.md --toy "$TOY"
 cat <<EOF
 
 Done in $(($(date +%s) - START)) s. Pictures:

@@ -1,17 +1,30 @@
 #!/usr/bin/env python
-"""Measure Attend-and-Excite and textual inversion on the bundled ToyWorld model, with the ToyWorld detector.
+"""Measure Attend-and-Excite and textual inversion on a bundled ToyWorld model, with the ToyWorld detector.
 
-    python scripts/evaluate_toyworld.py            # writes docs/results.md and docs/results.png
+    python scripts/evaluate_toyworld.py --toy 1    # the BERT toy (models/toyworld/), its A&E preset at 8x8 and 4x4
+    python scripts/evaluate_toyworld.py --toy 2    # the SD-family toy (models/toyworld2/), official A&E at 16x16
+
+Each toy writes its own section of docs/results.md (the other toy's section is kept; scripts/demo.sh reads its
+headline rates from there) and a plot (docs/results.png, docs/results_toyworld2.png).
+--config/--ckpt/--finetune_config/--ae_config/--attention_res override the toy's defaults.
+
+(o)   single subjects "a photo of a {colour} {shape}" (every colour x shape, 4 seeds each), plain sampling: the share
+      drawn as asked (the bar of the toy's shipped-model test is set from it).
 
 (i)   two-subject prompts "a {colour} {shape} and a {colour} {shape}" (distinct shapes and colours), one seed each:
-      share of images showing both subjects (shapes) and both with the right colours, plain against A&E, with a
-      paired 95% bootstrap interval of the difference; A&E at each cross-attention resolution of the toy UNet.
-      If the plain model shows little neglect (both subjects in >= 90%), three-subject prompts are measured too.
-(ii)  inversion: "*" is learned from data/toyworld/heldout with main.py (configs/toyworld/finetune.yaml), then the
+      share of images missing a named subject (the detector does not find every named shape), with fewer objects
+      than named subjects (a subject not drawn at all, whatever its shape), showing all subjects (shapes) and all
+      with the right colours, plain against A&E, with a paired 95% bootstrap interval of the
+      difference; A&E at each cross-attention resolution asked for. If the plain model shows little neglect (all
+      subjects in >= 90%), three-subject prompts are measured too (--three_subjects yes: always).
+(ii)  inversion: "*" is learned from data/toyworld/heldout with main.py (the toy's finetune config), then the
       share of "a photo of *" samples where the detector finds the held-out star, against "*" = its init word;
       each with and without A&E on "*".
 (iii) "a * and a {colour} {shape}": both present, plain against A&E (learned "*").
 Seeds are fixed (prompt list, starting noise, inversion), so a rerun reproduces the numbers on the same machine.
+Evaluation seeds: prompt seeds 0-2, noise 5000+ (o), 10000+ (i), 20000+ (i'), 30000+ (ii), 40000+ (iii); tuning
+used other ones (the first toy's A&E preset: prompt seed 100, noise 50000+; ToyWorld 2's caption-noise sweep,
+scripts/toyworld2_neglect.py: prompt seed 200, noise 60000+; the shipped-model tests: noise 1000+).
 """
 
 from __future__ import annotations
@@ -51,6 +64,29 @@ from ldm.outputs import save_image, save_text  # noqa: E402
 from ldm.validation import check_attention_res, check_sampling  # noqa: E402
 
 OFFICIAL_AE_CONFIG = REPO / "configs" / "guidance" / "attend_and_excite.yaml"
+
+
+@dataclass(frozen=True)
+class Toy:
+    """A bundled ToyWorld model and the defaults of its evaluation."""
+
+    title: str
+    config: Path  # inference config
+    ckpt: Path  # exported weights
+    finetune: Path  # inversion config (main.py)
+    ae_config: Path  # the A&E setting under test
+    attention_res: str  # map sides to compare, main first
+    colour_words: bool  # also run A&E exciting the colour words
+
+
+TOYS = {
+    "1": Toy("ToyWorld 1 (BERT tower, clean captions)", INFERENCE_CONFIG, WEIGHTS,
+             REPO / "configs" / "toyworld" / "finetune.yaml", AE_CONFIG, "8,4", True),
+    "2": Toy("ToyWorld 2 (SD-v1 family: CLIP tower, caption noise)",
+             REPO / "configs" / "toyworld2" / "txt2img-inference.yaml",
+             REPO / "models" / "toyworld2" / "txt2img.safetensors",
+             REPO / "configs" / "toyworld2" / "finetune.yaml", OFFICIAL_AE_CONFIG, "16", False),
+}  # fmt: skip
 
 logger = logging.getLogger("evaluate_toyworld")
 
@@ -132,10 +168,10 @@ def run_pairs(model, prompts, specs, seeds, settings, ae_config, outdir: Path, n
     return verdicts, elapsed
 
 
-def invert(steps: int, logdir: Path, seed: int, ckpt: str) -> Path:
-    """Learn "*" with main.py on the held-out images; returns the embeddings file."""
+def invert(steps: int, logdir: Path, seed: int, ckpt: str, finetune: str | Path) -> Path:
+    """Learn "*" with main.py (config ``finetune``) on the held-out images; returns the embeddings file."""
     cmd = [
-        sys.executable, "main.py", "-t", "--base", "configs/toyworld/finetune.yaml", "-n", "eval_star",
+        sys.executable, "main.py", "-t", "--base", str(finetune), "-n", "eval_star",
         "--logdir", str(logdir), "--accelerator", "cpu", "--seed", str(seed), "--actual_resume", ckpt,
         "--data_root", str(HELDOUT_DIR), "--init_word", "object", "--max_steps", str(steps),
         "lightning.trainer.enable_progress_bar=false",
@@ -148,7 +184,7 @@ def invert(steps: int, logdir: Path, seed: int, ckpt: str) -> Path:
     return found[-1]
 
 
-def draw_plot(rows: list[Row], path: Path) -> None:
+def draw_plot(rows: list[Row], path: Path, title: str = "ToyWorld") -> None:
     """A horizontal bar chart of the rates with 95% Wilson intervals (PIL only)."""
     from PIL import Image, ImageDraw
 
@@ -156,8 +192,8 @@ def draw_plot(rows: list[Row], path: Path) -> None:
     height = 40 + len(rows) * (bar_h + gap) + 30
     img = Image.new("RGB", (left + width + 60, height), (255, 255, 255))
     d = ImageDraw.Draw(img)
-    d.text((10, 10), "ToyWorld: share of samples the detector accepts (95% Wilson intervals)", fill=(0, 0, 0))
-    palette = {"plain": (150, 150, 150), "init word": (150, 150, 150)}
+    d.text((10, 10), f"{title}: share of samples (95% Wilson intervals)", fill=(0, 0, 0))
+    palette = {"plain": (150, 150, 150), "init word": (150, 150, 150)}  # A&E and the learned word: blue
     for k, row in enumerate(rows):
         y = 40 + k * (bar_h + gap)
         d.text((10, y + 2), f"{row.benchmark} | {row.metric} | {row.method}"[:92], fill=(0, 0, 0))
@@ -177,70 +213,103 @@ def draw_plot(rows: list[Row], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--toy", choices=sorted(TOYS), default="1", help="1: the BERT toy, 2: the SD-family toy")
+    p.add_argument("--config", type=str, default=None, help="inference config (default: the toy's)")
+    p.add_argument("--ckpt", type=str, default=None, help="model weights (default: the toy's)")
+    p.add_argument("--finetune_config", type=str, default=None, help="inversion config (default: the toy's)")
+    p.add_argument("--n_single", type=int, default=64, help="samples of (o), single subjects")
     p.add_argument("--n_pairs", type=int, default=128, help="prompt-seed pairs of benchmark (i)")
+    p.add_argument("--n_three", type=int, default=None, help="prompt-seed pairs of (i') (default: --n_pairs)")
     p.add_argument("--n_inversion", type=int, default=64, help="samples of (ii) and pairs of (iii)")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--scale", type=float, default=3.0, help="classifier-free guidance scale")
-    p.add_argument("--ae_config", type=str, default=str(AE_CONFIG), help="A&E preset (the ToyWorld one)")
+    p.add_argument("--ae_config", type=str, default=None, help="A&E setting under test (toy 1: the ToyWorld preset, "
+                   "toy 2: the official defaults)")  # fmt: skip
     p.add_argument("--official_config", type=str, default=str(OFFICIAL_AE_CONFIG), help="official A&E defaults")
-    p.add_argument("--attention_res", type=str, default="8,4", help="A&E map sides to compare (first = main)")
+    p.add_argument("--attention_res", type=str, default=None, help="A&E map sides to compare, first = main "
+                   "(toy 1: 8,4; toy 2: 16)")  # fmt: skip
     p.add_argument("--no_colour_words", action="store_true", help="skip the run that also excites colour words")
     p.add_argument("--inversion_steps", type=int, default=1000)
     p.add_argument("--embedding_path", type=str, default=None, help="skip the inversion and use this file")
     p.add_argument("--three_subjects", choices=("auto", "yes", "no"), default="auto")
-    p.add_argument("--ckpt", type=str, default=str(WEIGHTS), help="model weights")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--outdir", type=str, default="outputs/evaluate_toyworld", help="sample grids and the inversion run")
-    p.add_argument("--results", type=str, default="docs/results.md")
-    p.add_argument("--plot", type=str, default="docs/results.png")
+    p.add_argument("--outdir", type=str, default=None, help="sample grids and the inversion run "
+                   "(default outputs/evaluate_toyworld[2])")  # fmt: skip
+    p.add_argument("--results", type=str, default="docs/results.md", help="markdown; the toy's section is replaced")
+    p.add_argument("--plot", type=str, default=None, help="default docs/results.png (toy 1), "
+                   "docs/results_toyworld2.png (toy 2)")  # fmt: skip
     args = p.parse_args(argv)
+    toy = TOYS[args.toy]
+    args.config = args.config or str(toy.config)
+    args.ckpt = args.ckpt or str(toy.ckpt)
+    args.finetune_config = args.finetune_config or str(toy.finetune)
+    args.ae_config = args.ae_config or str(toy.ae_config)
+    args.attention_res = args.attention_res or toy.attention_res
+    args.no_colour_words = args.no_colour_words or not toy.colour_words
+    suffix = "" if args.toy == "1" else args.toy
+    args.outdir = args.outdir or f"outputs/evaluate_toyworld{suffix}"
+    args.plot = args.plot or ("docs/results.png" if args.toy == "1" else f"docs/results_toyworld{args.toy}.png")
+    n_three = args.n_three or args.n_pairs
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
     settings = SampleSettings(steps=args.steps, scale=args.scale, batch_size=16)
     resolutions = [int(r) for r in args.attention_res.split(",") if r.strip()]
     geometry = check_sampling(  # the flags against the model, before anything is loaded
-        INFERENCE_CONFIG, H=settings.size, W=settings.size, steps=args.steps, steps_flag="--steps", scale=args.scale,
-        counts=[("--n_pairs", args.n_pairs), ("--n_inversion", args.n_inversion)],
-        files=[("--ckpt", args.ckpt, True), ("--embedding_path", args.embedding_path, False)],
+        args.config, H=settings.size, W=settings.size, steps=args.steps, steps_flag="--steps", scale=args.scale,
+        counts=[("--n_pairs", args.n_pairs), ("--n_inversion", args.n_inversion), ("--n_single", args.n_single),
+                ("--n_three", n_three)],
+        files=[("--ckpt", args.ckpt, True), ("--embedding_path", args.embedding_path, False),
+               ("--finetune_config", args.finetune_config, True)],
     )  # fmt: skip
     for r in resolutions:
         check_attention_res(r, settings.size, settings.size, geometry, flag="--attention_res")
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    # (label, config, which words to excite): the preset at each map side, the official defaults at the main side,
-    # and the preset exciting the colour words too
-    methods: list[tuple[str, AttendExciteConfig, str]] = [
-        (f"A&E {r}x{r}", load_ae_config(args.ae_config, attention_res=r), "shapes") for r in resolutions
+    # (label, config, which words to excite): the setting under test at each map side, the official defaults at the
+    # main side (when the setting under test is not already them), and the setting exciting the colour words too
+    official_is_main = Path(args.ae_config).resolve() == Path(args.official_config).resolve()
+    name = "A&E official" if official_is_main else "A&E"
+    methods: list[tuple[str, AttendExciteConfig, str, str]] = [  # (label, config, words, its file)
+        (f"{name} {r}x{r}", load_ae_config(args.ae_config, attention_res=r), "shapes", args.ae_config)
+        for r in resolutions
     ]
     main_res = resolutions[0]
-    official = load_ae_config(args.official_config, attention_res=main_res)
-    methods.append((f"A&E official {main_res}x{main_res}", official, "shapes"))
+    if not official_is_main:
+        official = load_ae_config(args.official_config, attention_res=main_res)
+        methods.append((f"A&E official {main_res}x{main_res}", official, "shapes", args.official_config))
     if not args.no_colour_words:
-        methods.append((f"A&E {main_res}x{main_res}, colour+shape words", methods[0][1], "colours"))
-    model = load_toyworld_model(INFERENCE_CONFIG, args.ckpt)
+        methods.append((f"{name} {main_res}x{main_res}, colour+shape words", methods[0][1], "colours", args.ae_config))
+    model = load_toyworld_model(args.config, args.ckpt)
     rows: list[Row] = []
     diffs: list[tuple[str, str, tuple[float, float, float]]] = []
     timings: dict[str, float] = {}
 
+    def metrics(verdicts) -> dict[str, np.ndarray]:
+        shapes = np.array([v.shapes_present for v in verdicts])
+        few = np.array([len(v.detections) < len(v.wanted) for v in verdicts])  # an object is not drawn at all
+        return {"missing a subject": ~shapes, "fewer objects than subjects": few, "all subjects (shapes)": shapes,
+                "all subjects, right colours": np.array([v.all_correct for v in verdicts])}  # fmt: skip
+
     def compare(bench: str, prompts, specs, seeds, tag: str) -> None:
         plain, timings[f"{tag} plain"] = run_pairs(model, prompts, specs, seeds, settings, None, outdir, f"{tag}_plain")
-        base = {
-            "all subjects (shapes)": np.array([v.shapes_present for v in plain]),
-            "all subjects, right colours": np.array([v.all_correct for v in plain]),
-        }
+        base = metrics(plain)
         for metric, hits in base.items():
             rows.append(Row(bench, "plain", metric, hits))
-        for k, (label, cfg, words) in enumerate(methods):
+        for k, (label, cfg, words, _) in enumerate(methods):
             name = f"{tag}_ae{k}_{cfg.attention_res}"
             method_specs = specs if words == "shapes" else colour_and_shape_specs(prompts)
             verdicts, seconds = run_pairs(model, prompts, method_specs, seeds, settings, cfg, outdir, name)
             timings[f"{tag} {label}"] = seconds
-            for metric, hits in (
-                ("all subjects (shapes)", np.array([v.shapes_present for v in verdicts])),
-                ("all subjects, right colours", np.array([v.all_correct for v in verdicts])),
-            ):
+            for metric, hits in metrics(verdicts).items():
                 rows.append(Row(bench, label, metric, hits))
                 diffs.append((bench, f"{label} - plain, {metric}", bootstrap_diff(base[metric], hits)))
+
+    # (o) single subjects, plain
+    single = [f"a photo of a {c} {s}" for c, s in itertools.product(DEFAULT_COLOURS, NAMED_SHAPES)]
+    single = (single * (args.n_single // len(single) + 1))[: args.n_single]
+    verdicts, timings["single plain"] = run_pairs(model, single, single, [5_000 + i for i in range(len(single))],
+                                                  settings, None, outdir, "single_plain")  # fmt: skip
+    rows.append(Row("(o) one subject", "plain", "drawn as asked", np.array([v.all_correct for v in verdicts])))
 
     # (i) two subjects
     prompts, specs = subject_prompts(args.n_pairs, 2, args.seed)
@@ -248,19 +317,19 @@ def main(argv: list[str] | None = None) -> int:
     compare("(i) two subjects", prompts, specs, seeds, "two_subjects")
     plain_rate = next(r.rate for r in rows if r.benchmark.startswith("(i)") and r.metric == "all subjects (shapes)")
     if args.three_subjects == "yes" or (args.three_subjects == "auto" and plain_rate >= 0.9):
-        prompts3, specs3 = subject_prompts(args.n_pairs, 3, args.seed + 1)
+        prompts3, specs3 = subject_prompts(n_three, 3, args.seed + 1)
         compare("(i') three subjects", prompts3, specs3, [20_000 + i for i in range(len(prompts3))], "three_subjects")
 
     # (ii) inversion
     if args.embedding_path:
         emb = Path(args.embedding_path)
     else:
-        emb = invert(args.inversion_steps, outdir / "inversion", args.seed, args.ckpt)
+        emb = invert(args.inversion_steps, outdir / "inversion", args.seed, args.ckpt, args.finetune_config)
     n = args.n_inversion
     photo = ["a photo of *"] * n
     seeds2 = [30_000 + i for i in range(n)]
-    model_inv = load_toyworld_model(INFERENCE_CONFIG, args.ckpt, embedding_path=emb)
-    preset = methods[0][1]  # the ToyWorld A&E preset at the main map side, exciting "*"
+    model_inv = load_toyworld_model(args.config, args.ckpt, embedding_path=emb)
+    preset = methods[0][1]  # the A&E setting under test at the main map side, exciting "*"
     star: dict[str, np.ndarray] = {}
     for label, m, ae in (
         ("init word", model, None),  # "*" = its init word "object"
@@ -284,9 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     prompts3, specs3 = placeholder_prompts(n, args.seed + 2)
     compare("(iii) a * and a {colour} {shape}", prompts3, specs3, [40_000 + i for i in range(n)], "star_and_subject")
 
-    write_results(args, rows, diffs, timings, emb)
-    draw_plot(rows, Path(args.plot))
-    print(Path(args.results).read_text())
+    section = write_results(args, toy, methods, rows, diffs, timings, emb)
+    draw_plot(rows, Path(args.plot), toy.title)
+    print(section)
     return 0
 
 
@@ -296,11 +365,38 @@ def _rel(path: str | Path) -> str:
     return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
 
 
-def write_results(args, rows: list[Row], diffs, timings: dict[str, float], emb: Path) -> None:
+def _markers(toy: str) -> tuple[str, str]:
+    return f"<!-- toyworld{toy} results: begin -->", f"<!-- toyworld{toy} results: end -->"
+
+
+def merge_section(text: str, toy: str, section: str) -> str:
+    """``text`` (a results file, possibly empty) with toy ``toy``'s section replaced by ``section`` (or appended);
+    the other toys' sections and anything outside the markers are kept, and sections stay in toy order."""
+    begin, end = _markers(toy)
+    block = f"{begin}\n{section.strip()}\n{end}"
+    if begin in text and end in text:
+        before, rest = text.split(begin, 1)
+        return before + block + rest.split(end, 1)[1]
+    if not text.strip():
+        return "# ToyWorld results\n\n" + block + "\n"
+    later = [t for t in sorted(TOYS) if t > toy and _markers(t)[0] in text]
+    if later:  # insert before the first later toy's section
+        at = text.index(_markers(later[0])[0])
+        return text[:at] + block + "\n\n" + text[at:]
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def write_results(args, toy: Toy, methods, rows: list[Row], diffs, timings: dict[str, float], emb: Path) -> str:
+    """Replace this toy's section of ``args.results``; returns the section."""
     cmd = "python scripts/evaluate_toyworld.py " + " ".join(sys.argv[1:])
-    preset = load_ae_config(args.ae_config)
+    described = "; ".join(
+        f"`{label}`: `{_rel(path)}` at {cfg.attention_res}x{cfg.attention_res} (softmax_scale {cfg.softmax_scale:g},"
+        f" step size {cfg.scale_factor:g}, thresholds {dict(cfg.thresholds)} of a {cfg.schedule_steps}-step schedule"
+        f" rescaled to {args.steps} steps{', exciting the colour words too' if words == 'colours' else ''})"
+        for label, cfg, words, path in methods
+    )
     lines = [
-        "# ToyWorld results",
+        f"## {toy.title}",
         "",
         "Made by",
         "",
@@ -308,18 +404,12 @@ def write_results(args, rows: list[Row], diffs, timings: dict[str, float], emb: 
         cmd.strip(),
         "```",
         "",
-        f"Model: `{_rel(args.ckpt)}` with `{INFERENCE_CONFIG.relative_to(REPO)}`; DDIM {args.steps} steps,"
-        f" eta 0, guidance scale {args.scale}; one fixed seed per prompt (the same starting noise with and without"
-        " A&E). A&E: `A&E RxR` is the ToyWorld preset"
-        f" `{_rel(args.ae_config)}` (the official defaults with softmax_scale {preset.softmax_scale:g};"
-        " thresholds {0: .05, 10: .5, 20: .8} of a 50-step schedule rescaled to"
-        f" {args.steps} steps, step size {preset.scale_factor:g}) on the cross-attention maps of side R (8x8: the"
-        " ds=2 layers, 4x4: the ds=4 layers and the middle block, of the 16x16 latent), exciting the shape words"
-        f" (and `*`); `A&E official` is `{_rel(args.official_config)}` (softmax_scale 100) at the main side;"
-        " `colour+shape words` excites the colour words too. The preset was tuned on prompt-seed pairs disjoint from"
-        " these (see the preset file). Inversion: `main.py` with `configs/toyworld/finetune.yaml`,"
-        f" {args.inversion_steps} steps, embeddings `{_rel(emb)}`. Verdicts: `ldm/evaluation/toyworld_detect.py`"
-        ' ("*" counts as the held-out star).',
+        f"Model: `{_rel(args.ckpt)}` with `{_rel(args.config)}`; DDIM {args.steps} steps, eta 0, guidance scale"
+        f" {args.scale}; one fixed seed per prompt (the same starting noise with and without A&E). A&E excites the"
+        f" shape words (and `*`): {described}. Inversion: `main.py` with `{_rel(args.finetune_config)}`, embeddings"
+        f' `{_rel(emb)}`. Verdicts: `ldm/evaluation/toyworld_detect.py` ("*" counts as the held-out star; a'
+        " sample misses a subject when some named shape is not found on its own object). Prompts and seeds are fixed"
+        " in the script (evaluation seeds, disjoint from every tuning seed).",
         "",
         "| benchmark | method | metric | rate | 95% CI (Wilson) | n |",
         "|---|---|---|---|---|---|",
@@ -334,8 +424,11 @@ def write_results(args, rows: list[Row], diffs, timings: dict[str, float], emb: 
         excludes = "yes" if lo > 0 or hi < 0 else "no"
         lines.append(f"| {bench} | {name} | {m:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {excludes} |")
     lines += ["", "Sampling time (seconds, this machine): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())]
-    lines += ["", f"![results]({Path(args.plot).name})", ""]
-    save_text("\n".join(lines) + "\n", args.results)
+    lines += ["", f"![results {toy.title}]({Path(args.plot).name})", ""]
+    section = "\n".join(lines)
+    path = Path(args.results)
+    save_text(merge_section(path.read_text() if path.is_file() else "", args.toy, section), path)
+    return section
 
 
 if __name__ == "__main__":

@@ -61,3 +61,48 @@ def test_prompt_sets_name_distinct_subjects_and_their_words(ev):
     assert words == ["red,circle,blue,square", "*,green,triangle"]
     star_prompts, star_specs = ev.placeholder_prompts(6, seed=2)
     assert all(p.startswith("a * and a ") and s.startswith("*,") for p, s in zip(star_prompts, star_specs))
+
+
+def test_each_toy_replaces_only_its_own_results_section(ev):
+    first = ev.merge_section("", "1", "## toy one\n| a | 1 |")
+    assert first.startswith("# ToyWorld results\n") and "## toy one" in first
+    both = ev.merge_section(first, "2", "## toy two\n| b | 2 |")
+    assert both.index("## toy one") < both.index("## toy two")
+    again = ev.merge_section(both, "1", "## toy one, rerun")
+    assert "## toy one, rerun" in again and "| a | 1 |" not in again and "## toy two\n| b | 2 |" in again
+    assert again.count("toyworld1 results: begin") == 1 and again.count("toyworld2 results: end") == 1
+    reordered = ev.merge_section(ev.merge_section("# ToyWorld results\n", "2", "## two"), "1", "## one")
+    assert reordered.index("## one") < reordered.index("## two")  # sections stay in toy order
+
+
+def test_toy_defaults_name_existing_configs(ev):
+    for key, toy in ev.TOYS.items():
+        for path in (toy.config, toy.finetune, toy.ae_config):
+            assert path.is_file(), f"toy {key}: {path} missing"
+    assert ev.TOYS["2"].ae_config == ev.OFFICIAL_AE_CONFIG  # the SD toy is measured with the official defaults
+    assert ev.TOYS["2"].attention_res.split(",")[0] == "16"
+
+
+def test_demo_reads_the_evaluation_headline(ev):
+    spec = importlib.util.spec_from_file_location("toyworld_demo", ROOT / "scripts" / "toyworld_demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    section = "\n".join([
+        "| benchmark | method | metric | rate | 95% CI (Wilson) | n |",
+        "| (i) two subjects | plain | missing a subject | 0.400 | [0.320, 0.485] | 128 |",
+        "| (i) two subjects | plain | all subjects (shapes) | 0.600 | [0.515, 0.680] | 128 |",
+        "| (i) two subjects | A&E official 16x16 | missing a subject | 0.100 | [0.060, 0.160] | 128 |",
+        "| (i) two subjects | A&E official 16x16 | all subjects (shapes) | 0.900 | [0.840, 0.940] | 128 |",
+        "| (i) two subjects | A&E official 16x16 - plain, all subjects (shapes) | +0.300 | [+0.200, +0.400] | yes |",
+        "| (i) two subjects | A&E official 16x16 - plain, missing a subject | -0.300 | [-0.400, -0.200] | yes |",
+    ])  # fmt: skip
+    text = ev.merge_section("", "2", section)
+    lines = demo.evaluation_headline(text, "2")
+    assert "128 prompt-seed pairs" in lines[0] and "A&E official 16x16" in lines[0]
+    assert "plain 0.60 [0.52, 0.68], A&E official 16x16 0.90 [0.84, 0.94]; change +0.30 [+0.20, +0.40]" in lines[1]
+    assert "plain 0.40 [0.32, 0.48]" in lines[2] and "change -0.30 [-0.40, -0.20]" in lines[2]
+    # a section without missing-subject rows (the first toy's): derived as 1 - all subjects, interval flipped
+    old = "\n".join(row for row in section.splitlines() if "missing" not in row)
+    derived = demo.evaluation_headline(ev.merge_section("", "1", old), "1")
+    assert "plain 0.40 [0.32, 0.48], A&E official 16x16 0.10 [0.06, 0.16]; change -0.30 [-0.40, -0.20]" in derived[2]
+    assert "no ToyWorld 2 section" in demo.evaluation_headline(ev.merge_section("", "1", old), "2")[0]
