@@ -49,31 +49,7 @@ if [[ ! -f "$AE" ]]; then
     exit 2
 fi
 
-latest_run() {  # latest run folder of a stage (name suffix), or nothing
-    ls -d "$LOGDIR"/*_"$1" 2>/dev/null | sort | tail -n 1 || true
-}
-
-train_stage() {  # name "config [config...]" steps [overrides...]
-    local name=$1 steps=$3 config
-    read -ra config <<< "$2"
-    shift 3
-    local run
-    run=$(latest_run "$name")
-    if [[ -n "$run" && -f "$run/DONE" ]]; then
-        echo "== $name: done in $run (delete the folder to train again)"
-    elif [[ -n "$run" && -f "$run/checkpoints/last.ckpt" ]]; then
-        echo "== $name: resuming $run up to step $steps"
-        "$PYTHON" main.py -r "$run" -t --logdir "$LOGDIR" --accelerator "$ACCELERATOR" --scale_lr False \
-            --max_steps "$steps" "$@"
-        touch "$run/DONE"
-    else
-        echo "== $name: training ${config[*]} for $steps steps"
-        "$PYTHON" main.py -t --base "${config[@]}" -n "$name" --logdir "$LOGDIR" --accelerator "$ACCELERATOR" \
-            --scale_lr False --seed 23 --max_steps "$steps" "$@"
-        run=$(latest_run "$name")
-        touch "$run/DONE"
-    fi
-}
+source scripts/toyworld_stages.sh  # latest_run, train_stage (resumable stages)
 
 noise_overrides() {  # p_over p_under -> main.py dotlist overrides of the training captions' noise
     echo "$NOISE_KEY.p_over_describe=$1 $NOISE_KEY.p_under_describe=$2"
