@@ -56,3 +56,20 @@ def load_golden(name: str, file: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(require_fixture(GOLDEN / name / file)))
+
+
+def assert_sampler_matches(sampler, steps: int, scale: float, inputs: dict, golden: dict, shape: tuple) -> None:
+    """Run ``sampler.sample`` as the reference runs did (batch 2, eta 0, ``x_T``/``c``/``uc`` from ``inputs``) and
+    compare timesteps exactly and samples (and ``x_inter``/``pred_x0`` where the golden has them) within 2e-5."""
+    samples, intermediates = sampler.sample(
+        steps, batch_size=2, shape=shape, conditioning=inputs["c"], eta=0.0, x_T=inputs["x_T"],
+        unconditional_guidance_scale=scale, unconditional_conditioning=inputs["uc"], log_every_t=1, verbose=False,
+    )  # fmt: skip
+    assert list(sampler.ddim_timesteps) == golden["timesteps"].tolist()
+    assert rel_err(samples, golden["samples"]) < 2e-5
+    if "x_inter" in golden:
+        x_inter = torch.stack(intermediates["x_inter"])
+        assert x_inter.shape == golden["x_inter"].shape
+        assert rel_err(x_inter, golden["x_inter"]) < 2e-5
+        pred_x0 = torch.stack(intermediates["pred_x0"][1:])  # entry 0 is x_T, as in the original
+        assert rel_err(pred_x0, golden["pred_x0"]) < 2e-5

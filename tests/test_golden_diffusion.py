@@ -5,7 +5,7 @@ import torch
 
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler
-from tests.conftest import GOLDEN_WEIGHTS, load_golden, rel_err, require_fixture
+from tests.conftest import GOLDEN_WEIGHTS, assert_sampler_matches, load_golden, rel_err, require_fixture
 
 SAMPLER_RUNS = {
     "ddim_cfg": (DDIMSampler, 10, 5.0),
@@ -50,27 +50,7 @@ def test_sampler_matches_golden(golden_model, golden_name, run):
     sampler_cls, steps, scale = SAMPLER_RUNS[run]
     inputs = load_golden(f"tiny_{golden_name}", "inputs.safetensors")
     golden = load_golden(f"tiny_{golden_name}", f"{run}.safetensors")
-    sampler = sampler_cls(golden_model)
-    samples, intermediates = sampler.sample(
-        steps,
-        batch_size=2,
-        shape=(4, 32, 32),
-        conditioning=inputs["c"],
-        eta=0.0,
-        x_T=inputs["x_T"],
-        unconditional_guidance_scale=scale,
-        unconditional_conditioning=inputs["uc"],
-        log_every_t=1,
-        verbose=False,
-    )
-    assert list(sampler.ddim_timesteps) == golden["timesteps"].tolist()
-    assert rel_err(samples, golden["samples"]) < 2e-5
-    if "x_inter" in golden:
-        x_inter = torch.stack(intermediates["x_inter"])
-        assert x_inter.shape == golden["x_inter"].shape
-        assert rel_err(x_inter, golden["x_inter"]) < 2e-5
-        pred_x0 = torch.stack(intermediates["pred_x0"][1:])  # entry 0 is x_T, as in the original
-        assert rel_err(pred_x0, golden["pred_x0"]) < 2e-5
+    assert_sampler_matches(sampler_cls(golden_model), steps, scale, inputs, golden, shape=(4, 32, 32))
 
 
 def test_learned_conditioning_matches_golden(golden_model, golden_name):

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.ddpm_sampler import DDPMSampler
 from ldm.models.diffusion.plms import PLMSSampler
-from tests.conftest import FIXTURES, REPO, rel_err, require_fixture
+from tests.conftest import FIXTURES, REPO, assert_sampler_matches, rel_err, require_fixture
 
 SD2 = FIXTURES / "sd2"
 WEIGHTS = SD2 / "weights" / "tiny_sd2.safetensors"
@@ -95,24 +95,7 @@ def test_ddim_matches_reference(tiny, parameterization, run):
     steps, scale = SAMPLER_RUNS[run]
     inputs = golden(f"tiny_sd2_{parameterization}/inputs.safetensors")
     expected = golden(f"tiny_sd2_{parameterization}/{run}.safetensors")
-    sampler = DDIMSampler(tiny)
-    samples, inter = sampler.sample(
-        steps,
-        batch_size=2,
-        shape=(4, 16, 16),
-        conditioning=inputs["c"],
-        eta=0.0,
-        x_T=inputs["x_T"],
-        unconditional_guidance_scale=scale,
-        unconditional_conditioning=inputs["uc"],
-        log_every_t=1,
-        verbose=False,
-    )
-    assert list(sampler.ddim_timesteps) == expected["timesteps"].tolist()
-    assert rel_err(samples, expected["samples"]) < 2e-5
-    if "x_inter" in expected:
-        assert rel_err(torch.stack(inter["x_inter"]), expected["x_inter"]) < 2e-5
-        assert rel_err(torch.stack(inter["pred_x0"][1:]), expected["pred_x0"]) < 2e-5
+    assert_sampler_matches(DDIMSampler(tiny), steps, scale, inputs, expected, shape=(4, 16, 16))
 
 
 # --- v-parameterization formulas against an independent float64 computation --------------------------------------
