@@ -178,6 +178,27 @@ def describe_read_error(err: BaseException) -> str:
     return text.split(". ")[0].rstrip(".")
 
 
+def safe_torch_load(
+    path: Path, refused: str, refused_hint: str, corrupt: str, corrupt_hint: str, error: type[Exception], **kwargs: Any
+) -> Any:
+    """``torch.load(path, weights_only=True)``; a refused pickle or a truncated/corrupt file becomes one ``error``.
+
+    ``refused`` / ``corrupt`` open the two messages ("Refused to load 'x.ckpt'", "Checkpoint 'x.ckpt'"); the hints say
+    how to fix each case. ``kwargs`` go to ``torch.load`` (e.g. ``mmap=True``).
+    """
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, **kwargs)
+    except pickle.UnpicklingError as err:
+        raise error(
+            f"{refused}: it contains objects other than tensors, which could run code when unpickled "
+            f"({describe_unpickling_error(err)}). {refused_hint}"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        if kwargs.get("mmap") and "mmap" in str(err):  # a legacy (non-zip) file cannot be mapped: read it
+            return safe_torch_load(path, refused, refused_hint, corrupt, corrupt_hint, error)
+        raise error(f"{corrupt} is truncated or corrupt ({describe_read_error(err)}). {corrupt_hint}") from err
+
+
 def check_checkpoint_file(path: str | os.PathLike, flag: str = "--resume") -> None:
     """Check that a Lightning/torch checkpoint opens with ``weights_only=True`` before anything is built from it.
 
@@ -187,23 +208,11 @@ def check_checkpoint_file(path: str | os.PathLike, flag: str = "--resume") -> No
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{flag} checkpoint '{p}' does not exist.")
-    try:
-        try:
-            torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise
-            torch.load(str(p), map_location="cpu", weights_only=True)  # a legacy (non-zip) file cannot be mapped
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{flag}: refused to load '{p}': it contains objects other than tensors, which could run code when "
-            f"unpickled ({describe_unpickling_error(err)}). Resume only from checkpoints this project wrote."
-        ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(
-            f"{flag}: checkpoint '{p}' is truncated or corrupt ({describe_read_error(err)}). Resume from another "
-            "checkpoint of the run (checkpoints/*.ckpt) or start the run again."
-        ) from err
+    safe_torch_load(
+        p, f"{flag}: refused to load '{p}'", "Resume only from checkpoints this project wrote.",
+        f"{flag}: checkpoint '{p}'", "Resume from another checkpoint of the run (checkpoints/*.ckpt) or start the run "
+        "again.", CheckpointError, mmap=True,
+    )  # fmt: skip
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -227,17 +236,10 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"Checkpoint '{path}' has an unknown extension; use .safetensors or one of {', '.join(TORCH_SUFFIXES)}."
         )
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"Refused to load '{path}': it contains objects other than tensors, which could run code when "
-            f"unpickled ({describe_unpickling_error(err)}). Convert it to .safetensors from a trusted environment."
-        ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(
-            f"Checkpoint '{path}' is truncated or corrupt ({describe_read_error(err)}). Download it again."
-        ) from err
+    obj = safe_torch_load(
+        path, f"Refused to load '{path}'", "Convert it to .safetensors from a trusted environment.",
+        f"Checkpoint '{path}'", "Download it again.", CheckpointError,
+    )  # fmt: skip
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
