@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # ToyWorld 2 (the SD-v1-family toy: CLIP-architecture text tower trained with the UNet, caption noise), with main.py.
-# Reuses the shipped ToyWorld autoencoder (models/toyworld/autoencoder.safetensors; scripts/train_toyworld.sh makes it).
+# Reuses the shipped ToyWorld autoencoder (models/toyworld/autoencoder.safetensors; scripts/train_toyworld.sh makes it)
+# and, by default, warm-starts the UNet from the first toy's (WARM_START=models/toyworld/txt2img.safetensors): its
+# UNet has the same layout except the 16x16 cross-attention blocks, which start as identities (zero proj_out). The text
+# tower is new and random, so every word meaning is learnt again from these captions. WARM_START= (empty) trains from
+# scratch.
 #
 #   SWEEP="0 0.1 0.2 0.3" bash scripts/train_toyworld2.sh   # short pilots, one per p; prints each pilot's
 #                                                            # missing-subject rate (plain sampling, tuning seeds)
@@ -20,7 +24,7 @@
 #
 # Environment: PYTHON (.venv/bin/python), LOGDIR (logs/toyworld2), P_OVER (0.2), P_UNDER (0.1), LDM_STEPS (9000),
 # LDM2_STEPS (3000), SWEEP (empty = full run), PILOT_STEPS (3000), UNDER_RATIO (0.5), N_PAIRS (64), MEASURE (1),
-# ACCELERATOR (cpu), THREADS (torch threads, 1).
+# ACCELERATOR (cpu), THREADS (torch threads, 1), WARM_START (models/toyworld/txt2img.safetensors; empty: none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +41,7 @@ N_PAIRS=${N_PAIRS:-64}
 MEASURE=${MEASURE:-1}
 ACCELERATOR=${ACCELERATOR:-cpu}
 THREADS=${THREADS:-1}
+WARM_START=${WARM_START-models/toyworld/txt2img.safetensors}
 AE=models/toyworld/autoencoder.safetensors
 OUT=models/toyworld2
 CONFIG=configs/toyworld2/txt2img.yaml
@@ -55,6 +60,11 @@ noise_overrides() {  # p_over p_under -> main.py dotlist overrides of the traini
     echo "$NOISE_KEY.p_over_describe=$1 $NOISE_KEY.p_under_describe=$2"
 }
 
+warm_start() {  # phase-1 overrides: the first toy's UNet (and autoencoder, scale_factor), not its BERT tower
+    [[ -n "$WARM_START" ]] && echo "model.params.ckpt_path=$WARM_START model.params.ignore_keys=[cond_stage_model.]"
+    return 0
+}
+
 measure() {  # label ckpt [json]
     "$PYTHON" scripts/toyworld2_neglect.py --label "$1" --ckpt "$2" --n "$N_PAIRS" ${3:+--out "$3"} \
         | tail -n 1
@@ -65,7 +75,7 @@ if [[ -n "$SWEEP" ]]; then
     for p in $SWEEP; do
         under=$(awk -v p="$p" -v r="$UNDER_RATIO" 'BEGIN { printf "%g", p * r }')
         name="toyworld2_pilot_p$p"
-        read -ra overrides <<< "$(noise_overrides "$p" "$under")"
+        read -ra overrides <<< "$(noise_overrides "$p" "$under") $(warm_start)"
         train_stage "$name" "$CONFIG" "$PILOT_STEPS" "${overrides[@]}"
         run=$(latest_run "$name")
         [[ -f "$run/pilot.safetensors" ]] || \
@@ -79,8 +89,9 @@ if [[ -n "$SWEEP" ]]; then
 fi
 
 read -ra overrides <<< "$(noise_overrides "$P_OVER" "$P_UNDER")"
+read -ra warm <<< "$(warm_start)"
 mkdir -p "$OUT"
-train_stage "toyworld2_ldm_p$P_OVER" "$CONFIG" "$LDM_STEPS" "${overrides[@]}"
+train_stage "toyworld2_ldm_p$P_OVER" "$CONFIG" "$LDM_STEPS" "${overrides[@]}" "${warm[@]}"
 # Phase 2 starts from the phase-1 checkpoint (weights and EMA weights; fresh optimizer and step counter).
 train_stage "toyworld2_ldm2_p$P_OVER" "$CONFIG $PHASE2" "$LDM2_STEPS" "${overrides[@]}" \
     model.params.ckpt_path="$(latest_run "toyworld2_ldm_p$P_OVER")/checkpoints/last.ckpt"

@@ -182,3 +182,33 @@ def test_star_inversion_runs_on_the_clip_tower(trained, tmp_path):
     for key, value in model.cond_stage_model.state_dict().items():  # the frozen tower is the exported one
         assert torch.equal(value, tower[key].half().float()), key
     assert (inverted.logdir / "checkpoints" / "embeddings.pt").is_file()
+
+
+def test_warm_start_keeps_the_first_toys_unet_and_starts_the_ema_from_it():
+    """scripts/train_toyworld2.sh's warm start: the first toy's UNet in ToyWorld 2's layout. The added 16x16
+    cross-attention blocks start as identities (zero proj_out), so the warm-started UNet computes exactly what the
+    first toy's UNet does for the same context; the EMA starts from the loaded weights, not from random ones."""
+    toy1 = REPO / "models" / "toyworld" / "txt2img.safetensors"
+    if not toy1.is_file():
+        pytest.skip(f"{toy1} missing (scripts/train_toyworld.sh makes it)")
+    config = OmegaConf.load(TXT2IMG)
+    config.model.params.ckpt_path = str(toy1)
+    config.model.params.ignore_keys = ["cond_stage_model."]
+    model = instantiate_from_config(config.model)
+    shipped = load_state_dict_file(str(toy1))
+    assert float(model.scale_factor) == pytest.approx(float(shipped["scale_factor"]))
+
+    toy1_config = OmegaConf.load(REPO / "configs" / "toyworld" / "txt2img.yaml")
+    reference = instantiate_from_config(toy1_config.model.params.unet_config)
+    prefix = "model.diffusion_model."
+    reference.load_state_dict({k[len(prefix) :]: v.float() for k, v in shipped.items() if k.startswith(prefix)})
+    unet = model.model.diffusion_model
+    added = [k for k in unet.state_dict() if k not in reference.state_dict()]
+    assert added and all(".1." in k or ".2." in k for k in added)  # only the new transformer blocks
+    torch.manual_seed(0)
+    x, t, context = torch.randn(2, 4, 16, 16), torch.tensor([10, 900]), torch.randn(2, 77, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(unet(x, t, context=context), reference(x, t, context=context))
+    ema = dict(model.model_ema.named_buffers())
+    for name, p in model.model.named_parameters():
+        assert torch.equal(ema[model.model_ema.m_name2s_name[name]], p.detach()), name

@@ -234,6 +234,10 @@ class DDPM(pl.LightningModule):
         if only_model:
             sd = {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
         missing, _ = load_state_dict_into(target, sd, strict=False, source=f"Checkpoint '{path}'")
+        if self.use_ema and not only_model and any(k.startswith("model_ema.") for k in missing):
+            # A file without EMA buffers (an export, a warm start): average from the loaded weights, not random ones.
+            logger.info("%s has no EMA weights; the EMA starts from its model weights", path)
+            self.model_ema = LitEma(self.model, decay=float(self.model_ema.decay))
         return missing
 
     # --- forward process -------------------------------------------------------------------------------------
