@@ -27,13 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ldm.models.diffusion.guidance.attend_and_excite import (  # noqa: E402
-    AttendAndExcite,
-    AttendExciteConfig,
-    blocks_at_resolution,
-    max_attention_per_token,
-    scale_schedule,
-)
+from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite  # noqa: E402
+from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig, scale_schedule  # noqa: E402
+from ldm.models.diffusion.guidance.attend_excite_maps import blocks_at_resolution, max_attention_per_token  # noqa: E402
 from ldm.modules.attention_control import AttentionStore, register_attention_controller  # noqa: E402
 
 INDICES = (2, 5)

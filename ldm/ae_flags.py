@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ldm.errors import MissingFileError
-from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig
+from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
 from ldm.util import load_yaml
 
 DEFAULT_AE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "guidance" / "attend_and_excite.yaml"

@@ -27,13 +27,9 @@ from tqdm.auto import tqdm
 
 from ldm.ae_flags import AE_FIELDS, DEFAULT_AE_CONFIG, add_attend_excite_args, attend_excite_config
 from ldm.errors import MissingFileError, UserError
-from ldm.models.diffusion.guidance.attend_and_excite import (
-    AttendAndExcite,
-    AttendExciteConfig,
-    StepMaps,
-    capture_token_maps,
-    scale_schedule,
-)
+from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite
+from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig, scale_schedule
+from ldm.models.diffusion.guidance.attend_excite_maps import StepMaps, capture_token_maps
 from ldm.models.diffusion.guidance.tokens import (
     describe_groups,
     end_position,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ldm.ae_flags import AE_FIELDS, add_attend_excite_args, attend_excite_config, load_ae_config
-from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig
+from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -13,13 +13,9 @@ from conftest import GOLDEN, _golden_model, load_golden, rel_err, require_fixtur
 
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.ddpm_sampler import DDPMSampler
-from ldm.models.diffusion.guidance.attend_and_excite import (
-    AttendAndExcite,
-    AttendExciteConfig,
-    max_attention_per_token,
-    scale_schedule,
-    step_size,
-)
+from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite
+from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig, scale_schedule, step_size
+from ldm.models.diffusion.guidance.attend_excite_maps import max_attention_per_token
 from ldm.models.diffusion.guidance.smoothing import gaussian_kernel1d, smooth_maps
 from ldm.models.diffusion.plms import PLMSSampler
 from ldm.modules.attention_control import AttentionStore, register_attention_controller

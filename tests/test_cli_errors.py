@@ -270,7 +270,7 @@ def test_ae_message_for_a_latent_the_unet_cannot_divide():
     """blocks_at_resolution (reached without the script's checks) suggests only sides the UNet really makes."""
     from conftest import _golden_model
 
-    from ldm.models.diffusion.guidance.attend_and_excite import blocks_at_resolution
+    from ldm.models.diffusion.guidance.attend_excite_maps import blocks_at_resolution
 
     require_fixture(GOLDEN_WEIGHTS["ldm"])
     unet = _golden_model("ldm").model.diffusion_model  # channel_mult [1, 2, 2]: latent sides must be multiples of 4

@@ -10,7 +10,8 @@ import torch
 from conftest import GOLDEN_WEIGHTS, _golden_model, load_golden, rel_err, require_fixture
 
 from ldm.models.diffusion.ddim import DDIMSampler
-from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite, AttendExciteConfig
+from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite
+from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
 
 DEVICES = [
     "cpu",

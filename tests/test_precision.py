@@ -11,7 +11,8 @@ import torch
 from conftest import GOLDEN_WEIGHTS, _golden_model, rel_err, require_fixture
 
 from ldm import inference
-from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite, AttendExciteConfig
+from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite
+from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
 from ldm.precision import cast_model, model_dtype, precision_scope
 
 SHAPE = (4, 8, 8)

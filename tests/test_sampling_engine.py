@@ -67,7 +67,7 @@ def test_image_noise_is_its_own_whatever_the_batch():
 
     from ldm import inference
     from ldm.engine.runner import EngineSettings, sample_items
-    from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig
+    from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
 
     require_fixture(GOLDEN_WEIGHTS["sd"])
     model = _golden_model("sd")

@@ -9,7 +9,8 @@ from conftest import GOLDEN, GOLDEN_WEIGHTS, REPO, load_golden, rel_err, require
 from omegaconf import OmegaConf
 
 from ldm.models.diffusion.ddim import DDIMSampler
-from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite, AttendExciteConfig
+from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite
+from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
 from ldm.modules.attention import BasicTransformerBlock
 from ldm.modules.diffusionmodules.openaimodel import ResBlock
 from ldm.modules.diffusionmodules.util import compile_diffusion_model

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ldm import inference
 from ldm.engine.distributed import ProgressBoard
 from ldm.engine.items import WorkItem, item_generator, start_noise
-from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig
+from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
 from ldm.outputs import save_image, save_json
 from ldm.precision import cast_model
 

@@ -25,7 +25,8 @@ from PIL import Image
 from ldm import inference
 from ldm.ae_flags import AE_FIELDS, DEFAULT_AE_CONFIG, add_attend_excite_args, attend_excite_config, load_ae_config
 from ldm.explorer.chips import Chip, prompt_chips
-from ldm.models.diffusion.guidance.attend_and_excite import AttendExciteConfig, StepMaps, capture_token_maps
+from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
+from ldm.models.diffusion.guidance.attend_excite_maps import StepMaps, capture_token_maps
 
 logger = logging.getLogger(__name__)
 
