@@ -12,7 +12,7 @@ from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite
 from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
 from ldm.modules.attention import BasicTransformerBlock
-from ldm.modules.diffusionmodules.openaimodel import ResBlock
+from ldm.modules.diffusionmodules.unet_blocks import ResBlock
 from ldm.modules.diffusionmodules.util import compile_diffusion_model
 from ldm.util import load_model_from_config
 
