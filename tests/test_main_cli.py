@@ -116,6 +116,12 @@ def test_scale_lr_rule():
 def test_logger_falls_back_to_csv(tmp_path, monkeypatch):
     from pytorch_lightning.loggers import CSVLogger
 
-    real = main.importlib.util.find_spec
-    monkeypatch.setattr(main.importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else real(n, *a))
+    from ldm.training import trainer_setup
+
+    find_spec = trainer_setup.importlib.util.find_spec
+
+    def no_tensorboard(name, *args):
+        return None if name == "tensorboard" else find_spec(name, *args)
+
+    monkeypatch.setattr(trainer_setup.importlib.util, "find_spec", no_tensorboard)
     assert isinstance(main.make_logger("auto", Path(tmp_path)), CSVLogger)
