@@ -12,34 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.data.toyworld import (  # noqa: E402
-    DEFAULT_COLOURS,
-    DEFAULT_HELDOUT,
-    HELDOUT_SHAPES,
-    SceneSpec,
-    ToyObject,
-    render_scene,
-)
 from ldm.outputs import save_image  # noqa: E402
-
-
-def heldout_specs(n: int, shape: str = DEFAULT_HELDOUT, size: int = 64, seed: int = 0) -> list[SceneSpec]:
-    """``n`` single-object scenes of ``shape``; a pure function of the arguments."""
-    rng = np.random.default_rng([seed, 7])
-    specs = []
-    for i in range(n):
-        k = size / 64.0
-        s = float(rng.uniform(11.0, 14.0)) * k
-        cx, cy = (float(v) for v in size / 2 + rng.uniform(-6, 6, 2) * k)
-        colour = DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
-        grey = int(rng.integers(232, 251))
-        bg = tuple(int(v) for v in np.clip(grey + rng.integers(-5, 6, 3), 0, 255))
-        specs.append(SceneSpec(objects=(ToyObject(shape, colour, (cx, cy), s),), background=bg, canvas=size))
-    return specs
+from ldm.toyworld.scenes import DEFAULT_HELDOUT, HELDOUT_SHAPES, heldout_specs, render_scene  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,11 +6,12 @@ noise p of ToyWorld 2 (scripts/train_toyworld2.sh SWEEP=...).
         --out logs/toyworld2/<run>/neglect.json
 
 Prompts "a {colour} {shape} and a {colour} {shape}" (distinct shapes and colours; the prompt family of
-scripts/evaluate_toyworld.py's benchmark (i), drawn with its `subject_prompts`) from --prompt_seed, one starting
-noise per prompt from --noise_seed + i. The defaults (prompt seed 200, noise seeds 60000+) are TUNING seeds: disjoint
-from scripts/evaluate_toyworld.py's evaluation seeds (prompt seeds 0-2, noise 10000+/30000+) and from the first toy's
-A&E tuning (prompt seed 100, noise 50000+). A sample "misses a subject" when the ToyWorld detector does not find
-both named shapes on distinct objects (colours ignored); "all present" additionally needs the right colours.
+scripts/evaluate_toyworld.py's benchmark (i), `ldm.toyworld.prompts.subject_prompts`) from --prompt_seed, one
+starting noise per prompt from --noise_seed + i. The defaults (prompt seed 200, noise seeds 60000+) are TUNING
+seeds: disjoint from scripts/evaluate_toyworld.py's evaluation seeds (prompt seeds 0-2, noise 10000+/30000+) and
+from the first toy's A&E tuning (prompt seed 100, noise 50000+). A sample "misses a subject" when the ToyWorld
+detector does not find both named shapes on distinct objects (colours ignored); "all present" additionally needs
+the right colours.
 Prints one line (label, rates with 95% Wilson intervals) and writes the per-sample verdicts as JSON with --out.
 """
 
@@ -22,12 +23,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-for folder in (REPO, REPO / "scripts"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-# the evaluation's prompt family and interval (only the seeds differ here)
-from evaluate_toyworld import subject_prompts, wilson  # noqa: E402
+from ldm.toyworld.stats import wilson  # noqa: E402
 
 TOY2_INFERENCE = REPO / "configs" / "toyworld2" / "txt2img-inference.yaml"
 
@@ -52,16 +51,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ldm.evaluation.toyworld_sampling import SampleSettings, judge, load_toyworld_model, sample_images
     from ldm.outputs import save_json
+    from ldm.toyworld.benchmarks import plain_neglect
+    from ldm.toyworld.sampling import SampleSettings, load_toyworld_model
 
     torch.set_grad_enabled(False)
     model = load_toyworld_model(args.config, args.ckpt)
-    prompts, _ = subject_prompts(args.n, 2, args.prompt_seed)
-    seeds = [args.noise_seed + i for i in range(args.n)]
     settings = SampleSettings(steps=args.steps, scale=args.scale)
-    images = sample_images(model, prompts, seeds, settings, progress=True)
-    verdicts = judge(images, prompts)
+    verdicts, seeds = plain_neglect(model, args.n, args.prompt_seed, args.noise_seed, settings)
     missing = sum(not v.shapes_present for v in verdicts)
     correct = sum(v.all_correct for v in verdicts)
     lo_m, hi_m = wilson(missing, args.n)

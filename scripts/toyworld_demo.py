@@ -14,7 +14,6 @@ with their intervals) is printed beside the demo's own two-subject counts.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,87 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from ldm.evaluation.toyworld_sampling import judge  # noqa: E402
 from ldm.outputs import save_text  # noqa: E402
-
-
-def load_images(folder: Path) -> torch.Tensor:
-    """``folder/*.png`` (sorted) as ``[N, 3, H, W]`` in [0, 1]."""
-    paths = sorted(folder.glob("*.png"))
-    arrays = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0 for p in paths]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) if arrays else torch.zeros(0, 3, 64, 64)
-
-
-def summarise_run(run: Path) -> tuple[str, str, int, int, list[str], int]:
-    """(prompt, mode, images showing everything asked, images, per-image lines, images showing every named shape)
-    of one txt2img output folder."""
-    settings = json.loads(max(run.glob("settings-*.json")).read_text())  # the run's latest record
-    extra = settings.get("extra", {})
-    prompt = extra.get("prompt") or next(iter(settings.get("prompts", {})), "?")
-    ae_tokens = settings.get("options", {}).get("ae_tokens", "")
-    mode = f"A&E on '{ae_tokens}'" if ae_tokens else "plain"
-    if extra.get("embedding_path"):
-        mode += " + learned *"
-    images = load_images(run / "samples")
-    if len(images) == 0:
-        return prompt, mode, 0, 0, [], 0
-    verdicts = judge(images, [prompt] * len(images))
-    lines = [f"    {k}: {v.describe()}" for k, v in enumerate(verdicts)]
-    shapes = sum(v.shapes_present for v in verdicts)
-    return prompt, mode, sum(v.all_correct for v in verdicts), len(verdicts), lines, shapes
-
-
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
-def _interval(text: str) -> tuple[float, float]:
-    lo, hi = text.strip("[]").split(",")
-    return float(lo), float(hi)
-
-
-def evaluation_headline(results: str, toy: str) -> list[str]:
-    """The two-subject headline of toy ``toy``'s section of a results file (scripts/evaluate_toyworld.py):
-    all-subjects-present and missing-subject rates, plain and the main A&E setting (Wilson intervals), and the
-    paired-bootstrap gain. The missing-subject rate is 1 - the all-subjects (shapes) rate where it has no row."""
-    begin, end = f"<!-- toyworld{toy} results: begin -->", f"<!-- toyworld{toy} results: end -->"
-    if begin not in results:
-        return [f"(no ToyWorld {toy} section in the results file: run scripts/evaluate_toyworld.py --toy {toy})"]
-    section = results.split(begin, 1)[1].split(end, 1)[0]
-    bench = "(i) two subjects"
-    rates, diffs = {}, {}
-    for line in section.splitlines():
-        cells = _cells(line) if line.startswith("| ") else []
-        if len(cells) == 6 and cells[0] == bench:
-            rates[(cells[1], cells[2])] = (float(cells[3]), *_interval(cells[4]), int(cells[5]))
-        elif len(cells) == 5 and cells[0] == bench:
-            diffs[cells[1]] = (float(cells[2]), *_interval(cells[3]))
-    key = next((d for d in diffs if d.endswith(" - plain, all subjects (shapes)")), None)
-    if key is None:
-        return [f"(the ToyWorld {toy} section has no two-subject A&E row)"]
-    method = key.split(" - plain,")[0]
-    out = [f"Evaluation (docs/results.md, {rates[('plain', 'all subjects (shapes)')][3]} prompt-seed pairs, two"
-           f" subjects, plain vs {method}; 95% intervals):"]  # fmt: skip
-    for metric in ("all subjects (shapes)", "missing a subject"):
-        parts = []
-        for m in ("plain", method):
-            if (m, metric) in rates:
-                r, lo, hi, _ = rates[(m, metric)]
-            else:  # derived from the all-subjects row
-                r, lo, hi, _ = rates[(m, "all subjects (shapes)")]
-                r, lo, hi = 1 - r, 1 - hi, 1 - lo
-            parts.append(f"{m} {r:.2f} [{lo:.2f}, {hi:.2f}]")
-        d = diffs.get(f"{method} - plain, {metric}")
-        if d is None and metric == "missing a subject":  # the all-subjects difference, negated
-            mean, lo, hi = diffs[key]
-            d = (-mean, -hi, -lo)
-        change = f"; change {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]" if d else ""
-        out.append(f"  {metric + ':':24} " + ", ".join(parts) + change)
-    return out
+from ldm.toyworld.demo import summarise_run  # noqa: E402
+from ldm.toyworld.report import evaluation_headline  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,92 +1,81 @@
-"""The statistics and prompt sets of scripts/evaluate_toyworld.py, checked against independent computations."""
+"""The statistics, prompt sets and report of the ToyWorld evaluation (ldm.toyworld: stats, prompts, report, the toys'
+defaults in benchmarks; run by scripts/evaluate_toyworld.py), checked against independent computations."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from ldm.toyworld.benchmarks import OFFICIAL_AE_CONFIG, TOYS
+from ldm.toyworld.prompts import colour_and_shape_specs, placeholder_prompts, subject_prompts
+from ldm.toyworld.report import evaluation_headline, merge_section
+from ldm.toyworld.stats import bootstrap_diff, wilson
 
 
-@pytest.fixture(scope="module")
-def ev():
-    spec = importlib.util.spec_from_file_location("evaluate_toyworld", ROOT / "scripts" / "evaluate_toyworld.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["evaluate_toyworld"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_wilson_interval_matches_the_closed_form(ev):
+def test_wilson_interval_matches_the_closed_form():
     # Wilson (1927): (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), computed here term by term
     for k, n in [(5, 10), (0, 20), (20, 20), (13, 16)]:
         z, p = 1.96, k / n
         denom = 1 + z**2 / n
         centre = p + z**2 / (2 * n)
         half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
-        lo, hi = ev.wilson(k, n)
+        lo, hi = wilson(k, n)
         assert lo == pytest.approx((centre - half) / denom, abs=1e-12)
         assert hi == pytest.approx((centre + half) / denom, abs=1e-12)
-    assert ev.wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)  # the textbook value
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)  # the textbook value
 
 
-def test_paired_bootstrap_interval(ev):
+def test_paired_bootstrap_interval():
     a = np.zeros(50, bool)
     b = np.ones(50, bool)
-    assert ev.bootstrap_diff(a, b) == (1.0, 1.0, 1.0)  # every pair improves: no spread
+    assert bootstrap_diff(a, b) == (1.0, 1.0, 1.0)  # every pair improves: no spread
     rng = np.random.default_rng(3)
     a, b = rng.random(400) < 0.3, rng.random(400) < 0.5
-    mean, lo, hi = ev.bootstrap_diff(a, b, n_boot=4000)
+    mean, lo, hi = bootstrap_diff(a, b, n_boot=4000)
     d = b.astype(float) - a.astype(float)
     assert mean == pytest.approx(d.mean())
     half = 1.96 * d.std(ddof=1) / math.sqrt(len(d))  # the normal approximation the percentile interval approaches
     assert lo == pytest.approx(d.mean() - half, abs=0.015) and hi == pytest.approx(d.mean() + half, abs=0.015)
-    assert ev.bootstrap_diff(b, a, n_boot=4000)[0] == pytest.approx(-mean)
+    assert bootstrap_diff(b, a, n_boot=4000)[0] == pytest.approx(-mean)
 
 
-def test_prompt_sets_name_distinct_subjects_and_their_words(ev):
-    prompts, specs = ev.subject_prompts(20, 3, seed=5)
-    assert prompts == ev.subject_prompts(20, 3, seed=5)[0]  # fixed by the seed
+def test_prompt_sets_name_distinct_subjects_and_their_words():
+    prompts, specs = subject_prompts(20, 3, seed=5)
+    assert prompts == subject_prompts(20, 3, seed=5)[0]  # fixed by the seed
     for prompt, spec in zip(prompts, specs, strict=True):
         shapes = spec.split(",")
         assert len(shapes) == len(set(shapes)) == 3 and all(s in prompt for s in shapes)
-    two, _ = ev.subject_prompts(4, 2, seed=0)
+    two, _ = subject_prompts(4, 2, seed=0)
     assert all(p.count(" and ") == 1 for p in two)
-    words = ev.colour_and_shape_specs(["a red circle and a blue square", "a * and a green triangle"])
+    words = colour_and_shape_specs(["a red circle and a blue square", "a * and a green triangle"])
     assert words == ["red,circle,blue,square", "*,green,triangle"]
-    star_prompts, star_specs = ev.placeholder_prompts(6, seed=2)
+    star_prompts, star_specs = placeholder_prompts(6, seed=2)
     assert all(p.startswith("a * and a ") and s.startswith("*,") for p, s in zip(star_prompts, star_specs))
 
 
-def test_each_toy_replaces_only_its_own_results_section(ev):
-    first = ev.merge_section("", "1", "## toy one\n| a | 1 |")
+def test_each_toy_replaces_only_its_own_results_section():
+    first = merge_section("", "1", "## toy one\n| a | 1 |")
     assert first.startswith("# ToyWorld results\n") and "## toy one" in first
-    both = ev.merge_section(first, "2", "## toy two\n| b | 2 |")
+    both = merge_section(first, "2", "## toy two\n| b | 2 |")
     assert both.index("## toy one") < both.index("## toy two")
-    again = ev.merge_section(both, "1", "## toy one, rerun")
+    again = merge_section(both, "1", "## toy one, rerun")
     assert "## toy one, rerun" in again and "| a | 1 |" not in again and "## toy two\n| b | 2 |" in again
     assert again.count("toyworld1 results: begin") == 1 and again.count("toyworld2 results: end") == 1
-    reordered = ev.merge_section(ev.merge_section("# ToyWorld results\n", "2", "## two"), "1", "## one")
+    reordered = merge_section(merge_section("# ToyWorld results\n", "2", "## two"), "1", "## one")
     assert reordered.index("## one") < reordered.index("## two")  # sections stay in toy order
 
 
-def test_toy_defaults_name_existing_configs(ev):
-    for key, toy in ev.TOYS.items():
+def test_toy_defaults_name_existing_configs():
+    for key, toy in TOYS.items():
         for path in (toy.config, toy.finetune, toy.ae_config):
             assert path.is_file(), f"toy {key}: {path} missing"
-    assert ev.TOYS["2"].ae_config == ev.OFFICIAL_AE_CONFIG  # the SD toy is measured with the official defaults
-    assert ev.TOYS["2"].attention_res.split(",")[0] == "16"
+    assert TOYS["2"].ae_config == OFFICIAL_AE_CONFIG  # the SD toy is measured with the official defaults
+    assert TOYS["2"].attention_res.split(",")[0] == "16"
 
 
-def test_demo_reads_the_evaluation_headline(ev):
-    spec = importlib.util.spec_from_file_location("toyworld_demo", ROOT / "scripts" / "toyworld_demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+def test_demo_reads_the_evaluation_headline():
     section = "\n".join([
         "| benchmark | method | metric | rate | 95% CI (Wilson) | n |",
         "| (i) two subjects | plain | missing a subject | 0.400 | [0.320, 0.485] | 128 |",
@@ -96,13 +85,13 @@ def test_demo_reads_the_evaluation_headline(ev):
         "| (i) two subjects | A&E official 16x16 - plain, all subjects (shapes) | +0.300 | [+0.200, +0.400] | yes |",
         "| (i) two subjects | A&E official 16x16 - plain, missing a subject | -0.300 | [-0.400, -0.200] | yes |",
     ])  # fmt: skip
-    text = ev.merge_section("", "2", section)
-    lines = demo.evaluation_headline(text, "2")
+    text = merge_section("", "2", section)
+    lines = evaluation_headline(text, "2")
     assert "128 prompt-seed pairs" in lines[0] and "A&E official 16x16" in lines[0]
     assert "plain 0.60 [0.52, 0.68], A&E official 16x16 0.90 [0.84, 0.94]; change +0.30 [+0.20, +0.40]" in lines[1]
     assert "plain 0.40 [0.32, 0.48]" in lines[2] and "change -0.30 [-0.40, -0.20]" in lines[2]
     # a section without missing-subject rows (the first toy's): derived as 1 - all subjects, interval flipped
     old = "\n".join(row for row in section.splitlines() if "missing" not in row)
-    derived = demo.evaluation_headline(ev.merge_section("", "1", old), "1")
+    derived = evaluation_headline(merge_section("", "1", old), "1")
     assert "plain 0.40 [0.32, 0.48], A&E official 16x16 0.10 [0.06, 0.16]; change -0.30 [-0.40, -0.20]" in derived[2]
-    assert "no ToyWorld 2 section" in demo.evaluation_headline(ev.merge_section("", "1", old), "2")[0]
+    assert "no ToyWorld 2 section" in evaluation_headline(merge_section("", "1", old), "2")[0]

@@ -238,7 +238,7 @@ def _write_image_logger(folder: Path) -> Path:
 def _write_toyworld_grid(folder: Path) -> Path:
     import torch
 
-    from ldm.evaluation.toyworld_sampling import save_grid
+    from ldm.toyworld.sampling import save_grid
 
     return save_grid(torch.rand(3, 3, 8, 8), folder / "grids" / "g.png", nrow=2, labels=["a", "b", "c"])
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import GOLDEN_WEIGHTS, REPO, _golden_model, require_fixture
 
-from ldm.data.toyworld import DEFAULT_COLOURS, NAMED_SHAPES
 from ldm.errors import UserError
 from ldm.models.diffusion.guidance.tokens import resolve_ae_tokens
 from ldm.modules.embedding_manager import EmbeddingManager
 from ldm.modules.encoders.modules import BERTEmbedder, BERTTokenizer
+from ldm.toyworld.scenes import DEFAULT_COLOURS, NAMED_SHAPES
 
 TOY_VOCAB = REPO / "configs" / "toyworld" / "vocab.txt"
 ENCODER_LOG = "ldm.modules.encoders.modules"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
 from collections import Counter
@@ -14,7 +13,16 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from ldm.data.toyworld import (
+from ldm.toyworld.dataset import ToyWorldDataset
+from ldm.toyworld.detect import (
+    DetectorConfig,
+    degrade,
+    detect,
+    detect_batch,
+    parse_caption,
+    scene_matches,
+)
+from ldm.toyworld.scenes import (
     BOUND_FACTOR,
     COLOURS,
     DEFAULT_HELDOUT,
@@ -23,20 +31,12 @@ from ldm.data.toyworld import (
     VOCAB_PATH,
     SceneSpec,
     ToyObject,
-    ToyWorldDataset,
     caption_for,
+    heldout_specs,
     load_tokenizer,
     render_scene,
     sample_scene,
     scene_rng,
-)
-from ldm.evaluation.toyworld_detect import (
-    DetectorConfig,
-    degrade,
-    detect,
-    detect_batch,
-    parse_caption,
-    scene_matches,
 )
 from ldm.util import instantiate_from_config
 
@@ -84,7 +84,7 @@ def test_dataset_is_deterministic_by_seed_split_index():
 
 def test_item_format_and_config_instantiation():
     cfg = OmegaConf.create(
-        {"target": "ldm.data.toyworld.ToyWorldDataset", "params": {"size": 48, "num_samples": 8, "seed": 1}}
+        {"target": "ldm.toyworld.dataset.ToyWorldDataset", "params": {"size": 48, "num_samples": 8, "seed": 1}}
     )
     ds = instantiate_from_config(cfg)
     item = ds[0]
@@ -257,11 +257,7 @@ def test_detect_single_image_inputs_and_fields():
 def test_shipped_heldout_examples():
     files = sorted((REPO / "data" / "toyworld" / "heldout").glob("*.png"))
     assert 4 <= len(files) <= 5
-    path = REPO / "scripts" / "make_toyworld_heldout.py"
-    spec = importlib.util.spec_from_file_location("make_toyworld_heldout", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    for f, s in zip(files, mod.heldout_specs(len(files))):
+    for f, s in zip(files, heldout_specs(len(files))):
         img = Image.open(f).convert("RGB")
         np.testing.assert_array_equal(np.asarray(img), np.asarray(render_scene(s)))  # reproducible by the script
         assert [d.shape for d in detect(img)] == [DEFAULT_HELDOUT]

@@ -18,7 +18,8 @@ import torch
 from conftest import REPO
 from omegaconf import OmegaConf
 
-from ldm.evaluation.toyworld_detect import parse_caption
+from ldm.toyworld.detect import parse_caption
+from ldm.toyworld.export import ldm_state, to_fp16
 from ldm.util import instantiate_from_config, load_state_dict_file
 
 TXT2IMG = REPO / "configs" / "toyworld2" / "txt2img.yaml"
@@ -120,8 +121,7 @@ def test_export_and_neglect_measurement_of_a_pilot(trained, tmp_path):
     from safetensors.torch import save_file
 
     result, _ = trained
-    export = _load_script("export_toyworld")
-    state = export.to_fp16(export.ldm_state(result.model.state_dict()))
+    state = to_fp16(ldm_state(result.model.state_dict()))
     assert not any(k.startswith("model_ema.") for k in state)
     ckpt = tmp_path / "pilot.safetensors"
     save_file(state, str(ckpt))
@@ -153,9 +153,8 @@ def test_star_inversion_runs_on_the_clip_tower(trained, tmp_path):
     import main
 
     result, _ = trained
-    export = _load_script("export_toyworld")
     ckpt = tmp_path / "model.safetensors"
-    save_file(export.to_fp16(export.ldm_state(result.model.state_dict())), str(ckpt))
+    save_file(to_fp16(ldm_state(result.model.state_dict())), str(ckpt))
     tiny = OmegaConf.load(TINY).model.params
     overlay = OmegaConf.create({
         "model": {"params": {"unet_config": tiny.unet_config, "cond_stage_config": tiny.cond_stage_config}},

@@ -8,13 +8,15 @@ import math
 
 import pytest
 
-from ldm.data.toyworld import VOCAB_PATH, ToyWorldDataset
-from ldm.evaluation.toyworld_detect import parse_caption
+from ldm.toyworld.dataset import ToyWorldDataset
+from ldm.toyworld.detect import parse_caption
+from ldm.toyworld.scenes import VOCAB_PATH
 
 N = 3000
 
-# sha256 of the first 3000 training captions ("\n"-joined) and the first captions, computed with ldm/data/toyworld.py
-# as it was before the caption-noise knobs existed (commit fc6f0e6): phase-1 parameters, then phase-2 parameters.
+# sha256 of the first 3000 training captions ("\n"-joined) and the first captions, computed with the caption code
+# (now ldm/toyworld/scenes.py) as it was before the caption-noise knobs existed (commit fc6f0e6): phase-1
+# parameters, then phase-2 parameters.
 GOLDEN = [
     (
         {},

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldm.data.toyworld import DEFAULT_COLOURS, NAMED_SHAPES
+from ldm.toyworld.scenes import DEFAULT_COLOURS, NAMED_SHAPES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def toy(request) -> Toy:
 
 @lru_cache(maxsize=1)
 def _model(config: Path, weights: Path):
-    from ldm.evaluation.toyworld_sampling import load_toyworld_model
+    from ldm.toyworld.sampling import load_toyworld_model
 
     torch.manual_seed(0)
     return load_toyworld_model(config, weights)
@@ -79,7 +79,7 @@ def test_shipped_weights_match_the_inference_config(toy: Toy):
 
 
 def test_single_subject_prompts_are_drawn_as_asked(toy: Toy):
-    from ldm.evaluation.toyworld_sampling import SampleSettings, judge, sample_images
+    from ldm.toyworld.sampling import SampleSettings, judge, sample_images
 
     images = sample_images(_model(toy.config, toy.weights), PROMPTS, SEEDS,
                            SampleSettings(steps=25, scale=3.0, batch_size=16))  # fmt: skip

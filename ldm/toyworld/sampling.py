@@ -1,7 +1,7 @@
 """Sample the bundled ToyWorld model and judge the images with the ToyWorld detector.
 
-Shared by the model test (tests/test_toyworld_model.py), the demo (scripts/toyworld_demo.py) and the benchmark
-(scripts/evaluate_toyworld.py). Every sample has its own seed: its starting noise ``x_T`` is drawn from
+Shared by the model test (tests/test_toyworld_model.py), the demo (`ldm.toyworld.demo`) and the benchmarks
+(`ldm.toyworld.benchmarks`). Every sample has its own seed: its starting noise ``x_T`` is drawn from
 ``torch.Generator().manual_seed(seed)``, so a sample does not depend on the batch it is in, and runs with and
 without Attend-and-Excite start from the same noise (paired comparisons). DDIM with eta = 0 is deterministic.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ldm.evaluation.toyworld_detect import Detection, DetectorConfig, detect_batch, parse_caption, scene_matches
+from ldm.toyworld.detect import Detection, DetectorConfig, detect_batch, parse_caption, scene_matches
 
 logger = logging.getLogger(__name__)
 

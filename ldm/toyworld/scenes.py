@@ -1,4 +1,4 @@
-"""ToyWorld: procedurally drawn scenes of coloured shapes with template captions.
+"""ToyWorld scenes: procedurally drawn coloured shapes, their rendering and their template captions.
 
 A miniature text-to-image world for training and measuring a tiny latent-diffusion model offline.
 Every scene is a light, plain background with 1-3 non-overlapping, axis-aligned shapes in saturated, well-separated
@@ -6,7 +6,8 @@ colours. One shape (the held-out shape, a star by default) appears in training s
 the generic word ``object`` (which other shapes also get sometimes), so a model can draw it but has no word for it: the
 textual-inversion target.
 
-Scene ``i`` of a split is a pure function of ``(seed, split, i)``.
+Scene ``i`` of a split is a pure function of ``(seed, split, i)``. The dataset over these scenes is
+`ldm.toyworld.dataset.ToyWorldDataset`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from torch.utils.data import Dataset
 
-from ldm.data.toyworld_noise import check_probability, draw_caption_noise, phantom_phrase
+from ldm.toyworld.caption_noise import check_probability, draw_caption_noise, phantom_phrase
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,8 @@ def render_scene(spec: SceneSpec, size: int | None = None, supersample: int = 4)
     return img.resize((size, size), resample=Image.Resampling.BOX)
 
 
-def _check_names(values: Sequence[str], known: Sequence[str], what: str) -> tuple[str, ...]:
+def check_names(values: Sequence[str], known: Sequence[str], what: str) -> tuple[str, ...]:
+    """``values`` as a tuple; a ValueError naming ``what`` and the known names when one of them is unknown."""
     bad = [v for v in values if v not in known]
     if bad:
         raise ValueError(f"unknown {what} {bad}; choose from {list(known)}")
@@ -191,10 +192,10 @@ def sample_scene(
     Each object is the held-out shape with probability ``heldout_prob``, else a uniform pick from ``shapes``.
     Objects never overlap: bounding circles stay ``gap`` pixels apart and inside the image.
     """
-    shapes = _check_names(shapes, ALL_SHAPES, "shapes")
-    colours = _check_names(colours, tuple(COLOURS), "colours")
+    shapes = check_names(shapes, ALL_SHAPES, "shapes")
+    colours = check_names(colours, tuple(COLOURS), "colours")
     if heldout_shape is not None:
-        _check_names([heldout_shape], ALL_SHAPES, "heldout_shape")
+        check_names([heldout_shape], ALL_SHAPES, "heldout_shape")
     if not 1 <= min_objects <= max_objects:
         raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
     k = canvas / 64.0
@@ -254,7 +255,7 @@ def caption_for(
     ``heldout_prob`` 0.15, as in phase 2 of the shipped model's training, about 75%). Objects are listed in a random
     order; the colour is dropped with probability ``drop_colour_prob``.
 
-    Caption noise (`ldm.data.toyworld_noise`, drawn from ``noise_rng``, required when a probability is > 0): with
+    Caption noise (`ldm.toyworld.caption_noise`, drawn from ``noise_rng``, required when a probability is > 0): with
     probability ``p_over_describe`` the caption also names an absent "{colour} {shape}" (colour from ``colours``);
     with probability ``p_under_describe`` one present object of a multi-object scene is left unnamed. With both 0
     (the default) ``noise_rng`` is not used and the caption is the noiseless one."""
@@ -316,88 +317,17 @@ def image_to_array(img: Image.Image) -> np.ndarray:
     return (np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1.0).astype(np.float32)
 
 
-class ToyWorldDataset(Dataset):
-    """Procedural scenes with captions; items are ``{"image": HWC float32 in [-1, 1], "caption": str}``.
-
-    Usable from a config as ``target: ldm.data.toyworld.ToyWorldDataset`` with ``params``. Items are rendered on the
-    fly (about 1 ms each at 64x64); item ``i`` depends only on ``(seed, split, i)`` and the other parameters.
-    ``p_over_describe`` / ``p_under_describe``: caption noise (see `caption_for`; 0 = the shipped BERT toy's captions).
-    """
-
-    def __init__(
-        self,
-        size: int = 64,
-        num_samples: int = 20000,
-        split: str = "train",
-        seed: int = 0,
-        min_objects: int = 1,
-        max_objects: int = 3,
-        shapes: Sequence[str] = NAMED_SHAPES,
-        colours: Sequence[str] = DEFAULT_COLOURS,
-        heldout_shape: str | None = DEFAULT_HELDOUT,
-        heldout_prob: float = 0.12,
-        generic_prob: float = 0.2,
-        drop_colour_prob: float = 0.1,
-        p_over_describe: float = 0.0,
-        p_under_describe: float = 0.0,
-        min_size: float = 8.0,
-        max_size: float = 13.0,
-        supersample: int = 4,
-    ) -> None:
-        super().__init__()
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; use one of {sorted(SPLITS)}")
-        self.shapes = _check_names(list(shapes), NAMED_SHAPES + HELDOUT_SHAPES, "shapes")
-        if heldout_shape is not None and heldout_shape in self.shapes:
-            raise ValueError(f"heldout_shape {heldout_shape!r} must not be in shapes {list(self.shapes)}")
-        self.colours = _check_names(list(colours), tuple(COLOURS), "colours")
-        self.size, self.num_samples, self.split, self.seed = int(size), int(num_samples), split, int(seed)
-        self.min_objects, self.max_objects = int(min_objects), int(max_objects)
-        self.heldout_shape, self.heldout_prob = heldout_shape, float(heldout_prob)
-        self.generic_prob, self.drop_colour_prob = float(generic_prob), float(drop_colour_prob)
-        self.p_over_describe = check_probability(p_over_describe, "p_over_describe")
-        self.p_under_describe = check_probability(p_under_describe, "p_under_describe")
-        self.min_size, self.max_size, self.supersample = float(min_size), float(max_size), int(supersample)
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def spec(self, i: int) -> SceneSpec:
-        """The scene description of item ``i``."""
-        if not 0 <= i < self.num_samples:
-            raise IndexError(f"index {i} out of range for ToyWorldDataset of {self.num_samples} items")
-        return sample_scene(
-            scene_rng(self.seed, self.split, i, 0),
-            canvas=self.size,
-            min_objects=self.min_objects,
-            max_objects=self.max_objects,
-            shapes=self.shapes,
-            heldout_shape=self.heldout_shape,
-            heldout_prob=self.heldout_prob,
-            colours=self.colours,
-            min_size=self.min_size,
-            max_size=self.max_size,
-        )
-
-    def caption(self, spec: SceneSpec, i: int) -> str:
-        return caption_for(
-            spec,
-            scene_rng(self.seed, self.split, i, 1),
-            named_shapes=self.shapes,
-            generic_prob=self.generic_prob,
-            drop_colour_prob=self.drop_colour_prob,
-            p_over_describe=self.p_over_describe,
-            p_under_describe=self.p_under_describe,
-            noise_rng=scene_rng(self.seed, self.split, i, 2),
-            colours=self.colours,
-        )
-
-    def __getitem__(self, i: int) -> dict:
-        i = int(i)
-        if i < 0:
-            i += self.num_samples
-        spec = self.spec(i)
-        img = render_scene(spec, self.size, self.supersample)
-        return {"image": image_to_array(img), "caption": self.caption(spec, i)}
+def heldout_specs(n: int, shape: str = DEFAULT_HELDOUT, size: int = 64, seed: int = 0) -> list[SceneSpec]:
+    """``n`` single-object scenes of the held-out ``shape`` (the textual-inversion examples, data/toyworld/heldout):
+    centred with a little jitter, large, a different colour per image; a pure function of the arguments."""
+    rng = np.random.default_rng([seed, 7])
+    specs = []
+    for i in range(n):
+        k = size / 64.0
+        s = float(rng.uniform(11.0, 14.0)) * k
+        cx, cy = (float(v) for v in size / 2 + rng.uniform(-6, 6, 2) * k)
+        colour = DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
+        grey = int(rng.integers(232, 251))
+        bg = tuple(int(v) for v in np.clip(grey + rng.integers(-5, 6, 3), 0, 255))
+        specs.append(SceneSpec(objects=(ToyObject(shape, colour, (cx, cy), s),), background=bg, canvas=size))
+    return specs

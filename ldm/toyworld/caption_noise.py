@@ -6,7 +6,7 @@
   something): one present object, picked uniformly, is left unnamed.
 
 A model trained on such captions learns that a named subject is sometimes not drawn. Both draws come from their own
-generator (stream 2 of `ldm.data.toyworld.scene_rng`), so ``p_over = p_under = 0`` leaves every caption as it was.
+generator (stream 2 of `ldm.toyworld.scenes.scene_rng`), so ``p_over = p_under = 0`` leaves every caption as it was.
 Pure functions of their arguments; nothing here imports the rest of ToyWorld (no import cycle).
 """
 

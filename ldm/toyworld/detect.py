@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ldm.data.toyworld import COLOURS, DEFAULT_HELDOUT, GENERIC_WORD, NAMED_SHAPES
+from ldm.toyworld.scenes import COLOURS, DEFAULT_HELDOUT, GENERIC_WORD, NAMED_SHAPES
 
 logger = logging.getLogger(__name__)
 
