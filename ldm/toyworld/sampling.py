@@ -77,7 +77,7 @@ def sample_images(
     from ldm.ae_flags import load_ae_config
     from ldm.inference import sample_prompts
     from ldm.models.diffusion.ddim import DDIMSampler
-    from ldm.models.diffusion.guidance.attend_and_excite import scale_schedule
+    from ldm.models.diffusion.guidance.attend_excite_config import scale_schedule
 
     settings = settings or SampleSettings()
     if len(prompts) != len(seeds):
