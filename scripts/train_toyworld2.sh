@@ -22,8 +22,8 @@
 # no DONE marker is continued with `main.py -r`; a finished stage (DONE) is skipped. Delete the folder to start over.
 # Stage names carry p (toyworld2_ldm_p0.2, toyworld2_pilot_p0.1), so runs at different p never resume each other.
 #
-# Environment: PYTHON (.venv/bin/python), LOGDIR (logs/toyworld2), P_OVER (0.2), P_UNDER (0.1), LDM_STEPS (9000),
-# LDM2_STEPS (3000), SWEEP (empty = full run), PILOT_STEPS (3000), UNDER_RATIO (0.5), N_PAIRS (64), MEASURE (1),
+# Environment: PYTHON (.venv/bin/python), LOGDIR (logs/toyworld2), P_OVER (0.2), P_UNDER (0.1), LDM_STEPS (4500),
+# LDM2_STEPS (2000), SWEEP (empty = full run), PILOT_STEPS (1500), UNDER_RATIO (0.5), N_PAIRS (64), MEASURE (1),
 # ACCELERATOR (cpu), THREADS (torch threads, 1), WARM_START (models/toyworld/txt2img.safetensors; empty: none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,10 +32,10 @@ PYTHON=${PYTHON:-.venv/bin/python}
 LOGDIR=${LOGDIR:-logs/toyworld2}
 P_OVER=${P_OVER:-0.2}
 P_UNDER=${P_UNDER:-0.1}
-LDM_STEPS=${LDM_STEPS:-9000}
-LDM2_STEPS=${LDM2_STEPS:-3000}
+LDM_STEPS=${LDM_STEPS:-4500}
+LDM2_STEPS=${LDM2_STEPS:-2000}
 SWEEP=${SWEEP:-}
-PILOT_STEPS=${PILOT_STEPS:-3000}
+PILOT_STEPS=${PILOT_STEPS:-1500}
 UNDER_RATIO=${UNDER_RATIO:-0.5}
 N_PAIRS=${N_PAIRS:-64}
 MEASURE=${MEASURE:-1}
@@ -93,7 +93,9 @@ read -ra warm <<< "$(warm_start)"
 mkdir -p "$OUT"
 train_stage "toyworld2_ldm_p$P_OVER" "$CONFIG" "$LDM_STEPS" "${overrides[@]}" "${warm[@]}"
 # Phase 2 starts from the phase-1 checkpoint (weights and EMA weights; fresh optimizer and step counter).
+# Its learning rate decays over the whole phase (the overlay's cycle is 3000 steps; here it is LDM2_STEPS).
 train_stage "toyworld2_ldm2_p$P_OVER" "$CONFIG $PHASE2" "$LDM2_STEPS" "${overrides[@]}" \
+    "model.params.scheduler_config.params.cycle_lengths=[$LDM2_STEPS]" \
     model.params.ckpt_path="$(latest_run "toyworld2_ldm_p$P_OVER")/checkpoints/last.ckpt"
 "$PYTHON" scripts/export_toyworld.py ldm "$(latest_run "toyworld2_ldm2_p$P_OVER")/checkpoints/last.ckpt" \
     "$OUT/txt2img.safetensors"
