@@ -8,7 +8,8 @@
 #
 #   bash scripts/demo.sh               # ToyWorld 2, the Stable-Diffusion-family toy (models/toyworld2/): CLIP tower,
 #                                      #   trained with caption noise so plain sampling drops subjects; A&E with the
-#                                      #   official defaults (configs/guidance/attend_and_excite.yaml, 16x16 maps)
+#                                      #   official defaults (configs/guidance/attend_and_excite.yaml, 16x16 maps),
+#                                      #   and in (a) also with the first toy's preset (x10 softmax, 8x8 maps)
 #   bash scripts/demo.sh --toy bert    # ToyWorld 1 (models/toyworld/): BERT tower, its A&E preset (8x8 maps)
 #
 # Environment: PYTHON (interpreter that creates .venv, default python3), STEPS (DDIM steps, 25), N (samples per
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --toy) TOY=${2:-}; TOY_GIVEN=1; shift 2 ;;
     --toy=*) TOY=${1#--toy=}; TOY_GIVEN=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "error: unknown argument '$1'; use --toy sd (default) or --toy bert" >&2; exit 2 ;;
   esac
 done
@@ -35,9 +36,11 @@ fi
 case $TOY in
   sd|2|clip) TOY=2; CONFIG=configs/toyworld2/txt2img-inference.yaml; CKPT=models/toyworld2/txt2img.safetensors
      FINETUNE=configs/toyworld2/finetune.yaml; DEFAULT_AE=configs/guidance/attend_and_excite.yaml
+     # also the first toy's preset (x10 at 8x8): measured to help here, where the official defaults hurt
+     SECOND_AE=configs/toyworld/attend_and_excite.yaml
      MAKE="bash scripts/train_toyworld2.sh" ;;
   bert|1) TOY=1; CONFIG=configs/toyworld/txt2img-inference.yaml; CKPT=models/toyworld/txt2img.safetensors
-     FINETUNE=configs/toyworld/finetune.yaml; DEFAULT_AE=configs/toyworld/attend_and_excite.yaml
+     FINETUNE=configs/toyworld/finetune.yaml; DEFAULT_AE=configs/toyworld/attend_and_excite.yaml; SECOND_AE=
      MAKE="bash scripts/train_toyworld.sh" ;;
   *) echo "error: --toy '$TOY' is not a ToyWorld model; use --toy sd (default) or --toy bert" >&2; exit 2 ;;
 esac
@@ -92,6 +95,10 @@ for pair in "red circle|blue square" "green triangle|yellow diamond" "blue circl
   sample "a_two_subjects/$slug/plain" "$prompt"
   sample "a_two_subjects/$slug/attend_excite" "$prompt" --ae_tokens "${a#* },${b#* }" --ae_config "$AE_CONFIG" \
     --save_attention
+  if [ -n "${SECOND_AE:-}" ]; then
+    sample "a_two_subjects/$slug/attend_excite_toy_preset" "$prompt" --ae_tokens "${a#* },${b#* }" \
+      --ae_config "$SECOND_AE" --save_attention
+  fi
 done
 
 # --- (b) textual inversion of the held-out shape ----------------------------------------------------------------

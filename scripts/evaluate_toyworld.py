@@ -2,11 +2,12 @@
 """Measure Attend-and-Excite and textual inversion on a bundled ToyWorld model, with the ToyWorld detector.
 
     python scripts/evaluate_toyworld.py --toy 1    # the BERT toy (models/toyworld/), its A&E preset at 8x8 and 4x4
-    python scripts/evaluate_toyworld.py --toy 2    # the SD-family toy (models/toyworld2/), official A&E at 16x16
+    python scripts/evaluate_toyworld.py --toy 2    # the SD-family toy (models/toyworld2/), official A&E at 16x16,
+                                                   # and the first toy's preset (--second_ae_config) at 8x8
 
 Each toy writes its own section of docs/results.md (the other toy's section is kept; scripts/demo.sh reads its
 headline rates from there) and a plot (docs/results.png, docs/results_toyworld2.png).
---config/--ckpt/--finetune_config/--ae_config/--attention_res override the toy's defaults.
+--config/--ckpt/--finetune_config/--ae_config/--attention_res/--second_ae_config override the toy's defaults.
 
 (o)   single subjects "a photo of a {colour} {shape}" (every colour x shape, 4 seeds each), plain sampling: the share
       drawn as asked (the bar of the toy's shipped-model test is set from it).
@@ -40,6 +41,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from ldm.ae_flags import load_ae_config  # noqa: E402
 from ldm.toyworld.benchmarks import OFFICIAL_AE_CONFIG, TOYS, Benchmarks, ae_methods, invert  # noqa: E402
 from ldm.toyworld.report import RunDescription, draw_plot, results_section, write_results  # noqa: E402
 from ldm.toyworld.sampling import SampleSettings, load_toyworld_model  # noqa: E402
@@ -63,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--official_config", type=str, default=str(OFFICIAL_AE_CONFIG), help="official A&E defaults")
     p.add_argument("--attention_res", type=str, default=None, help="A&E map sides to compare, first = main "
                    "(toy 1: 8,4; toy 2: 16)")  # fmt: skip
+    p.add_argument("--second_ae_config", type=str, default=None, help="another A&E setting compared with plain, at "
+                   "the map side its file sets (toy 2: the first toy's preset configs/toyworld/attend_and_excite.yaml; "
+                   "'none': skip)")  # fmt: skip
     p.add_argument("--no_colour_words", action="store_true", help="skip the run that also excites colour words")
     p.add_argument("--inversion_steps", type=int, default=1000)
     p.add_argument("--embedding_path", type=str, default=None, help="skip the inversion and use this file")
@@ -81,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     args.ae_config = args.ae_config or str(toy.ae_config)
     args.attention_res = args.attention_res or toy.attention_res
     args.no_colour_words = args.no_colour_words or not toy.colour_words
+    if args.second_ae_config is None:
+        args.second_ae_config = str(toy.second_ae_config) if toy.second_ae_config else None
+    elif args.second_ae_config.lower() in ("", "none"):
+        args.second_ae_config = None
     suffix = "" if args.toy == "1" else args.toy
     args.outdir = args.outdir or f"outputs/evaluate_toyworld{suffix}"
     args.plot = args.plot or ("docs/results.png" if args.toy == "1" else f"docs/results_toyworld{args.toy}.png")
@@ -94,13 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         counts=[("--n_pairs", args.n_pairs), ("--n_inversion", args.n_inversion), ("--n_single", args.n_single),
                 ("--n_three", n_three)],
         files=[("--ckpt", args.ckpt, True), ("--embedding_path", args.embedding_path, False),
-               ("--finetune_config", args.finetune_config, True)],
+               ("--finetune_config", args.finetune_config, True), ("--second_ae_config", args.second_ae_config, False)],
     )  # fmt: skip
     for r in resolutions:
         check_attention_res(r, settings.size, settings.size, geometry, flag="--attention_res")
+    if args.second_ae_config:
+        second = load_ae_config(args.second_ae_config)  # names the file when it is missing or has unknown fields
+        check_attention_res(second.attention_res, settings.size, settings.size, geometry, flag="--second_ae_config")
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    methods = ae_methods(args.ae_config, args.official_config, resolutions, colour_words=not args.no_colour_words)
+    methods = ae_methods(args.ae_config, args.official_config, resolutions, colour_words=not args.no_colour_words,
+                         second_ae_config=args.second_ae_config)  # fmt: skip
     bench = Benchmarks(settings, methods, outdir)
     model = load_toyworld_model(args.config, args.ckpt)
     bench.single_subjects(model, args.n_single)  # (o)

@@ -38,15 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print(f"no sampling runs (settings-NNNN.json) under {root}; run scripts/demo.sh first", file=sys.stderr)
         return 1
-    out = ["Detector verdicts (an image counts when every object the prompt names is there, right colour):"]
-    two = {"plain": [0, 0], "A&E": [0, 0]}  # two-subject prompts: [images missing a subject, images]
+    out = [
+        "Detector verdicts (an image counts when every object the prompt names is there, right colour;"
+        " A&E xS RxR: softmax scale S, maps RxR):"
+    ]
+    two = {"plain": [0, 0]}  # two-subject prompts, per method: [images missing a subject, images]
     for run in runs:
         prompt, mode, ok, n, lines, shapes = summarise_run(run)
-        out.append(f"  {ok}/{n}  {prompt!r:44} {mode:28} {run.relative_to(root)}/")
+        out.append(f"  {ok}/{n}  {prompt!r:44} {mode:36} {run.relative_to(root)}/")
         if args.verbose:
             out.extend(lines)
         if prompt.count(" and ") == 1 and "*" not in prompt:
-            counts = two["A&E" if mode.startswith("A&E") else "plain"]
+            counts = two.setdefault(mode.split(" on '")[0], [0, 0])  # "plain" or "A&E x100 16x16"
             counts[0] += n - shapes
             counts[1] += n
     if two["plain"][1]:

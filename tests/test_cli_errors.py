@@ -263,7 +263,18 @@ def test_evaluation_scripts_check_their_flags(tmp_path, no_model_loading):
         toy.main(["--steps", "0", "--outdir", str(tmp_path / "t")])
     with pytest.raises(UserError, match=r"--attention_res 16: at --H 64 --W 64 .*use --attention_res 8 or 4"):
         toy.main(["--attention_res", "8,16", "--outdir", str(tmp_path / "t")])
+    with pytest.raises(UserError, match=r"--second_ae_config"):
+        toy.main(["--toy", "2", "--second_ae_config", str(tmp_path / "missing.yaml"), "--outdir", str(tmp_path / "t")])
     assert not (tmp_path / "t").exists()  # nothing written before the checks
+
+
+def test_toyworld_ablation_checks_its_variants(capsys, no_model_loading):
+    ablation = load_script("toyworld_ae_ablation")
+    with pytest.raises(SystemExit) as info:
+        ablation.main(["--variants", "official,step size 7"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown variant(s) ['step size 7']" in err and "no iterative refinement" in err  # names the known ones
 
 
 def test_ae_message_for_a_latent_the_unet_cannot_divide():

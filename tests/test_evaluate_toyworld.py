@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from ldm.toyworld.benchmarks import OFFICIAL_AE_CONFIG, TOYS
+from ldm.toyworld.benchmarks import OFFICIAL_AE_CONFIG, TOYS, ae_methods
 from ldm.toyworld.prompts import colour_and_shape_specs, placeholder_prompts, subject_prompts
 from ldm.toyworld.report import evaluation_headline, merge_section
 from ldm.toyworld.stats import bootstrap_diff, wilson
@@ -75,6 +75,18 @@ def test_toy_defaults_name_existing_configs():
     assert TOYS["2"].attention_res.split(",")[0] == "16"
 
 
+def test_second_ae_setting_is_compared_at_its_own_map_side():
+    """ToyWorld 2 also measures the first toy's preset (x10 softmax, 8x8 maps) beside the official defaults at 16x16."""
+    toy = TOYS["2"]
+    methods = ae_methods(toy.ae_config, OFFICIAL_AE_CONFIG, [16], False, second_ae_config=toy.second_ae_config)
+    labels = [m[0] for m in methods]
+    assert labels == ["A&E official 16x16", "A&E toyworld/attend_and_excite 8x8"]
+    official, preset = methods[0][1], methods[1][1]
+    assert (official.softmax_scale, official.attention_res) == (100.0, 16)
+    assert (preset.softmax_scale, preset.attention_res) == (10.0, 8)
+    assert TOYS["1"].second_ae_config is None
+
+
 def test_demo_reads_the_evaluation_headline():
     section = "\n".join([
         "| benchmark | method | metric | rate | 95% CI (Wilson) | n |",
@@ -90,8 +102,48 @@ def test_demo_reads_the_evaluation_headline():
     assert "128 prompt-seed pairs" in lines[0] and "A&E official 16x16" in lines[0]
     assert "plain 0.60 [0.52, 0.68], A&E official 16x16 0.90 [0.84, 0.94]; change +0.30 [+0.20, +0.40]" in lines[1]
     assert "plain 0.40 [0.32, 0.48]" in lines[2] and "change -0.30 [-0.40, -0.20]" in lines[2]
+    assert len(lines) == 3  # one A&E setting in the section: no "also" line
+    preset = "A&E toyworld/attend_and_excite 8x8"
+    second = section + "\n" + "\n".join([
+        f"| (i) two subjects | {preset} | all subjects (shapes) | 0.700 | [0.615, 0.772] | 128 |",
+        f"| (i) two subjects | {preset} - plain, all subjects (shapes) | +0.100 | [+0.010, +0.190] | yes |",
+    ])  # fmt: skip
+    both = evaluation_headline(merge_section("", "2", second), "2")
+    assert both[:3] == lines  # the first setting stays the headline
+    assert both[3] == f"  also {preset}: all subjects 0.70 [0.61, 0.77]; change +0.10 [+0.01, +0.19]"
     # a section without missing-subject rows (the first toy's): derived as 1 - all subjects, interval flipped
     old = "\n".join(row for row in section.splitlines() if "missing" not in row)
     derived = evaluation_headline(merge_section("", "1", old), "1")
     assert "plain 0.40 [0.32, 0.48], A&E official 16x16 0.10 [0.06, 0.16]; change -0.30 [-0.40, -0.20]" in derived[2]
     assert "no ToyWorld 2 section" in evaluation_headline(merge_section("", "1", old), "2")[0]
+
+
+def test_demo_summary_counts_each_ae_setting_apart(tmp_path):
+    """scripts/toyworld_demo.py on three fake txt2img runs of one two-subject prompt (rendered scenes, so the detector's
+    verdict is known): plain and two A&E settings are counted separately, named by softmax scale and map side."""
+    import importlib.util
+    import json
+
+    from conftest import REPO
+
+    from ldm.toyworld.scenes import SceneSpec, ToyObject, render_scene
+
+    both = SceneSpec((ToyObject("circle", "red", (18, 20), 11), ToyObject("square", "blue", (46, 44), 11)))
+    one = SceneSpec((ToyObject("circle", "red", (32, 32), 11),))
+    runs = {"plain": ([one, one], None), "official": ([both, one], (100.0, 16)), "preset": ([both, both], (10.0, 8))}
+    for name, (scenes, ae) in runs.items():
+        run = tmp_path / "a_two_subjects" / name
+        (run / "samples").mkdir(parents=True)
+        for k, spec in enumerate(scenes):
+            render_scene(spec).save(run / "samples" / f"{k:05}.png")
+        settings = {"options": {"ae_tokens": "circle,square" if ae else ""}, "prompts": {},
+                    "attend_and_excite": {"softmax_scale": ae[0], "attention_res": ae[1]} if ae else None,
+                    "extra": {"prompt": "a red circle and a blue square"}}  # fmt: skip
+        (run / "settings-0000.json").write_text(json.dumps(settings))
+    spec = importlib.util.spec_from_file_location("toyworld_demo", REPO / "scripts" / "toyworld_demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.main([str(tmp_path)]) == 0
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "A&E x100 16x16 on 'circle,square'" in summary and "A&E x10 8x8 on 'circle,square'" in summary
+    assert "plain 2/2 (1.00), A&E x100 16x16 1/2 (0.50), A&E x10 8x8 0/2 (0.00) images" in summary

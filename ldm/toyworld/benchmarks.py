@@ -67,6 +67,7 @@ class Toy:
     ae_config: Path  # the A&E setting under test
     attention_res: str  # map sides to compare, main first
     colour_words: bool  # also run A&E exciting the colour words
+    second_ae_config: Path | None = None  # another A&E setting compared with plain, at its own map side
 
 
 TOYS = {
@@ -75,7 +76,7 @@ TOYS = {
     "2": Toy("ToyWorld 2 (SD-v1 family: CLIP tower, caption noise)",
              ROOT / "configs" / "toyworld2" / "txt2img-inference.yaml",
              ROOT / "models" / "toyworld2" / "txt2img.safetensors",
-             ROOT / "configs" / "toyworld2" / "finetune.yaml", OFFICIAL_AE_CONFIG, "16", False),
+             ROOT / "configs" / "toyworld2" / "finetune.yaml", OFFICIAL_AE_CONFIG, "16", False, AE_CONFIG),
 }  # fmt: skip
 
 # (label, A&E config, which words it excites: "shapes" or "colours" (colour and shape words), the config's file)
@@ -83,11 +84,16 @@ Method = tuple[str, AttendExciteConfig, str, str]
 
 
 def ae_methods(
-    ae_config: str | Path, official_config: str | Path, resolutions: Sequence[int], colour_words: bool
+    ae_config: str | Path,
+    official_config: str | Path,
+    resolutions: Sequence[int],
+    colour_words: bool,
+    second_ae_config: str | Path | None = None,
 ) -> list[Method]:
     """The A&E methods compared with plain sampling: the setting under test at each map side in ``resolutions``, the
-    official defaults at the main (first) side when the setting under test is not already them, and (with
-    ``colour_words``) the setting under test exciting the colour words too."""
+    official defaults at the main (first) side when the setting under test is not already them, (with
+    ``colour_words``) the setting under test exciting the colour words too, and ``second_ae_config`` at its own map
+    side ("A&E <folder>/<name> RxR")."""
     official_is_main = Path(ae_config).resolve() == Path(official_config).resolve()
     name = "A&E official" if official_is_main else "A&E"
     methods: list[Method] = [
@@ -99,6 +105,12 @@ def ae_methods(
         methods.append((f"A&E official {main_res}x{main_res}", official, "shapes", str(official_config)))
     if colour_words:
         methods.append((f"{name} {main_res}x{main_res}, colour+shape words", methods[0][1], "colours", str(ae_config)))
+    if second_ae_config:
+        second = load_ae_config(second_ae_config)
+        label = f"A&E {Path(second_ae_config).parent.name}/{Path(second_ae_config).stem}"
+        methods.append(
+            (f"{label} {second.attention_res}x{second.attention_res}", second, "shapes", str(second_ae_config))
+        )
     return methods
 
 

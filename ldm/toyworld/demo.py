@@ -20,6 +20,15 @@ def load_images(folder: Path) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) if arrays else torch.zeros(0, 3, 64, 64)
 
 
+def ae_setting(settings: dict) -> str:
+    """Short name of the A&E setting a txt2img run used: its softmax scale and map side, e.g. "x100 16x16"."""
+    ae = settings.get("attend_and_excite") or {}
+    if not ae:
+        return ""
+    res = ae.get("attention_res")
+    return f"x{ae.get('softmax_scale', 0):g} {res}x{res}"
+
+
 def summarise_run(run: Path) -> tuple[str, str, int, int, list[str], int]:
     """(prompt, mode, images showing everything asked, images, per-image lines, images showing every named shape)
     of one txt2img output folder."""
@@ -27,7 +36,7 @@ def summarise_run(run: Path) -> tuple[str, str, int, int, list[str], int]:
     extra = settings.get("extra", {})
     prompt = extra.get("prompt") or next(iter(settings.get("prompts", {})), "?")
     ae_tokens = settings.get("options", {}).get("ae_tokens", "")
-    mode = f"A&E on '{ae_tokens}'" if ae_tokens else "plain"
+    mode = f"A&E {ae_setting(settings)} on '{ae_tokens}'" if ae_tokens else "plain"
     if extra.get("embedding_path"):
         mode += " + learned *"
     images = load_images(run / "samples")

@@ -183,4 +183,11 @@ def evaluation_headline(results: str, toy: str) -> list[str]:
             d = (-mean, -hi, -lo)
         change = f"; change {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]" if d else ""
         out.append(f"  {metric + ':':24} " + ", ".join(parts) + change)
+    for other in diffs:  # the other A&E settings of the section: their all-subjects rate and change
+        if other != key and other.endswith(" - plain, all subjects (shapes)"):
+            name = other.split(" - plain,")[0]
+            r, lo, hi, _ = rates[(name, "all subjects (shapes)")]
+            mean, dlo, dhi = diffs[other]
+            change = f"change {mean:+.2f} [{dlo:+.2f}, {dhi:+.2f}]"
+            out.append(f"  also {name}: all subjects {r:.2f} [{lo:.2f}, {hi:.2f}]; {change}")
     return out
