@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import pickle
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ import torch
 from torch import nn
 
 from ldm.outputs import atomic_write
-from ldm.util import describe_unpickling_error
+from ldm.util import safe_torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -110,16 +109,15 @@ def _as_matrix(value: Any, where: str) -> torch.Tensor:
 
 
 def _torch_load(path: Path) -> Any:
-    try:
-        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise EmbeddingFileError(
-            f"Refused to load '{path}': it pickles objects other than tensors and an nn.ParameterDict "
-            f"({describe_unpickling_error(err)}). Convert it in a trusted environment."
-        ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise EmbeddingFileError(f"Embeddings file '{path}' is truncated or corrupt ({err}).") from err
+    with torch.serialization.safe_globals(ALLOWED_GLOBALS):  # the classes original TI files pickle, nothing else
+        return safe_torch_load(
+            path,
+            refused=f"Refused to load '{path}'",
+            refused_hint="Only tensors and an nn.ParameterDict are read; convert it in a trusted environment.",
+            corrupt=f"Embeddings file '{path}'",
+            corrupt_hint="Save or download it again.",
+            error=EmbeddingFileError,
+        )
 
 
 def _params_dict(value: Any) -> dict[str, Any]:
