@@ -1,0 +1,1 @@
+"""CONFORM (Meral et al., CVPR 2024): a contrastive loss on the cross-attention maps (see ``loss.py``)."""
