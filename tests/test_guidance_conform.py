@@ -83,3 +83,148 @@ def test_embeddings_keep_positions_1_to_75_and_label_groups():
     assert torch.allclose(soft[0], expected)
     with pytest.raises(ValueError, match="twice"):
         group_embeddings(maps, ((2, 3), (3,)))
+
+
+# --- the method on the tiny SD model against the official runs ------------------------------------------------------
+RUNS = {  # our settings for each official run (50-step indices, rescaled to the 10 steps run)
+    "notebook": {},
+    "script": {"max_iter_to_alter": 25, "softmax_normalize": True, "iterative_refinement_steps": (0,)},
+    "anchor": {"previous_attention_map_anchor_step": 5},
+}
+
+
+def run_ours(run: str, samples: list[int]):
+    """Our CONFORM in DDIM (10 steps, scale 7.5, eta 0) on ``samples`` of the golden x_T, one batch."""
+    from conftest import _golden_model
+
+    from ldm.guidance.conform import Conform, ConformConfig
+    from ldm.guidance.conform.config import scale_schedule
+    from ldm.models.diffusion.ddim import DDIMSampler
+
+    model = _golden_model("sd")
+    inp = golden("inputs")
+    n = len(samples)
+    cfg = scale_schedule(ConformConfig(**RUNS[run]), 10)
+    guidance = Conform(model, cfg, [GROUPS] * n)
+    after: list[torch.Tensor] = []
+
+    def record(x, t, i, num, c):
+        out = guidance(x, t, i, num, c)
+        after.append(out.clone())
+        return out
+
+    sampler = DDIMSampler(model)
+    final, _ = sampler.sample(
+        10, n, (4, 32, 32), conditioning=inp["c"].expand(n, -1, -1), eta=0.0, x_T=inp["x_T"][samples],
+        unconditional_guidance_scale=7.5, unconditional_conditioning=inp["uc"].expand(n, -1, -1),
+        latent_guidance=record, verbose=False,
+    )  # fmt: skip
+    return sampler, cfg, guidance, torch.stack(after), final
+
+
+def rel(x: float, ref: float) -> float:
+    return abs(x - ref) / abs(ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run, samples", [("notebook", [0]), ("notebook", [0, 1]), ("script", [0]), ("anchor", [0])])
+def test_matches_official_pipeline(run: str, samples: list[int]):
+    """Loss, refinement and latent after each guided step (1e-5), final latent (2e-5); batch 2 against the
+    official batch-1 runs of each sample (its own batch of 2 shares one memory: README)."""
+    from conftest import rel_err
+
+    sampler, cfg, guidance, after, final = run_ours(run, samples)
+    log = golden_log()["runs"]
+    for k, b in enumerate(samples):
+        ref = golden(f"{run}_sample{b}")
+        assert torch.equal(torch.as_tensor(sampler.ddim_timesteps[::-1].copy()), ref["timesteps"])
+        records = {r["step"]: r["groups"][k] for r in guidance.records}
+        assert sorted(records) == list(range(cfg.max_iter_to_alter))
+        for step in log[f"{run}_sample{b}"][: cfg.max_iter_to_alter]:
+            i, official = step["i"], step["samples"][0]
+            ours = records[i]
+            assert rel(ours["loss"], official["loss"]) < 1e-5, f"sample {b} step {i}"
+            if "refinement" in official:
+                ref_r, our_r = official["refinement"], ours["refinement"]
+                assert our_r["iterations"] == ref_r["iterations"] == cfg.max_refinement_steps
+                for x, y in zip([*our_r["losses"], our_r["loss_out"]], [*ref_r["losses"], ref_r["loss_out"]]):
+                    assert rel(x, y) < 1e-5, f"sample {b} step {i} refinement"
+            else:
+                assert "refinement" not in ours
+            assert rel(ours["update_loss"], official["updates"][-1]["loss"]) < 1e-5
+            assert rel_err(after[i, k], ref["latents_after_guidance"][i]) < 1e-5, f"sample {b} step {i}"
+        assert rel_err(final[k], ref["latents_final"][0]) < 2e-5, f"sample {b}"
+
+
+# --- groups, flags, CLI ------------------------------------------------------------------------------------------
+def tiny_prompt(prompt: str):
+    from conftest import _golden_model
+
+    from ldm.guidance.tokens import prompt_tokens
+
+    model = _golden_model("sd")
+    return prompt_tokens(model, prompt), model.cond_stage_model.tokenizer
+
+
+def test_groups_from_words_positions_and_ae_tokens():
+    from ldm.guidance.conform.groups import parse_groups, sample_groups
+
+    assert parse_groups("red cat|blue,frog") == [["red", "cat"], ["blue", "frog"]]
+    tokens, tok = tiny_prompt("a red cat and a red frog")
+    assert sample_groups("red cat|6 frog", tokens, tok, ()) == ((2, 3), (6, 7))
+    assert sample_groups(" 2,3 | 7 ", tokens, tok, ()) == ((2, 3), (7,))
+    assert sample_groups("", tokens, tok, ((3,), (7,))) == ((3,), (7,))  # each --ae_tokens word alone
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("red cat||frog", "--g_groups 'red cat||frog': an empty group"),
+        ("red cat|red frog", r"position\(s\) \[2\] are in two groups"),
+        ("red dog|frog", "--g_groups 'red dog|frog': 'dog'.*not in the prompt.*Token table"),
+        ("red cat|9", "position 9 is outside the prompt's tokens 1..7"),
+    ],
+)
+def test_bad_groups_are_one_clear_error(spec: str, message: str):
+    from ldm.errors import UserError
+    from ldm.guidance.conform.groups import sample_groups
+
+    tokens, tok = tiny_prompt("a red cat and a red frog")
+    with pytest.raises(UserError, match=message):
+        sample_groups(spec, tokens, tok, ())
+
+
+def test_schedule_rescaling_and_config_checks():
+    from ldm.guidance.conform.config import ConformConfig, scale_schedule, step_size
+
+    cfg = scale_schedule(ConformConfig(previous_attention_map_anchor_step=12), 10)
+    assert (cfg.max_iter_to_alter, cfg.iterative_refinement_steps) == (6, (0, 2, 4))
+    assert cfg.previous_attention_map_anchor_step == 2 and cfg.schedule_steps is None
+    assert scale_schedule(ConformConfig(), 3).iterative_refinement_steps == (0, 1)  # 10 and 20 both land on 1
+    assert step_size(cfg, 0, 10) == 20.0 and abs(step_size(cfg, 9, 10) - 20 * 0.5**0.5) < 1e-12
+    for bad in ({"temperature": 0.0}, {"loss_reduction": "mean"}, {"iterative_refinement_steps": (-1,)}):
+        with pytest.raises(ValueError):
+            ConformConfig(**bad)
+
+
+def test_stable_txt2img_with_conform(tmp_path):
+    import importlib.util
+
+    from conftest import GOLDEN_WEIGHTS, REPO
+
+    from ldm.errors import UserError
+
+    spec = importlib.util.spec_from_file_location("stable_txt2img", REPO / "scripts" / "stable_txt2img.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    common = [
+        "--config", str(REPO / "configs/tests/golden_tiny_sd.yaml"), "--ckpt", str(GOLDEN_WEIGHTS["sd"]),
+        "--prompt", "a red cat and a blue frog", "--guidance", "conform", "--H", "64", "--W", "64",
+        "--ddim_steps", "2", "--n_samples", "1", "--n_iter", "1", "--precision", "full", "--outdir", str(tmp_path),
+    ]  # fmt: skip
+    script.main([*common, "--g_groups", "red cat|blue frog", "--g_max_refinement_steps", "1"])
+    assert (tmp_path / "samples" / "00000.png").is_file()
+    settings = json.loads(next(tmp_path.glob("settings-*.json")).read_text())
+    assert settings["options"]["extra_settings"]["g_groups"] == "red cat|blue frog"
+    with pytest.raises(UserError, match="needs its token groups"):
+        script.main(common)

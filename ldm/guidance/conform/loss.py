@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ldm.models.diffusion.guidance.smoothing import smooth_maps
+from ldm.guidance.smoothing import smooth_maps
 
 TokenGroups = Sequence[Sequence[int]]  # per group, the token positions (1-based in the 77-token sequence)
 
