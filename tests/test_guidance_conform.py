@@ -228,3 +228,83 @@ def test_stable_txt2img_with_conform(tmp_path):
     assert settings["options"]["extra_settings"]["g_groups"] == "red cat|blue frog"
     with pytest.raises(UserError, match="needs its token groups"):
         script.main(common)
+
+
+# --- the official loop written out (per sample, whole UNet, a pass at every step): the oracle for the edge cases ----
+class OfficialLoopOracle:
+    """The loop of tests/fixtures/guidance/conform/README.md, straightforwardly: every step runs a pass per sample
+    (guided or not), refinement steps run all iterations, and the memory is each sample's last pass of the step."""
+
+    def __init__(self, unet, cfg, groups):
+        from ldm.modules.attention_control import AttentionStore
+
+        self.unet, self.cfg, self.groups = unet, cfg, groups
+        self.store = AttentionStore([cfg.attention_res])
+        self.memory: dict[int, torch.Tensor] = {}
+        self.last: torch.Tensor | None = None
+
+    def loss(self, z, t, c, b):
+        from ldm.modules.attention_control import register_attention_controller
+
+        self.store.reset()
+        with register_attention_controller(self.unet, self.store):
+            self.unet(z, t, context=c)  # the whole UNet; output unused
+        res = self.cfg.attention_res
+        maps = torch.cat([m.reshape(-1, res, res, 77) for v in self.store.maps.values() for m in v]).mean(0)
+        self.last = maps.detach()
+        return conform_loss(maps, self.memory.get(b), self.groups[b], temperature=self.cfg.temperature)
+
+    def __call__(self, x, t, i, n, cond):
+        cfg, out, latest = self.cfg, [], {}
+        alpha = cfg.scale_factor * math.sqrt(torch.linspace(1.0, 0.5, n, dtype=torch.float64)[i].item())
+        with torch.enable_grad():
+            for b in range(x.shape[0]):
+                args = (t[b : b + 1], cond[b : b + 1], b)
+                z = x[b : b + 1].clone().requires_grad_(True)
+                loss = self.loss(z, *args)
+                if i in cfg.iterative_refinement_steps:
+                    for _ in range(cfg.max_refinement_steps):
+                        z = z.detach().requires_grad_(True)
+                        loss = self.loss(z, *args)
+                        if loss != 0:
+                            z = z - alpha * torch.autograd.grad(loss, z)[0]
+                    z = z.detach().requires_grad_(True)
+                    loss = self.loss(z, *args)
+                if i < cfg.max_iter_to_alter and loss != 0:
+                    z = z - alpha * torch.autograd.grad(loss, z)[0]
+                latest[b] = self.last
+                out.append(z.detach())
+        if cfg.memory_step(i):
+            self.memory.update(latest)
+        return torch.cat(out)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"max_iter_to_alter": 1, "iterative_refinement_steps": (0, 2)},  # refinement after the updates end
+        {"max_iter_to_alter": 1, "iterative_refinement_steps": (3,), "previous_attention_map_anchor_step": 1},
+        {"max_iter_to_alter": 3, "iterative_refinement_steps": (1,), "add_previous_attention_maps": False},
+    ],
+)
+def test_memory_and_schedule_match_the_official_loop(settings: dict):
+    """Our loop (batched, truncated passes, no pass at unguided steps unless the memory needs one) equals the
+    official loop; two samples with different groups (one has single-word groups)."""
+    from conftest import _golden_model, rel_err
+
+    from ldm.guidance.conform import Conform, ConformConfig
+    from ldm.models.diffusion.ddim import DDIMSampler
+
+    model = _golden_model("sd")
+    inp = golden("inputs")
+    cfg = ConformConfig(max_refinement_steps=2, schedule_steps=None, **settings)
+    groups = [GROUPS, ((3,), (7,))]
+    results = []
+    for guidance in (Conform(model, cfg, groups), OfficialLoopOracle(model.model.diffusion_model, cfg, groups)):
+        out, _ = DDIMSampler(model).sample(
+            4, 2, (4, 32, 32), conditioning=inp["c"].expand(2, -1, -1), eta=0.0, x_T=inp["x_T"],
+            unconditional_guidance_scale=7.5, unconditional_conditioning=inp["uc"].expand(2, -1, -1),
+            latent_guidance=guidance, verbose=False,
+        )  # fmt: skip
+        results.append(out)
+    assert rel_err(results[0], results[1]) < 2e-5
