@@ -279,6 +279,7 @@ class OfficialLoopOracle:
         return torch.cat(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "settings",
     [
