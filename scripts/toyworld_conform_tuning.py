@@ -6,8 +6,10 @@ changes of them, on two-subject prompts "a {colour} {shape} and a {colour} {shap
     python scripts/toyworld_conform_tuning.py --toy 1 --n 64
     python scripts/toyworld_conform_tuning.py --toy 2 --n 64 --variants official,"temperature 0.2"
 
-Groups are each subject's colour and shape word ("2 3|6 7": the prompts share one layout). Prints one line per
-variant: missing-subject rate, all-present rate and all-correct (colours too) rate with 95% Wilson intervals, the
+CONFORM gets what scripts/evaluate_toyworld.py --methods gives every method: the prompt's shape words
+(``--ae_tokens``), each a group of its own; ``--groups "2 3|6 7"`` groups each subject's colour with its shape
+instead (the prompts share one layout). Prints one line per variant: missing-subject rate, all-present rate and
+all-correct (colours too) rate with 95% Wilson intervals, the
 paired differences of the all-present and all-correct rates against plain sampling (95% bootstrap intervals), and
 the seconds per image. The chosen settings are written by hand to configs/toyworld[2]/conform.yaml.
 """
@@ -17,14 +19,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-GROUPS = "2 3|6 7"  # (colour, shape) of each subject in "a {c} {s} and a {c} {s}"
 # variant name -> ConformConfig fields changed from the official defaults (configs/guidance/conform.yaml)
 VARIANTS: dict[str, dict] = {
     "official": {},
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise_seed", type=int, default=60000)
     parser.add_argument("--attention_res", type=int, default=None, help="map side of every variant that does not "
                         "set one (default: the toy's A&E side, 8 for toy 1, 16 for toy 2)")  # fmt: skip
+    parser.add_argument("--groups", default="", help="--g_groups of every variant (default: the shape words alone)")
     parser.add_argument("--outdir", default="outputs/toyworld_conform_tuning", help="sample grids (first 32)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants")
     parser.add_argument("--extra", action="append", default=[], metavar="NAME=FIELD:VALUE;FIELD:VALUE",
@@ -73,42 +74,29 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ldm.guidance.flags import load_guidance_yaml, method_config
-    from ldm.inference import sample_prompts
-    from ldm.models.diffusion.ddim import DDIMSampler
     from ldm.outputs import safe_stem
-    from ldm.toyworld.benchmarks import TOYS, subject_metrics
+    from ldm.toyworld.benchmarks import TOYS, run_pairs, subject_metrics
     from ldm.toyworld.prompts import subject_prompts
-    from ldm.toyworld.sampling import SampleSettings, judge, load_toyworld_model, save_grid, start_noise
+    from ldm.toyworld.sampling import SampleSettings, load_toyworld_model
     from ldm.toyworld.stats import bootstrap_diff, wilson
 
     torch.set_grad_enabled(False)
     toy = TOYS[args.toy]
     model = load_toyworld_model(toy.config, toy.ckpt)
-    prompts, _ = subject_prompts(args.n, 2, args.prompt_seed)
+    prompts, specs = subject_prompts(args.n, 2, args.prompt_seed)
     seeds = [args.noise_seed + i for i in range(args.n)]
     settings = SampleSettings()
     method, official = load_guidance_yaml(REPO / "configs" / "guidance" / "conform.yaml", "preset")
     res = args.attention_res or int(toy.attention_res.split(",")[0])
-    f = 2 ** (len(model.first_stage_model.encoder.down) - 1)
-    shape = (model.channels, settings.size // f, settings.size // f)  # [C, h, w]
+    outdir = Path(args.outdir)
     plain = None
     for name, changes in {"plain": None, **variants}.items():
         config = None
         if changes is not None:
-            config = method_config(method, {"attention_res": res, "groups": GROUPS, **changes}, name, base=official)
-            config = method.for_steps(config, settings.steps)
-        t0, images = time.time(), []
-        for lo in range(0, args.n, settings.batch_size):
-            batch = prompts[lo : lo + settings.batch_size]
-            x_t = start_noise(seeds[lo : lo + len(batch)], shape)  # [n, C, h, w]
-            images.append(sample_prompts(
-                model, DDIMSampler(model), batch, shape, settings.steps, settings.scale, x_T=x_t, log_tokens=False,
-                guidance="plain" if config is None else "conform", guidance_config=config,
-            ).images)  # fmt: skip
-        seconds = (time.time() - t0) / args.n
-        images = torch.cat(images)
-        save_grid(images[:32], Path(args.outdir) / f"toy{args.toy}_{safe_stem(name)}.png", nrow=8)
-        verdicts = judge(images, prompts)
+            config = method_config(method, {"attention_res": res, "groups": args.groups, **changes}, name, official)
+        stem = safe_stem(f"toy{args.toy} {name}")
+        verdicts, seconds = run_pairs(model, prompts, specs, seeds, settings, config, outdir, stem, "conform")
+        seconds /= args.n
         metrics = subject_metrics(verdicts)
         rows = {"missing": metrics["missing a subject"], "present": metrics["all subjects (shapes)"],
                 "correct": metrics["all subjects, right colours"]}  # fmt: skip

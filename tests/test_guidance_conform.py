@@ -286,11 +286,13 @@ class OfficialLoopOracle:
         {"max_iter_to_alter": 1, "iterative_refinement_steps": (0, 2)},  # refinement after the updates end
         {"max_iter_to_alter": 1, "iterative_refinement_steps": (3,), "previous_attention_map_anchor_step": 1},
         {"max_iter_to_alter": 3, "iterative_refinement_steps": (1,), "add_previous_attention_maps": False},
+        {"max_iter_to_alter": 3, "iterative_refinement_steps": (0, 1), "singles": True},  # step 0: L = 0, no pass
     ],
 )
 def test_memory_and_schedule_match_the_official_loop(settings: dict):
-    """Our loop (batched, truncated passes, no pass at unguided steps unless the memory needs one) equals the
-    official loop; two samples with different groups (one has single-word groups)."""
+    """Our loop (batched, truncated passes, no pass at unguided steps unless the memory needs one, no passes where
+    L = 0 whatever the latent) equals the official loop; two samples with different groups (one has single-word
+    groups), or both with single-word groups."""
     from conftest import _golden_model, rel_err
 
     from ldm.guidance.conform import Conform, ConformConfig
@@ -298,8 +300,10 @@ def test_memory_and_schedule_match_the_official_loop(settings: dict):
 
     model = _golden_model("sd")
     inp = golden("inputs")
+    settings = dict(settings)
+    singles = settings.pop("singles", False)
     cfg = ConformConfig(max_refinement_steps=2, schedule_steps=None, **settings)
-    groups = [GROUPS, ((3,), (7,))]
+    groups = [((3,), (7,))] * 2 if singles else [GROUPS, ((3,), (7,))]
     results = []
     for guidance in (Conform(model, cfg, groups), OfficialLoopOracle(model.model.diffusion_model, cfg, groups)):
         out, _ = DDIMSampler(model).sample(

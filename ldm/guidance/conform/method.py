@@ -15,7 +15,9 @@ loop's economies (``ldm/guidance/engine.py``); its memory is exact:
 - the official code refreshes the memory with a pass at every step, guided or not; here a step without guidance runs
   a no-grad capture pass only when a later guided step will read its maps (a refinement step after
   ``max_iter_to_alter``), on the latent the step returns;
-- one memory per loss group: the official batch shares one (the last sample's), a bug its batch-1 runs avoid.
+- one memory per loss group: the official batch shares one (the last sample's), a bug its batch-1 runs avoid;
+- a step where every group's loss is 0 whatever the latent (single-word groups and no memory yet, e.g. step 0 with
+  ``--ae_tokens`` groups) runs one capture pass for the memory instead of its passes that cannot update.
 """
 
 from __future__ import annotations
@@ -116,10 +118,18 @@ class Conform(AttentionLossGuidance):
         return any(self._guided(s) for s in later)
 
     # --- the loop with its memory --------------------------------------------------------------------------------
+    def _loss_is_zero(self, group: LossGroup) -> bool:
+        """No negative pair (one group) or no positive pair (single positions, no memory yet): L = 0 at any latent."""
+        groups = group.token_groups
+        singles = all(len(g) == 1 for g in groups)
+        return len(groups) < 2 or (singles and tuple(group.samples) not in self.memory)
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int, num_steps: int, cond: Any) -> torch.Tensor:
         self._latest = {}
-        z = super().__call__(x, t, step, num_steps, cond)
-        if not self.updates_at(step) and self._memory_needed_after(step, num_steps):
+        groups = self.loss_groups(x.shape[0])
+        zero = bool(groups) and self.on_maps is None and all(self._loss_is_zero(g) for g in groups)
+        z = x if zero else super().__call__(x, t, step, num_steps, cond)  # zero: no pass could update
+        if (zero or not self.updates_at(step)) and self._memory_needed_after(step, num_steps):
             self._capture(z, t, cond)  # the official code's pass on the latent the step leaves
         if self.config.memory_step(step):
             self.memory.update(self._latest)
