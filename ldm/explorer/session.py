@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 from ldm import inference
 from ldm.ae_flags import AE_FIELDS, DEFAULT_AE_CONFIG, add_attend_excite_args, attend_excite_config, load_ae_config
 from ldm.explorer.chips import Chip, prompt_chips
+from ldm.models.description import describe_config
 from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
 from ldm.models.diffusion.guidance.attend_excite_maps import StepMaps, capture_token_maps
 
@@ -140,9 +140,9 @@ class Explorer:
             (k for k, p in self.presets.items() if ae_config_path and p.resolve() == Path(ae_config_path).resolve()),
             "official",
         )
-        self.factor = inference.first_stage_factor(self.config_path)
-        cond = OmegaConf.select(OmegaConf.load(self.config_path), "model.params.cond_stage_config.target") or ""
-        self.script = "scripts/txt2img.py" if "BERT" in cond else "scripts/stable_txt2img.py"
+        self.description = describe_config(self.config_path)
+        self.factor = self.description.first_stage_factor
+        self.script = "scripts/txt2img.py" if self.description.family == "ldm" else "scripts/stable_txt2img.py"
 
     @classmethod
     def load(
@@ -161,6 +161,15 @@ class Explorer:
     def default_size(self) -> int:
         """The image side the model was trained for: latent size times the autoencoder's factor."""
         return int(self.model.image_size) * self.factor
+
+    def default_settings(self, seed: int = 42, steps: int | None = None, scale: float | None = None) -> Settings:
+        """The settings a page starts with: the model description's steps, scale and image side (ToyWorld: 25 steps,
+        scale 3; SDXL: scale 5; other models: 50 steps, scale 7.5), unless given."""
+        defaults = self.description.defaults
+        return Settings(
+            steps=steps or defaults.steps, scale=scale or defaults.scale, seed=seed,
+            H=defaults.image_side, W=defaults.image_side,
+        )  # fmt: skip
 
     def placeholders(self) -> list[str]:
         manager = getattr(self.model, "embedding_manager", None)
