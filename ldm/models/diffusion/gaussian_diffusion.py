@@ -65,12 +65,24 @@ class DiffusionWrapper(nn.Module):
     def __init__(self, diff_model_config: Any, conditioning_key: str | None) -> None:
         super().__init__()
         self.diffusion_model = instantiate_from_config(diff_model_config)
-        if conditioning_key not in (None, "concat", "crossattn", "hybrid", "adm"):
+        if conditioning_key not in (None, "concat", "crossattn", "hybrid", "adm", "crossattn-adm"):
             raise ValueError(f"Unknown conditioning_key '{conditioning_key}'")
         self.conditioning_key = conditioning_key
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, c_concat: list | None = None, c_crossattn: list | None = None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        c_concat: list | None = None,
+        c_crossattn: list | None = None,
+        c_adm: list | torch.Tensor | None = None,
+    ):
+        """``crossattn-adm`` (SDXL): context = the ``c_crossattn`` tensors concatenated on the token axis, ``y`` =
+        ``c_adm`` (a tensor ``[B, adm_in_channels]`` or a one-element list of it)."""
         key = self.conditioning_key
+        if key == "crossattn-adm":
+            y = c_adm[0] if isinstance(c_adm, (list, tuple)) else c_adm
+            return self.diffusion_model(x, t, context=torch.cat(c_crossattn, 1), y=y)
         if key is None:
             return self.diffusion_model(x, t)
         if key == "concat":
