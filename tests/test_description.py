@@ -76,9 +76,10 @@ def test_width_1280_is_not_a_family():
     assert families_for_vectors({"": 32}) == []
 
 
-@pytest.mark.parametrize(
-    "config", ["tests/tiny_sd2_v.yaml", "tests/golden_tiny_sd.yaml", "tests/golden_tiny_ldm.yaml", "tests/tiny_sdxl.yaml"]
-)
+TINY = ["tests/tiny_sd2_v.yaml", "tests/golden_tiny_sd.yaml", "tests/golden_tiny_ldm.yaml", "tests/tiny_sdxl.yaml"]
+
+
+@pytest.mark.parametrize("config", TINY)
 def test_model_and_config_agree(config):
     """The description of a built model (no config at hand) equals that of its config."""
     cfg = OmegaConf.load(CONFIGS / config)
