@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 DROPPED_CHECKPOINT_KEYS = (
     "cond_stage_model.transformer.text_model.embeddings.position_ids",
     "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",  # the same in SDXL's layout
+    "denoiser.sigmas",  # sgm's noise levels, a buffer computed from the schedule (SDXL)
     "model_ema.decay",
     "model_ema.num_updates",
 )
