@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ldm.ae_flags import AE_FIELDS, DEFAULT_AE_CONFIG, add_attend_excite_args, attend_excite_config
 from ldm.errors import MissingFileError, UserError
+from ldm.models.description import describe_model
 from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite
 from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig, scale_schedule
 from ldm.models.diffusion.guidance.attend_excite_maps import StepMaps, capture_token_maps
@@ -155,6 +156,9 @@ class SamplingOptions:
     ae_tokens: str = ""
     save_attention: bool = False
     extra_settings: dict = field(default_factory=dict)
+    size: Any = None  # SDXL's SizeConditioning (None: the image size, not cropped)
+    negative_prompt: str = ""
+    decode_precision: str = "auto"
 
 
 def make_grid(images: torch.Tensor, nrow: int, padding: int = 2) -> torch.Tensor:
@@ -224,7 +228,7 @@ class SampledBatch:
 
     images: torch.Tensor  # [n, 3, H, W] in [0, 1], on the CPU
     latents: torch.Tensor  # [n, C, h, w], the sampler's output
-    cond: torch.Tensor  # [n, 77, D], the prompts' conditioning
+    cond: Any  # [n, 77, D], the prompts' conditioning (SDXL: {"c_crossattn": [..], "c_adm": [..]})
     guidance: AttendAndExcite | None = None  # the A&E object that ran (its ``records``), None without A&E
     token_groups: list | None = None  # per sample, the excited position groups
     report: dict = field(default_factory=dict)  # prompt -> {"tokens": table, "excited": groups}
@@ -244,6 +248,9 @@ def sample_prompts(
     ae_config: AttendExciteConfig | None = None,
     on_maps: Callable[[StepMaps], None] | None = None,
     log_tokens: bool = True,
+    size: Any = None,
+    negative_prompt: str = "",
+    decode_precision: str = "auto",
 ) -> SampledBatch:
     """One image per prompt: conditioning, ``uc`` = the empty prompt for CFG (skipped at ``scale`` 1), A&E on the
     ``ae_tokens`` words/positions (``ae_config`` with absolute steps, see :func:`schedule_for_run`), sampling from
@@ -251,16 +258,27 @@ def sample_prompts(
     ``on_maps`` goes to the A&E object (each step's token maps, for viewers; see :class:`AttendAndExcite`).
     ``generator`` may be one per prompt (per-image noise, see ``sampler_base.noise_like``) and ``ae_tokens`` one
     spec per prompt; ``log_tokens`` False logs the token tables at DEBUG (the engine logs them once per run).
+    SDXL: ``size`` is the micro-conditioning (``SizeConditioning``; default: the image size, not cropped), ``uc`` has
+    zero text parts unless ``negative_prompt`` is given (every family uses ``negative_prompt`` as ``uc`` when given),
+    and decoding runs in float32 (``decode_precision``, see :func:`decode_latents`).
     """
     from ldm.models.diffusion.ddpm_sampler import DDPMSampler
 
     n = len(prompts)
     guidance, groups, report = None, None, {}
     with torch.no_grad():
-        uc = model.get_learned_conditioning(n * [""]) if scale != 1.0 else None  # [n, 77, D]
-        c = model.get_learned_conditioning(list(prompts))  # [n, 77, D]
+        f = describe_model(model).first_stage_factor
+        image_hw = (latent_shape[1] * f, latent_shape[2] * f)
+        negatives = n * [negative_prompt] if negative_prompt else None
+        uc = model.unconditional_conditioning(n, image_hw, size, negatives) if scale != 1.0 else None  # [n, 77, D]
+        c = model.prompt_conditioning(list(prompts), image_hw, size)  # [n, 77, D] (SDXL: context and y)
         specs = [ae_tokens] * n if isinstance(ae_tokens, str) else list(ae_tokens)
         if any(spec.strip() for spec in specs):
+            if isinstance(c, dict):
+                raise UserError(
+                    "--ae_tokens: Attend-and-Excite on SDXL needs the guidance plug-ins (ldm/guidance/), not in this "
+                    "version yet; sample without --ae_tokens"
+                )
             if ae_config is None:
                 raise ValueError("A&E tokens given without an AttendExciteConfig")
             groups, eots, report = resolve_batch_tokens(model, prompts, specs, log=log_tokens)
@@ -272,9 +290,28 @@ def sample_prompts(
             steps, n, latent_shape, conditioning=c, x_T=x_T, verbose=False, generator=generator,
             unconditional_guidance_scale=scale, unconditional_conditioning=uc, latent_guidance=guidance, **kwargs,
         )  # fmt: skip
-        x = model.decode_first_stage(samples).float()  # [n, 3, H, W] in [-1, 1]
+        x = decode_latents(model, samples, decode_precision).float()  # [n, 3, H, W] in [-1, 1]
     images = ((x + 1.0) / 2.0).clamp(0.0, 1.0).cpu()  # [n, 3, H, W] in [0, 1]
     return SampledBatch(images, samples, c, guidance, groups, report)
+
+
+DECODE_PRECISIONS = ("auto", "full", "same")
+
+
+def decode_latents(model: torch.nn.Module, z: torch.Tensor, decode_precision: str = "auto") -> torch.Tensor:
+    """``decode_first_stage`` in float32 (``full``; ``auto`` for SDXL, whose autoencoder overflows in float16) or in
+    the sampling precision (``same``; ``auto`` for the other families, as before)."""
+    if decode_precision not in DECODE_PRECISIONS:
+        raise UserError(f"--decode_precision {decode_precision!r}: use one of {', '.join(DECODE_PRECISIONS)}")
+    full = decode_precision == "full" or (decode_precision == "auto" and describe_model(model).family == "sdxl")
+    if not full:
+        return model.decode_first_stage(z)
+    first = model.first_stage_model
+    if next(first.parameters()).dtype != torch.float32:
+        logger.info("Decoding in float32: the autoencoder goes back to float32 weights (--decode_precision)")
+        first.float()
+    with torch.autocast(z.device.type, enabled=False):
+        return model.decode_first_stage(z.float())
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
@@ -301,7 +338,8 @@ def run_txt2img(
     if opts.fixed_code:
         start_code = torch.randn((batch_size, *latent_shape), generator=generator, device=device)
     unet = model.model.diffusion_model
-    settings: dict[str, Any] = {"options": dataclasses.asdict(opts), "attend_and_excite": None, "prompts": {}}
+    settings: dict[str, Any] = {"options": _jsonable(dataclasses.asdict(opts)), "attend_and_excite": None,
+                                "prompts": {}}  # fmt: skip
     if use_ae:
         settings["attend_and_excite"] = dataclasses.asdict(ae_used) | {"steps_run": n_run}
     base_count = out_folder.next_sample_index()
@@ -313,7 +351,8 @@ def run_txt2img(
                 x_T = start_code[: len(prompts)] if start_code is not None else None
                 out = sample_prompts(
                     model, sampler, prompts, latent_shape, opts.steps, opts.scale, eta=opts.eta, generator=generator,
-                    x_T=x_T, ae_tokens=opts.ae_tokens, ae_config=ae_used,
+                    x_T=x_T, ae_tokens=opts.ae_tokens, ae_config=ae_used, size=opts.size,
+                    negative_prompt=opts.negative_prompt, decode_precision=opts.decode_precision,
                 )  # fmt: skip
                 settings["prompts"].update(out.report)
                 for k, image in enumerate(out.images):
@@ -333,6 +372,16 @@ def run_txt2img(
     out_folder.save_json(settings, out_folder.settings_path())
     logger.info("Samples are in %s", opts.outdir)
     return settings
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def attention_picture(

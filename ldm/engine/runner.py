@@ -28,6 +28,7 @@ from ldm import inference
 from ldm.engine.distributed import ProgressBoard
 from ldm.engine.items import WorkItem, item_generator, start_noise
 from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
+from ldm.models.diffusion.sampler_base import select_cond
 from ldm.outputs import save_image, save_json
 from ldm.precision import cast_model
 
@@ -50,6 +51,9 @@ class EngineSettings:
     batch_size: int = 1
     precision: str = "full"
     ae_config: AttendExciteConfig | None = None  # the schedule as written (scaled to the steps run here)
+    size: Any = None  # SDXL's SizeConditioning
+    negative_prompt: str = ""
+    decode_precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.steps < 1:
@@ -115,6 +119,7 @@ def sample_items(
     out = inference.sample_prompts(
         model, sampler, [it.prompt for it in items], settings.latent_shape, settings.steps, settings.scale,
         eta=settings.eta, generator=generators, x_T=x_T, ae_tokens=specs, ae_config=ae_used, log_tokens=False,
+        size=settings.size, negative_prompt=settings.negative_prompt, decode_precision=settings.decode_precision,
     )  # fmt: skip
     if len(items) == n:
         return out
@@ -122,7 +127,8 @@ def sample_items(
         for rec in out.guidance.records:
             rec["groups"] = [g for g in rec["groups"] if min(g["samples"]) < n]
     groups = out.token_groups[:n] if out.token_groups is not None else None
-    return inference.SampledBatch(out.images[:n], out.latents[:n], out.cond[:n], out.guidance, groups, out.report)
+    cond = select_cond(out.cond, slice(0, n))
+    return inference.SampledBatch(out.images[:n], out.latents[:n], cond, out.guidance, groups, out.report)
 
 
 def _check_settings(root: Path, record: dict) -> None:
