@@ -12,8 +12,8 @@ Formats (all read with `torch.load(weights_only=True)` or safetensors; nothing e
   `{"emb_params": [nv, D]}`. The trigger word is `name` (or the file stem), not the `*` key.
 - `diffusers`: `learned_embeds.bin` / `.safetensors`: `{token: [D] or [nv, D]}`.
 - `sdxl`: SDXL's two towers, the file AUTOMATIC1111, ComfyUI and diffusers share: `{"clip_l": [nv, 768],
-  "clip_g": [nv, 1280]}` (`.safetensors`, or the same dict in a `.pt`); one placeholder per file, named by the file
-  stem. In memory the two parts sit side by side, `[nv, 768 + 1280]`, with `Embeddings.towers` naming the split
+  "clip_g": [nv, 1280]}` (`.safetensors`, or the same dict in a `.pt`); one placeholder per file, read as `*` with
+  the file stem as its trigger name (as `emb_params` files). In memory the two parts sit side by side, `[nv, 768 + 1280]`, with `Embeddings.towers` naming the split
   (this is how the SDXL embedding manager holds them). Several SDXL placeholders in one file use the `ti` layout
   with `sdxl_towers.<name>` widths added.
 
@@ -204,7 +204,7 @@ def _towers(widths: dict[str, int]) -> tuple[tuple[str, int], ...] | None:
 
 
 def _sdxl(obj: dict[str, Any], path: Path) -> Embeddings:
-    """The shared SDXL file: ``clip_l`` [nv, D_l] and ``clip_g`` [nv, D_g] -> one placeholder (the file stem)."""
+    """The shared SDXL file: ``clip_l`` [nv, D_l] and ``clip_g`` [nv, D_g] -> one placeholder."""
     parts = [_as_matrix(obj[k], f"'{path}' {k}") for k in SDXL_TOWERS]
     if parts[0].shape[0] != parts[1].shape[0]:
         raise EmbeddingFileError(
@@ -212,7 +212,8 @@ def _sdxl(obj: dict[str, Any], path: Path) -> Embeddings:
             "same number of vectors in both towers"
         )
     towers = tuple((k, int(v.shape[1])) for k, v in zip(SDXL_TOWERS, parts, strict=True))
-    return Embeddings({path.stem: torch.cat(parts, dim=1)}, {}, "sdxl", path.stem, towers)
+    # placeholder "*" and the file stem as trigger name, as A1111's one-embedding files (emb_params)
+    return Embeddings({"*": torch.cat(parts, dim=1)}, {}, "sdxl", path.stem, towers)
 
 
 def _from_flat(flat: dict[str, torch.Tensor], path: Path) -> Embeddings:
