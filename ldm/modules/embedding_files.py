@@ -13,9 +13,9 @@ Formats (all read with `torch.load(weights_only=True)` or safetensors; nothing e
 - `diffusers`: `learned_embeds.bin` / `.safetensors`: `{token: [D] or [nv, D]}`.
 - `sdxl`: SDXL's two towers, the file AUTOMATIC1111, ComfyUI and diffusers share: `{"clip_l": [nv, 768],
   "clip_g": [nv, 1280]}` (`.safetensors`, or the same dict in a `.pt`); one placeholder per file, read as `*` with
-  the file stem as its trigger name (as `emb_params` files). In memory the two parts sit side by side, `[nv, 768 + 1280]`, with `Embeddings.towers` naming the split
-  (this is how the SDXL embedding manager holds them). Several SDXL placeholders in one file use the `ti` layout
-  with `sdxl_towers.<name>` widths added.
+  the file stem as its trigger name (as `emb_params` files). In memory the two parts sit side by side,
+  `[nv, 768 + 1280]`, with `Embeddings.towers` naming the split (this is how the SDXL embedding manager holds them).
+  Several SDXL placeholders in one file use the `ti` layout with `sdxl_towers.<name>` widths added.
 
 A file carries no model family: its tower structure and widths tell it (``ldm.models.description``: a single
 vector of 768 is SD v1's CLIP ViT-L/14, 1024 SD v2's OpenCLIP ViT-H/14, 1280 LDM's BERT; `clip_l`/`clip_g` is SDXL).
