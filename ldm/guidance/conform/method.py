@@ -30,9 +30,9 @@ import torch
 from ldm.guidance.capture import CapturedMaps, capture_plan, new_store
 from ldm.guidance.conform.config import ConformConfig, step_size
 from ldm.guidance.conform.loss import conform_loss, group_embeddings
-from ldm.guidance.denoiser import select_rows
 from ldm.guidance.engine import AttentionLossGuidance, GroupLoss, LossGroup, SampleTarget, StepMaps
 from ldm.guidance.tokens import TokenGroup
+from ldm.models.diffusion.sampler_base import select_cond
 from ldm.modules.attention_control import register_attention_controller
 
 __all__ = ["Conform"]
@@ -146,7 +146,7 @@ class Conform(AttentionLossGuidance):
         plan = capture_plan(self.unet, tuple(z.shape[-2:]), self.capture_spec)
         store = new_store(self.capture_spec)
         with register_attention_controller(self.unet, store, layers=plan.layers):
-            self.denoiser(z[samples], t[samples], select_rows(cond, samples), plan.stop_after)
+            self.denoiser(z[samples], t[samples], select_cond(cond, samples), plan.stop_after)
         maps = CapturedMaps.collect(store, self.capture_spec, len(samples))
         self.num_forwards += 1
         self.num_sample_forwards += len(samples)
