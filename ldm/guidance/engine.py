@@ -19,8 +19,9 @@ behaviour); only the cost differs:
 
 A method subclasses :class:`AttentionLossGuidance` and defines what differs: the maps it reads (``capture_spec``),
 its loss (``group_loss``), the maps a viewer shows (``view_maps``), and, where they differ from A&E's, its step size,
-update steps, thresholds and refinement target. Its config needs the fields ``max_iter_to_alter``, ``thresholds``,
-``max_refinement_steps``, ``loss_reduction`` and ``checkpoint_guidance`` (or overrides of the methods reading them).
+update steps, thresholds, refinement target and refinement limit. Its config needs the fields ``max_iter_to_alter``,
+``thresholds``, ``max_refinement_steps``, ``loss_reduction`` and ``checkpoint_guidance`` (or overrides of the methods
+reading them).
 """
 
 from __future__ import annotations
@@ -167,6 +168,10 @@ class AttentionLossGuidance:
     def refinement_target(self, threshold: float) -> float:
         """Refine while the group's refinement value is above this (A&E: the loss above ``1 - threshold``)."""
         return max(0.0, 1.0 - threshold)
+
+    def refinement_limit(self, step: int) -> int:
+        """At most this many refinement iterations at threshold step ``step`` (A&E: ``max_refinement_steps``)."""
+        return self.config.max_refinement_steps
 
     def record_scores(self, scores: torch.Tensor | None) -> dict:
         return {} if scores is None else {"scores": scores.tolist()}
@@ -315,7 +320,7 @@ class AttentionLossGuidance:
             ref = rec["refinement"]
             ref["losses"].append(loss)
             # Reference loop: update, then stop once the value from *before* the update is <= target or at the limit.
-            if refine_value <= target or g.iterations >= self.config.max_refinement_steps:
+            if refine_value <= target or g.iterations >= self.refinement_limit(self._step):
                 ref.update(iterations=g.iterations, hit_max=refine_value > target)
                 g.phase = "final_next" if update else "done"
             else:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from ldm.guidance.attend_excite.config import SOFTMAX_ENDS, normalize_token_indices
+from ldm.guidance.divide_bind.pairs import parse_pair_spec
 from ldm.guidance.tokens import TokenGroup
 
 __all__ = ["DivideBindConfig", "scale_schedule"]
@@ -82,6 +83,7 @@ class DivideBindConfig:
             raise ValueError(f"attribute_res {self.attribute_res} must be >= attention_res {self.attention_res}")
         if self.max_refinement_steps < 0 or self.max_refinement_steps_init_step < 0:
             raise ValueError("max_refinement_steps and max_refinement_steps_init_step must be >= 0")
+        parse_pair_spec(self.pairs)  # syntax only; the words are looked up per prompt
         object.__setattr__(self, "thresholds", {int(k): float(v) for k, v in dict(self.thresholds).items()})
         object.__setattr__(self, "bind_weights", {int(k): float(v) for k, v in dict(self.bind_weights).items()})
         object.__setattr__(self, "token_indices", normalize_token_indices(self.token_indices))

@@ -150,7 +150,7 @@ def divide_bind_loss(
     for k, attribute in enumerate(attributes):
         loss_k = -tv[k]
         if attribute is not None:
-            p, q = binding_distributions(subjects[k], attribute, float(tv[k]), quantile, quantile_low_tv, low_tv, eps)
+            p, q = binding_distributions(subjects[k], attribute, tv[k].item(), quantile, quantile_low_tv, low_tv, eps)
             loss_k = loss_k + weight * jensen_shannon(p, q)
         per_subject.append(loss_k)
     return torch.stack(per_subject).max(), tv.detach()
