@@ -45,7 +45,10 @@ def run_golden(mode: str):
     log = golden_log()
     inputs = load_file(str(require_fixture(GOLDEN_DB / "inputs.safetensors")))
     n = 2 if mode == "batch" else 1
-    guid = DivideAndBind(model, DivideBindConfig(), golden_targets(model, log, n))  # 50 steps: schedule as written
+    cfg = DivideBindConfig()  # the official defaults; 50 steps, so the schedule applies as written
+    if mode == "refine_stop":
+        cfg = DivideBindConfig(thresholds=log["call"]["refine_stop_run"]["thresholds"])
+    guid = DivideAndBind(model, cfg, golden_targets(model, log, n))
     after: list[torch.Tensor] = []
 
     def record(x, t, i, num, c):
@@ -75,7 +78,7 @@ def test_prompts_tokenize_as_in_the_goldens():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["single", "batch"])
+@pytest.mark.parametrize("mode", ["single", "batch", "refine_stop"])
 def test_matches_official_pipeline(mode: str):
     guid, after, final, log, golden = run_golden(mode)
     kept = golden["latents_after_guidance"]  # [26, B, 4, 32, 32]
@@ -100,6 +103,7 @@ def test_matches_official_pipeline(mode: str):
             assert (ref is None) == ("refinement_iterations" not in main), (step, b)
             if ref:
                 assert ref["iterations"] == main["refinement_iterations"] == len(refine)
+                assert ref["hit_max"] == (ref["iterations"] == guid.refinement_limit(step))
                 got = torch.tensor([*ref["losses"], ref["loss_out"]])
                 want = torch.tensor([e["loss"] for e in refine] + [evals[-1]["loss"]])
                 assert torch.allclose(got, want, rtol=1e-5, atol=0), (step, b)

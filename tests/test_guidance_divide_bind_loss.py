@@ -55,8 +55,9 @@ def test_loss_matches_official_on_its_maps(index):
     assert rel_err(tv, torch.tensor(e["tv"])) < 1e-5
     assert abs(float(tv.min()) - e["indicator"]) <= 1e-5 * abs(e["indicator"])
     assert abs(float(loss) - e["loss"]) <= 1e-5 * abs(e["loss"])
+    weight = binding_weight(cfg.bind_weights, e["step"])
     for k in range(len(e["indices"])):  # each subject alone: -TV (+ weighted JSD)
-        own, _ = divide_bind_loss(subjects[k : k + 1], attributes[k : k + 1], binding_weight(cfg.bind_weights, e["step"]))
+        own, _ = divide_bind_loss(subjects[k : k + 1], attributes[k : k + 1], weight)
         assert abs(float(own) - e["subject_loss"][k]) <= 1e-5 * abs(e["subject_loss"][k])
 
 

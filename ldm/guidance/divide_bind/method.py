@@ -73,7 +73,8 @@ class DivideAndBind(AttentionLossGuidance):
                 if not sides:
                     raise ValueError(
                         f"Divide & Bind: no cross-attention layer is larger than attention_res "
-                        f"{self.config.attention_res} for a {h}x{h} latent; set attribute_res or a smaller attention_res"
+                        f"{self.config.attention_res} for a {h}x{h} latent; set --g_attribute_res (e.g. "
+                        f"{self.config.attention_res}) or a smaller --g_attention_res"
                     )
         if sides != self._attribute_sides:
             self._attribute_sides = sides
