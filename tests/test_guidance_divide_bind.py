@@ -191,3 +191,19 @@ def test_bad_pair_syntax_is_a_clear_error_before_loading(tmp_path, monkeypatch):
             "--prompt", "a red cat and a blue frog", "--ae_tokens", "cat,frog", "--guidance", "divide_bind",
             "--g_pairs", "red-cat", "--f", "2", "--outdir", str(tmp_path), "--H", "64", "--W", "64",
         ])  # fmt: skip
+
+
+def test_attribute_sides_default_to_the_larger_ones_and_explain_when_there_are_none():
+    model = _golden_model("sd")  # cross-attention at 32, 16 and 8 for a 32x32 latent
+    target = SampleTarget(((3,), (7,)), 8, {"attributes": ((2,), None)})
+    guid = DivideAndBind(model, DivideBindConfig(), [target])
+    guid._set_sides((32, 32), 1)
+    assert guid.capture_spec.cross == (16, 32)
+    guid = DivideAndBind(model, DivideBindConfig(attention_res=32), [target])
+    with pytest.raises(
+        ValueError, match=r"no cross-attention layer is larger than attention_res 32 .*attribute_res"
+    ):
+        guid(torch.zeros(1, 4, 32, 32), torch.full((1,), 981), 0, 50, torch.zeros(1, 77, 32))
+    unbound = DivideAndBind(model, DivideBindConfig(), [SampleTarget(((3,),), 8, {"attributes": (None,)})])
+    unbound._set_sides((32, 32), 1)
+    assert unbound.capture_spec.cross == (16,)  # no attribute: only the subjects' side is captured
