@@ -200,9 +200,7 @@ def test_attribute_sides_default_to_the_larger_ones_and_explain_when_there_are_n
     guid._set_sides((32, 32), 1)
     assert guid.capture_spec.cross == (16, 32)
     guid = DivideAndBind(model, DivideBindConfig(attention_res=32), [target])
-    with pytest.raises(
-        ValueError, match=r"no cross-attention layer is larger than attention_res 32 .*attribute_res"
-    ):
+    with pytest.raises(ValueError, match=r"no cross-attention layer is larger than attention_res 32 .*attribute_res"):
         guid(torch.zeros(1, 4, 32, 32), torch.full((1,), 981), 0, 50, torch.zeros(1, 77, 32))
     unbound = DivideAndBind(model, DivideBindConfig(), [SampleTarget(((3,),), 8, {"attributes": (None,)})])
     unbound._set_sides((32, 32), 1)
