@@ -27,12 +27,14 @@ if str(REPO) not in sys.path:
 VARIANTS: dict[str, dict] = {
     "official": {},
     "no binding term": {"bind": False},
+    "no binding + softmax_scale 10": {"bind": False, "softmax_scale": 10.0},
+    "no binding + maps at 4x4": {"bind": False, "attention_res": 4},
     "no iterative refinement": {"max_refinement_steps": 0, "max_refinement_steps_init_step": 0},
     "step size 5": {"scale_factor": 5.0},
     "softmax_scale 10": {"softmax_scale": 10.0},
-    "softmax_scale 10, step size 5": {"softmax_scale": 10.0, "scale_factor": 5.0},
+    "softmax_scale 10 + step size 5": {"softmax_scale": 10.0, "scale_factor": 5.0},
     "maps at 8x8": {"attention_res": 8},
-    "maps at 8x8, softmax_scale 10": {"attention_res": 8, "softmax_scale": 10.0},
+    "maps at 8x8 + softmax_scale 10": {"attention_res": 8, "softmax_scale": 10.0},
 }
 BASE = {"1": {"attention_res": 8, "attribute_res": 8}, "2": {"attention_res": 16, "attribute_res": 16}}
 

@@ -19,6 +19,11 @@ from ldm.guidance.tokens import prompt_tokens
 from ldm.models.diffusion.ddim import DDIMSampler
 
 GOLDEN_DB = FIXTURES / "guidance" / "divide_bind"
+# The total loss end to end: -TV + w * JSD of near-flat maps, where the JSD of two almost equal distributions
+# amplifies the UNet conversion's 1.5e-6 (the latents' error) to up to 5e-5; the official code's own batch-1 and batch-2
+# runs of one sample differ by 3.1e-5 on it. The loss on identical maps is checked at 1e-5
+# (tests/test_guidance_divide_bind_loss.py), and TV and the latents at 1e-5 here.
+LOSS_RTOL = 1e-4
 
 
 def golden_log() -> dict:
@@ -92,23 +97,28 @@ def test_matches_official_pipeline(mode: str):
     for e in log["evaluations"]:
         official.setdefault((e["step"], e["sample"]), []).append(e)
     updates = {(u["step"], u["sample"]): u for u in log["updates"]}
+
+    def close(ours: float, ref: float, rtol: float) -> bool:
+        return abs(ours - ref) <= rtol * abs(ref)
+
     for step, groups in ours.items():
         for group in groups:
             (b,) = group["samples"]
             evals = official[step, b]
             main, refine = evals[0], [e for e in evals if e["phase"] == "refine"]
-            assert abs(group["loss"] - main["loss"]) <= 1e-5 * abs(main["loss"]), (step, b)
-            assert torch.allclose(torch.tensor(group["tv"]), torch.tensor(main["tv"]), rtol=1e-5, atol=0)
+            # the attendance term (each subject's TV) at 1e-5; the total loss at LOSS_RTOL (see the README)
+            assert torch.allclose(torch.tensor(group["tv"]), torch.tensor(main["tv"]), rtol=1e-5, atol=0), (step, b)
+            assert close(group["loss"], main["loss"], LOSS_RTOL), (step, b)
             ref = group.get("refinement")
             assert (ref is None) == ("refinement_iterations" not in main), (step, b)
             if ref:
                 assert ref["iterations"] == main["refinement_iterations"] == len(refine)
                 assert ref["hit_max"] == (ref["iterations"] == guid.refinement_limit(step))
-                got = torch.tensor([*ref["losses"], ref["loss_out"]])
-                want = torch.tensor([e["loss"] for e in refine] + [evals[-1]["loss"]])
-                assert torch.allclose(got, want, rtol=1e-5, atol=0), (step, b)
+                got = [*ref["losses"], ref["loss_out"]]
+                want = [e["loss"] for e in refine] + [evals[-1]["loss"]]
+                assert all(close(o, r, LOSS_RTOL) for o, r in zip(got, want)), (step, b)
             upd = updates[step, b]
-            assert abs(group["update_loss"] - upd["loss"]) <= 1e-5 * abs(upd["loss"])
+            assert close(group["update_loss"], upd["loss"], LOSS_RTOL)
             assert abs(guid.step_size(step, 50) - upd["step_size"]) < 1e-9
 
 
