@@ -6,8 +6,10 @@ Layout (deterministic, so a rerun skips what exists)::
 
     <outdir>/<plain|ae>/<prompt stem>/<index:05>.png        the images (stem: ldm.engine.items.prompt_stems)
     <outdir>/<plain|ae>/<prompt stem>/records/<index:05>.json  with A&E: what the guidance did for that image
-    <outdir>/<plain|ae>/<prompt stem>.png                   a grid of the prompt's images (not with --skip_grid)
+    <outdir>/<plain|ae>/<prompt stem>.png                   a grid of the prompt's images (not with --skip_grid;
+                                                            a rerun with other images: <prompt stem>-NNNN.png)
     <outdir>/settings-NNNN.json                             the run's options, A&E settings and token tables
+    <outdir>/.engine/folders.json                           every prompt's folder name, kept when prompts are added
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import torch
 
 from ldm import inference
 from ldm.engine.distributed import distributed_options, launch
-from ldm.engine.items import make_items, prompt_stems
-from ldm.engine.runner import EngineSettings, load_model_for, run_items
+from ldm.engine.folders import prompt_folders
+from ldm.engine.items import make_items
+from ldm.engine.runner import STATE_DIR, EngineSettings, load_model_for, run_items
 from ldm.evaluation.images import load_images
-from ldm.outputs import RunFolder, inside
+from ldm.outputs import RunFolder, ensure_folder, image_writer, inside, save_record
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +50,10 @@ def run_from_file(
         raise ValueError("--save_attention is not available with --from-file; sample single prompts with --prompt")
     prompts = read_prompt_lines(opt.from_file)
     method = "ae" if options.ae_tokens.strip() else "plain"
-    stems = prompt_stems(prompts)
-    outdir = Path(options.outdir)
+    outdir = ensure_folder(options.outdir, "--outdir")
+    dist = distributed_options(opt)
+    fabric = launch(dist)
+    stems = prompt_folders(fabric, outdir, outdir / STATE_DIR, prompts)
     items = make_items(
         outdir, prompts, options.n_iter, [method], options.seed,
         path_of=lambda p, i, m: Path(m) / stems[p] / f"{i:05}.png",
@@ -56,7 +61,6 @@ def run_from_file(
         record_of=lambda p, i, m: Path(m) / stems[p] / "records" / f"{i:05}.json",
         fixed_code=options.fixed_code,
     )  # fmt: skip
-    fabric = launch(distributed_options(opt))
     model = load_model_for(fabric.device, opt.config, ckpt, opt.embedding_path, options.precision, ckpt_flag,
                            compile_unet=getattr(opt, "compile", False))  # fmt: skip
     report: dict = {}
@@ -70,7 +74,7 @@ def run_from_file(
     )  # fmt: skip
     record = {"config": str(opt.config), "ckpt": str(ckpt), "embedding_path": opt.embedding_path,
               "seed": options.seed, "fixed_code": options.fixed_code}  # fmt: skip
-    result = run_items(fabric, model, items, settings, outdir, record)
+    result = run_items(fabric, model, items, settings, outdir, record, dist.rank_timeout)
     if not result.is_rank_zero:
         return None
     folder = RunFolder(outdir, options.layout)
@@ -78,7 +82,8 @@ def run_from_file(
         for prompt in dict.fromkeys(prompts):
             images = torch.stack(load_images([it.path for it in items if it.prompt == prompt]))  # [n, 3, H, W]
             grid = inference.make_grid(images, nrow=options.n_rows or min(len(images), 8))
-            folder.save_image(inference.to_pil(grid), inside(outdir, Path(method) / f"{stems[prompt]}.png"))
+            grid_path = inside(outdir, Path(method) / f"{stems[prompt]}.png")  # a rerun's other grid: -NNNN
+            save_record(image_writer(inference.to_pil(grid), grid_path), grid_path, outdir, keep_same=True)
     ae_used = None
     if method == "ae":
         ae_used, n_run = inference.schedule_for_run(ae_config, options.sampler, options.steps, model.num_timesteps,
@@ -90,6 +95,6 @@ def run_from_file(
                    "folders": {p: f"{method}/{stems[p]}" for p in stems}},
         "extra": options.extra_settings,
     }  # fmt: skip
-    folder.save_json(written, folder.settings_path())
+    folder.save_settings(written)
     logger.info("Samples are in %s", outdir / method)
     return written
