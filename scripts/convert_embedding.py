@@ -28,7 +28,6 @@ from ldm.modules.embedding_interop import (  # noqa: E402
     with_token_ids,
     write_embeddings,
 )
-from ldm.outputs import OutputError  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -72,12 +71,9 @@ def convert(argv: list[str] | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Convert; a bad file or flag is raised for :func:`ldm.cli.run_cli` to print as one ``error: ...`` line."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        convert(argv)
-    except (EmbeddingFileError, OutputError) as err:
-        logging.getLogger(__name__).error("%s", err)
-        return 2
+    convert(argv)
     return 0
 
 

@@ -30,7 +30,6 @@ from ldm.modules.embedding_interop import (  # noqa: E402
     tokenizer_from_config,
     write_embeddings,
 )
-from ldm.outputs import OutputError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 SD_DIM, SD2_DIM, LDM_DIM = 768, 1024, 1280
@@ -88,14 +87,11 @@ def merge(paths: list[str], renames: list[tuple[str, str]], expected_dim: int, t
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     opt = get_parser().parse_args(argv)
-    try:
-        tokenizer, dim = tokenizer_from_config(opt.config) if opt.config else (None, None)
-        dim = dim or (SD2_DIM if opt.stable_diffusion_2 else SD_DIM if opt.stable_diffusion else LDM_DIM)
-        merged = merge(opt.manager_ckpts, parse_renames(opt.rename), dim, tokenizer)
-        write_embeddings(merged, opt.output_path, "ti")
-    except (EmbeddingFileError, OutputError) as err:
-        logger.error("%s", err)
-        return 2
+    # a bad file or flag is raised for ldm.cli.run_cli to print as one "error: ..." line
+    tokenizer, dim = tokenizer_from_config(opt.config) if opt.config else (None, None)
+    dim = dim or (SD2_DIM if opt.stable_diffusion_2 else SD_DIM if opt.stable_diffusion else LDM_DIM)
+    merged = merge(opt.manager_ckpts, parse_renames(opt.rename), dim, tokenizer)
+    write_embeddings(merged, opt.output_path, "ti")
     logger.info("Merged %s into %s", sorted(merged.vectors), opt.output_path)
     return 0
 

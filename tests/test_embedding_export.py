@@ -3,7 +3,6 @@ safe-unpickle check allows, umask permissions, the model's own tokenizer for any
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import re
@@ -199,18 +198,15 @@ def test_convert_with_the_models_config(tmp_path, caplog):
 
     torch.save({"sks": _vectors(seed=1)[0]}, tmp_path / "learned_embeds.bin")
     args = ["--input", str(tmp_path / "learned_embeds.bin"), "--to", "ti"]
-    with caplog.at_level(logging.ERROR):
-        assert convert_main([*args, "--output", str(tmp_path / "ti.pt")]) == 2  # width 32: no family to guess
-    assert "vectors of size 32" in caplog.text and "give the model's config (--config)" in caplog.text
+    with pytest.raises(ei.EmbeddingFileError, match=r"vectors of size 32.*give the model's config \(--config\)"):
+        convert_main([*args, "--output", str(tmp_path / "ti.pt")])  # width 32: no family to guess
     assert convert_main([*args, "--output", str(tmp_path / "ti.pt"), "--config", str(SD_CONFIG)]) == 0
     back = ei.read_embeddings(tmp_path / "ti.pt")
     assert back.tokens == {"sks": CLIP_SKS} and passes_a1111_check(tmp_path / "ti.pt")
-    caplog.clear()
     save_file({"emb_params": _vectors(768)}, str(tmp_path / "wide.safetensors"))
-    with caplog.at_level(logging.ERROR):
-        wide = ["--input", str(tmp_path / "wide.safetensors"), "--output", str(tmp_path / "w.pt")]
-        assert convert_main([*wide, "--config", str(SD_CONFIG)]) == 2
-    assert "size 768" in caplog.text and "needs size 32" in caplog.text
+    wide = ["--input", str(tmp_path / "wide.safetensors"), "--output", str(tmp_path / "w.pt")]
+    with pytest.raises(ei.EmbeddingFileError, match="size 768.*needs size 32"):
+        convert_main([*wide, "--config", str(SD_CONFIG)])
 
 
 def test_convert_into_a_missing_folder_is_a_clear_error(tmp_path, caplog):
@@ -218,9 +214,8 @@ def test_convert_into_a_missing_folder_is_a_clear_error(tmp_path, caplog):
 
     ei.write_embeddings(ei.Embeddings({"*": _vectors(768)}, {"*": CLIP_STAR}), tmp_path / "e.pt", "ti")
     target = tmp_path / "no" / "such" / "folder" / "out.safetensors"
-    with caplog.at_level(logging.ERROR):
-        assert convert_main(["--input", str(tmp_path / "e.pt"), "--output", str(target), "--to", "a1111"]) == 2
-    assert f"the folder '{target.parent}' does not exist" in caplog.text
+    with pytest.raises(ei.EmbeddingFileError, match=f"the folder '{re.escape(str(target.parent))}' does not exist"):
+        convert_main(["--input", str(tmp_path / "e.pt"), "--output", str(target), "--to", "a1111"])
     assert not (tmp_path / "no").exists()
 
 

@@ -27,6 +27,7 @@ from ldm.ae_flags import AE_FIELDS, DEFAULT_AE_CONFIG, add_attend_excite_args, a
 from ldm.explorer.chips import Chip, prompt_chips
 from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
 from ldm.models.diffusion.guidance.attend_excite_maps import StepMaps, capture_token_maps
+from ldm.validation import check_scale
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +234,7 @@ class Explorer:
             raise ValueError(f"unknown sampler {settings.sampler!r}; use one of {list(SAMPLERS)}")
         if settings.steps < 1:
             raise ValueError(f"--ddim_steps {settings.steps}: need at least one step")
+        check_scale(settings.scale)  # NaN / infinity: refused; 0: a warning that the prompt is ignored
         latent_shape = self.check_size(settings.H, settings.W)
         groups, _, report = inference.resolve_batch_tokens(self.model, [prompt], spec)  # the CLI's errors
         used, n_run = inference.schedule_for_run(config, settings.sampler, settings.steps, self.model.num_timesteps)
