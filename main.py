@@ -16,6 +16,7 @@ folder and config, and the trainer's logger and callbacks are built by `ldm/trai
 from __future__ import annotations
 
 import datetime
+import errno
 import logging
 import os
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from omegaconf import OmegaConf
 
 from ldm.callbacks import ImageLogger
 from ldm.data.datamodule import DataModuleFromConfig, WrappedDataset
-from ldm.outputs import claim_folder
+from ldm.outputs import claim_folder, write_error
 from ldm.training.flags import get_parser, gpus_to_trainer, split_overrides, trainer_options
 from ldm.training.run_config import (
     RUN_DIR_ENV,
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("main")
+DISK_FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 @dataclass
@@ -121,8 +123,15 @@ def run(argv: list[str] | None = None) -> RunResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    run(argv)
+    """Command-line entry point; returns the exit status. A full disk or a read-only folder met by Lightning's own
+    writers (checkpoints, logs) is one :class:`ldm.outputs.OutputError`, like our writers'."""
+    try:
+        run(argv)
+    except OSError as err:
+        written = write_error(err, err.filename or "the run folder") if err.errno in DISK_FULL_OR_READ_ONLY else None
+        if written is None or written is err:
+            raise
+        raise written from err
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from ldm.outputs import atomic_write
+from ldm.outputs import atomic_write, write_error
 
 logger = logging.getLogger(__name__)
 
@@ -69,5 +69,9 @@ class EmbeddingWriter(pl.Callback):
             paths = self.write(pl_module)
             if paths:
                 logger.warning("Training stopped by %s; wrote %s", type(exception).__name__, paths[0])
-        except Exception:
-            logger.exception("Could not write the embeddings after %s", type(exception).__name__)
+        except Exception as err:
+            written = write_error(err, self.ckptdir)
+            if written is None:  # a bug: its traceback
+                logger.exception("Could not write the embeddings after %s", type(exception).__name__)
+            else:  # a full disk, a read-only folder: one line (the run's own error follows)
+                logger.warning("Could not write the embeddings after %s: %s", type(exception).__name__, written)
