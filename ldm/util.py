@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import pickle
 import re
 import zipfile
 from collections.abc import Mapping
@@ -228,7 +227,11 @@ def safe_torch_load(
     """
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, **kwargs)
-    except pickle.UnpicklingError as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        if kwargs.get("mmap") and "mmap" in str(err):  # a legacy (non-zip) file cannot be mapped: read it
+            return safe_torch_load(path, refused, refused_hint, corrupt, corrupt_hint, error)
+        raise error(f"{corrupt} is truncated or corrupt ({describe_read_error(err)}). {corrupt_hint}") from err
+    except Exception as err:  # noqa: BLE001 - the unpickler's refusal, or whatever random bytes make it raise
         if not holds_pickled_objects(path):  # random bytes, a damaged archive: corrupt, not malicious
             raise error(
                 f"{corrupt} is corrupt: it is not a torch file (no readable pickle in it). {corrupt_hint}"
@@ -237,10 +240,6 @@ def safe_torch_load(
             f"{refused}: it contains objects other than tensors, which could run code when unpickled "
             f"({describe_unpickling_error(err)}). {refused_hint}"
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        if kwargs.get("mmap") and "mmap" in str(err):  # a legacy (non-zip) file cannot be mapped: read it
-            return safe_torch_load(path, refused, refused_hint, corrupt, corrupt_hint, error)
-        raise error(f"{corrupt} is truncated or corrupt ({describe_read_error(err)}). {corrupt_hint}") from err
 
 
 def check_checkpoint_file(path: str | os.PathLike, flag: str = "--resume") -> None:

@@ -10,7 +10,9 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import GOLDEN_WEIGHTS, REPO, require_fixture
@@ -419,3 +421,108 @@ def test_main_finds_a_shipped_configs_data_from_another_folder(tmp_path, monkeyp
     config = main.load_config(opt.base, [])
     main.apply_inversion_flags(config, opt)
     assert config.data.params.train.params.data_root == str(REPO / "data/toyworld/heldout")
+
+
+# ------------------------------------------------------------------------------------------------ issue 20
+
+
+def one_error_line(capsys, main, argv, status: int = 2) -> str:
+    """Run ``main`` through run_cli: exactly one ``error:`` line, no traceback, exit ``status``."""
+    with pytest.raises(SystemExit) as info:
+        run_cli(main, argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert info.value.code == status and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_scale_is_refused_before_loading(tmp_path, no_model_loading, value):
+    with pytest.raises(UserError, match=rf"--scale {value}: the guidance scale must be a finite number"):
+        load_script("txt2img").main(toy_argv(tmp_path, f"--scale={value}"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_scale_zero_warns_that_the_prompt_is_ignored(caplog):
+    from ldm.validation import check_sampling
+
+    with caplog.at_level(logging.WARNING, logger="ldm.validation"):
+        check_sampling(REPO / TOY_CONFIG, H=64, W=64, steps=2, scale=0.0)
+    assert "--scale 0 ignores the prompt" in caplog.text
+
+
+def test_explorer_refuses_a_busy_port_and_a_non_finite_scale(capsys, no_model_loading):
+    import socket
+
+    pytest.importorskip("gradio")
+    explore = load_script("explore")
+    with socket.socket() as busy:  # another program listening on the port
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = one_error_line(capsys, explore.main, ["--port", str(port)])
+        match = re.fullmatch(rf"error: --port {port}: the port is in use on 127.0.0.1 \(another program listens on "
+                             r"it\); use --port (\d+)", line)  # fmt: skip
+        assert match, line
+        with socket.socket() as suggested:  # the suggestion is free
+            suggested.bind(("127.0.0.1", int(match.group(1))))
+    line = one_error_line(capsys, explore.main, ["--scale", "nan", "--port", str(port)])
+    assert line.startswith("error: --scale nan: the guidance scale must be a finite number")
+
+
+def test_corrupt_and_unsafe_embedding_files_get_different_messages(tmp_path, capsys):
+    """50 MB of random bytes is a corrupt file, not a malicious one; a file that pickles code is refused as unsafe
+    (and nothing runs). convert_embedding.py and merge_embeddings.py print ``error:`` like every script."""
+    from ldm.modules.embedding_interop import read_embeddings
+
+    convert = load_script("convert_embedding").main
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).bytes(50 * 2**20))
+    line = one_error_line(capsys, convert, ["--input", str(noise), "--output", str(tmp_path / "out.pt")])
+    assert line == (f"error: Embeddings file '{noise}' is corrupt: it is not a torch file (no readable pickle in it). "
+                    "Save or download it again.")  # fmt: skip
+    for seed in range(40):  # random bytes make torch's unpickler raise many error types: all are "corrupt"
+        (tmp_path / "small.pt").write_bytes(np.random.default_rng(seed).bytes(4096))
+        with pytest.raises(ValueError, match="is corrupt"):
+            read_embeddings(tmp_path / "small.pt")
+    marker = tmp_path / "pwned"
+    torch.save({"string_to_param": {"*": _RunsCode(str(marker))}}, tmp_path / "evil.pt")
+    line = one_error_line(capsys, convert, ["--input", str(tmp_path / "evil.pt"), "--output", str(tmp_path / "o.pt")])
+    assert line.startswith(f"error: Refused to load '{tmp_path / 'evil.pt'}': it contains objects other than tensors")
+    assert not marker.exists() and not (tmp_path / "out.pt").exists() and not (tmp_path / "o.pt").exists()
+    merge = load_script("merge_embeddings").main
+    line = one_error_line(capsys, merge, ["--manager_ckpts", str(noise), "--output_path", str(tmp_path / "m.pt")])
+    assert line.startswith(f"error: Embeddings file '{noise}' is corrupt")
+
+
+def test_full_disk_during_inversion_is_one_error_line(tmp_path, capsys, caplog, monkeypatch):
+    """The embedding writer's safetensors twin meets a full disk (safetensors raises its own error type): one
+    ``error:`` line naming the file, no traceback (the callbacks' own failed saves are one warning each), no partial
+    file."""
+    import safetensors.torch
+    from inversion_helpers import inversion_argv, make_images
+    from safetensors import SafetensorError
+
+    import main
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"part")  # a few bytes, then the disk is full (safetensors 0.8's message)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    monkeypatch.delenv("LDM_DEBUG", raising=False)
+    argv = inversion_argv(make_images(tmp_path / "data", count=2), tmp_path / "logs") + [
+        "lightning.modelcheckpoint.params.every_n_train_steps=2",
+        "lightning.callbacks.image_logger.params.disabled=true",
+    ]
+    with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as info:
+        run_cli(main.main, argv, debug_flags=("--debug", "-d"), keep_debug_flag=True)
+    err = capsys.readouterr().err
+    (run,) = (tmp_path / "logs").iterdir()
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert info.value.code == 2 and lines == [
+        f"error: [Errno 28] no space left on device while writing {run / 'checkpoints' / 'embeddings.safetensors'}"
+    ], err
+    assert "Traceback" not in err and not any(r.exc_info for r in caplog.records), caplog.text
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert not [n for n in checkpoints if n.endswith(".safetensors") or n.startswith(".")]  # no partial file
