@@ -65,7 +65,8 @@ def save_images(images: Tensor, folder: str | Path, start: int = 0) -> list[Path
     arr = (images.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
     number = start
     for a in arr:
-        path, number = claim_numbered(lambda n: folder / f"{n:04}.png", image_writer(Image.fromarray(a), ".png"), number)
+        write = image_writer(Image.fromarray(a), ".png")
+        path, number = claim_numbered(lambda n: folder / f"{n:04}.png", write, number)
         paths.append(path)
         number += 1
     return paths
