@@ -115,23 +115,30 @@ def run(argv: list[str] | None = None) -> RunResult:
     logger.info("Run %s in %s", run_name, logdir)
     install_checkpoint_signal(trainer, ckptdir)
     if opt.train:
-        trainer.fit(model, data, ckpt_path=resume_ckpt, weights_only=True)  # resume unpickles nothing but tensors
+        try:
+            trainer.fit(model, data, ckpt_path=resume_ckpt, weights_only=True)  # resume unpickles nothing but tensors
+        except OSError as err:
+            converted = disk_error(err, f"a checkpoint or log in {logdir}")
+            if converted is err:
+                raise
+            raise converted from err
     has_test = "test" in getattr(data, "dataset_configs", {})
     if not opt.no_test and has_test and not trainer.interrupted:
         trainer.test(model, data)
     return RunResult(trainer, model, logdir)
 
 
+def disk_error(err: OSError, where: str | os.PathLike) -> OSError:
+    """A full disk or a read-only folder met by Lightning's own writers (checkpoints, logs) as one
+    :class:`ldm.outputs.OutputError` naming the file (or ``where``), like our writers'; other errors unchanged."""
+    if err.errno not in DISK_FULL_OR_READ_ONLY:
+        return err
+    return write_error(err, err.filename or where) or err
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status. A full disk or a read-only folder met by Lightning's own
-    writers (checkpoints, logs) is one :class:`ldm.outputs.OutputError`, like our writers'."""
-    try:
-        run(argv)
-    except OSError as err:
-        written = write_error(err, err.filename or "the run folder") if err.errno in DISK_FULL_OR_READ_ONLY else None
-        if written is None or written is err:
-            raise
-        raise written from err
+    """Command-line entry point; returns the exit status."""
+    run(argv)
     return 0
 
 

@@ -3,6 +3,7 @@ config files, resume checkpoints and relative config paths are checked before an
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import logging
@@ -495,21 +496,29 @@ def test_corrupt_and_unsafe_embedding_files_get_different_messages(tmp_path, cap
     assert line.startswith(f"error: Embeddings file '{noise}' is corrupt")
 
 
-def test_full_disk_during_inversion_is_one_error_line(tmp_path, capsys, caplog, monkeypatch):
-    """The embedding writer's safetensors twin meets a full disk (safetensors raises its own error type): one
-    ``error:`` line naming the file, no traceback (the callbacks' own failed saves are one warning each), no partial
-    file."""
+@pytest.mark.parametrize("writer", ["safetensors", "lightning"])
+def test_full_disk_during_inversion_is_one_error_line(tmp_path, capsys, caplog, monkeypatch, writer):
+    """A full disk during an inversion, met by the embedding writer's safetensors twin (safetensors raises its own
+    error type) or by Lightning's checkpoint writer: one ``error:`` line naming the file or the run, no traceback
+    (the callbacks' own failed saves on the way out are one warning each), no partial file."""
+    import lightning_fabric.plugins.io.torch_io as torch_io
     import safetensors.torch
     from inversion_helpers import inversion_argv, make_images
     from safetensors import SafetensorError
 
     import main
 
-    def full_disk(tensors, filename, metadata=None):
+    def safetensors_full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"part")  # a few bytes, then the disk is full (safetensors 0.8's message)
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    def checkpoint_full(checkpoint, filepath):
+        raise OSError(errno.ENOSPC, "No space left on device")  # fsspec's write: no file name in the error
+
+    if writer == "safetensors":
+        monkeypatch.setattr(safetensors.torch, "save_file", safetensors_full)
+    else:
+        monkeypatch.setattr(torch_io, "_atomic_save", checkpoint_full)
     monkeypatch.delenv("LDM_DEBUG", raising=False)
     argv = inversion_argv(make_images(tmp_path / "data", count=2), tmp_path / "logs") + [
         "lightning.modelcheckpoint.params.every_n_train_steps=2",
@@ -520,9 +529,15 @@ def test_full_disk_during_inversion_is_one_error_line(tmp_path, capsys, caplog, 
     err = capsys.readouterr().err
     (run,) = (tmp_path / "logs").iterdir()
     lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert info.value.code == 2 and lines == [
-        f"error: [Errno 28] no space left on device while writing {run / 'checkpoints' / 'embeddings.safetensors'}"
-    ], err
+    where = (
+        run / "checkpoints" / "embeddings.safetensors" if writer == "safetensors" else f"a checkpoint or log in {run}"
+    )
+    assert info.value.code == 2 and lines == [f"error: [Errno 28] no space left on device while writing {where}"], err
     assert "Traceback" not in err and not any(r.exc_info for r in caplog.records), caplog.text
-    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert not [n for n in checkpoints if n.endswith(".safetensors") or n.startswith(".")]  # no partial file
+    from ldm.modules.embedding_interop import read_embeddings
+
+    files = sorted((run / "checkpoints").iterdir())
+    assert not [p for p in files if p.name.startswith(".") or p.suffix == ".ckpt"]  # no temporary or partial file
+    for path in files:  # what was written before the disk filled up is complete
+        assert read_embeddings(path).vectors
+    assert writer == "lightning" or all(p.suffix == ".pt" for p in files)  # the failed twins are not there
