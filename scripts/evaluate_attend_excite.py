@@ -52,7 +52,7 @@ from ldm.evaluation.evaluators import (  # noqa: E402
     read_prompt_file,
 )
 from ldm.evaluation.generate import add_size_args, guidance_summary, latent_shape, read_guidance_records  # noqa: E402
-from ldm.outputs import ensure_folder, json_text, save_record, text_writer  # noqa: E402
+from ldm.outputs import ensure_folder, json_text, record_number, save_record, text_writer  # noqa: E402
 from ldm.precision import PRECISIONS  # noqa: E402
 
 logger = logging.getLogger("evaluate_attend_excite")
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         meta["generation"] = generation
     raw_file = save_record(text_writer(json.dumps({**meta, "methods": raw}, indent=2) + "\n"),
                            out_dir / "clip_raw_metrics.json")  # fmt: skip
-    number = int(raw_file.stem.rsplit("-", 1)[1]) if raw_file.stem != "clip_raw_metrics" else 0  # the others match
+    number = record_number(raw_file, out_dir / "clip_raw_metrics.json")  # the other two get the same number
     aggregated_file = save_record(text_writer(json.dumps({**meta, "methods": aggregated}, indent=2) + "\n"),
                                   out_dir / "clip_aggregated_metrics.json", number=number)  # fmt: skip
     table_file = save_record(text_writer(table), out_dir / "clip_metrics.md", number=number)

@@ -123,6 +123,17 @@ def test_manager_and_training_writer_files_pass_the_check(tmp_path):
         back = ei.read_embeddings(path)
         assert torch.equal(back.vectors["*"], manager.string_to_param_dict["*"].detach())
         assert back.tokens == {"*": embedder.single_token_id("*")}
+    # A resumed run reaching step 7 again: the step's earlier files stay, its own are numbered (both twins alike);
+    # embeddings.pt, the latest, is replaced.
+    first = {p.name: p.read_bytes() for p in paths if "gs-" in p.name}
+    manager.string_to_param_dict["*"].data += 1.0
+    again = EmbeddingWriter(tmp_path).write(Module(), global_step=7)
+    assert sorted(p.name for p in again) == sorted(
+        ["embeddings.pt", "embeddings.safetensors", "embeddings_gs-7-0001.pt", "embeddings_gs-7-0001.safetensors"]
+    )
+    assert all((tmp_path / name).read_bytes() == content for name, content in first.items())
+    assert torch.equal(ei.read_embeddings(tmp_path / "embeddings.pt").vectors["*"], manager.string_to_param_dict["*"])
+    assert passes_a1111_check(tmp_path / "embeddings_gs-7-0001.pt")
 
 
 # ---------------------------------------------------------------- permissions
