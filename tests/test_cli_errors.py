@@ -541,3 +541,19 @@ def test_full_disk_during_inversion_is_one_error_line(tmp_path, capsys, caplog, 
     for path in files:  # what was written before the disk filled up is complete
         assert read_embeddings(path).vectors
     assert writer == "lightning" or all(p.suffix == ".pt" for p in files)  # the failed twins are not there
+
+
+@pytest.mark.parametrize("name", ["x.txt", "x", "x.PT"])
+def test_embedding_output_no_reader_accepts_is_refused(tmp_path, capsys, name):
+    """convert_embedding.py --output x.txt used to write a file its own reader refuses; merge_embeddings.py too."""
+    from ldm.modules import embedding_interop as ei
+
+    source = ei.write_embeddings(ei.Embeddings({"*": torch.randn(1, 768)}, {"*": 265}), tmp_path / "e.pt")
+    convert = load_script("convert_embedding").main
+    line = one_error_line(capsys, convert, ["--input", str(source), "--output", str(tmp_path / name)])
+    assert line == (f"error: cannot write '{tmp_path / name}': no reader accepts the extension '{Path(name).suffix}'; "
+                    "end the name in .safetensors or one of .pt, .bin, .ckpt, .pth")  # fmt: skip
+    merge = load_script("merge_embeddings").main
+    line = one_error_line(capsys, merge, ["--manager_ckpts", str(source), "-sd", "--output_path", str(tmp_path / name)])
+    assert "no reader accepts the extension" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.pt"]  # nothing written

@@ -184,6 +184,11 @@ def write_embeddings(embeddings: Embeddings, path: str | os.PathLike, fmt: str =
     path = Path(path)
     if fmt not in FORMATS:
         raise EmbeddingFileError(f"unknown format '{fmt}'; choose one of {FORMATS}")
+    if path.suffix != ".safetensors" and path.suffix not in TORCH_SUFFIXES:  # what read_embeddings accepts
+        raise EmbeddingFileError(
+            f"cannot write '{path}': no reader accepts the extension '{path.suffix}'; end the name in .safetensors "
+            f"or one of {', '.join(TORCH_SUFFIXES)}"
+        )
     if not path.parent.is_dir():
         raise EmbeddingFileError(
             f"cannot write '{path}': the folder '{path.parent}' does not exist; create it first or choose another "
