@@ -142,7 +142,7 @@ def generate_all(args: argparse.Namespace, prompts: list[tuple[str, str]]) -> tu
     inference.check_sampling_flags(args, ckpt_flag="--ckpt_path", ae=True)  # before the model is loaded
     ae_config = inference.attend_excite_config(args)
     texts = [p for _, p in prompts]
-    root = Path(args.out_dir) / "images"
+    root = ensure_folder(Path(args.out_dir) / "images", "--out_dir")  # a file in the way: one error line
     items = engine.make_items(
         root, texts, args.n_samples, list(LABELS), args.seed,
         path_of=lambda p, i, m: Path(LABELS[m]) / p / f"{i:04}.png",  # the folder is named exactly like the prompt
