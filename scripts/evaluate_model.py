@@ -75,6 +75,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="keep no images: sample into a temporary folder in out_dir, removed after scoring")  # fmt: skip
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     engine.add_distributed_args(p)
+    tokens_help = "sample with Attend-and-Excite on these words/positions (e.g. '*'); empty: plain sampling"
+    inference.add_attend_excite_args(p, tokens_help=tokens_help, save_attention=False)
+    inference.add_guidance_args(p)  # --guidance NAME: sample with another registered method (its --g_<field> flags)
     return p
 
 
@@ -100,14 +103,16 @@ def generate_samples(args: argparse.Namespace, out_dir: Path) -> tuple[list[Path
 def _generate(
     args: argparse.Namespace, fabric: Any, options: engine.DistributedOptions, samples: Path
 ) -> tuple[list[Path], Path] | None:
-    items = engine.make_items(samples, [args.prompt], args.n_samples, ["plain"], args.seed,
-                       path_of=lambda p, i, m: f"{i:04}.png")  # fmt: skip
+    choice = inference.guidance_choice(args)
+    items = engine.make_items(samples, [args.prompt], args.n_samples, [choice.name], args.seed,
+                              path_of=lambda p, i, m: f"{i:04}.png", ae_tokens_of=lambda p: args.ae_tokens)  # fmt: skip
     model = engine.load_model_for(fabric.device, args.config, args.ckpt_path, args.embedding_path, args.precision,
                            "--ckpt_path")  # fmt: skip
     shape = latent_shape(model, inference.first_stage_factor(args.config), args.H, args.W)
     settings = engine.EngineSettings(
         latent_shape=shape, steps=args.ddim_steps, scale=args.scale, batch_size=args.batch_size,
-        precision=args.precision,
+        precision=args.precision, ae_config=choice.config if choice.name == "ae" else None,
+        guidance={choice.name: choice.config} if choice.name not in ("plain", "ae") else None,
     )  # fmt: skip
     record = {"prompt": args.prompt, "config": args.config, "ckpt_path": args.ckpt_path,
               "embedding_path": args.embedding_path, "seed": args.seed}  # fmt: skip
