@@ -22,6 +22,8 @@ from ldm.modules.embedding_interop import (  # noqa: E402
     FORMATS,
     EmbeddingFileError,
     check_dim,
+    check_family,
+    config_family,
     read_embeddings,
     renamed,
     tokenizer_from_config,
@@ -51,6 +53,7 @@ def convert(argv: list[str] | None = None) -> Path:
     if opt.config is not None:
         tokenizer, dim = tokenizer_from_config(opt.config)
         check_dim(embeddings, dim, opt.input)
+        check_family(embeddings, config_family(opt.config), opt.input)
     if opt.expect_dim is not None:
         check_dim(embeddings, opt.expect_dim, opt.input)
     if opt.placeholder is not None:

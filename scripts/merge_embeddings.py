@@ -24,6 +24,8 @@ from ldm.modules.embedding_interop import (  # noqa: E402
     EmbeddingFileError,
     Embeddings,
     check_dim,
+    check_family,
+    config_family,
     read_embeddings,
     single_token_id,
     tokenizer_for_dim,
@@ -57,13 +59,18 @@ def parse_renames(values: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def merge(paths: list[str], renames: list[tuple[str, str]], expected_dim: int, tokenizer: Any = None) -> Embeddings:
+def merge(
+    paths: list[str], renames: list[tuple[str, str]], expected_dim: int, tokenizer: Any = None,
+    family: str | None = None,
+) -> Embeddings:  # fmt: skip
+    """The files' placeholders in one set (``family``: the text encoder's, recorded; a file of another is refused)."""
     tokenizer = tokenizer or tokenizer_for_dim(expected_dim)
     pending = list(renames)
-    merged = Embeddings({}, {}, "ti")
+    merged = Embeddings({}, {}, "ti", family=family)
     for path in paths:
         embeddings = read_embeddings(path)
         check_dim(embeddings, expected_dim, path)
+        check_family(embeddings, family, path)
         for key, vector in embeddings.vectors.items():
             token = embeddings.tokens.get(key)
             if key in merged.vectors:
@@ -90,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     # a bad file or flag is raised for ldm.cli.run_cli to print as one "error: ..." line
     tokenizer, dim = tokenizer_from_config(opt.config) if opt.config else (None, None)
     dim = dim or (SD2_DIM if opt.stable_diffusion_2 else SD_DIM if opt.stable_diffusion else LDM_DIM)
-    merged = merge(opt.manager_ckpts, parse_renames(opt.rename), dim, tokenizer)
+    family = config_family(opt.config) if opt.config else {SD2_DIM: "sd2", SD_DIM: "sd1", LDM_DIM: "ldm"}[dim]
+    merged = merge(opt.manager_ckpts, parse_renames(opt.rename), dim, tokenizer, family)
     write_embeddings(merged, opt.output_path, "ti")
     logger.info("Merged %s into %s", sorted(merged.vectors), opt.output_path)
     return 0

@@ -557,3 +557,21 @@ def test_embedding_output_no_reader_accepts_is_refused(tmp_path, capsys, name):
     line = one_error_line(capsys, merge, ["--manager_ckpts", str(source), "-sd", "--output_path", str(tmp_path / name)])
     assert "no reader accepts the extension" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.pt"]  # nothing written
+
+
+def test_a_toyworld1_embedding_is_refused_by_toyworld2(tmp_path, capsys):
+    """Both toys' text encoders are 128 wide; ToyWorld 1's is BERT, ToyWorld 2's CLIP. An embedding learned on the
+    first, given to the second, used to load silently; it is one error line naming both families."""
+    from ldm import inference
+
+    toy1 = inference.load_model(REPO / TOY_CONFIG, REPO / TOY_WEIGHTS)
+    toy1.embedding_manager.save(tmp_path / "toy1.pt")
+    argv = ["--config", str(REPO / "configs/toyworld2/txt2img-inference.yaml"), "--ckpt_path",
+            str(REPO / "models/toyworld2/txt2img.safetensors"), "--embedding_path", str(tmp_path / "toy1.pt"),
+            "--prompt", "a photo of *", "--outdir", str(tmp_path / "out"), "--n_samples", "1", "--ddim_steps", "1",
+            "--H", "64", "--W", "64"]  # fmt: skip
+    line = one_error_line(capsys, load_script("txt2img").main, argv)
+    assert line.startswith(f"error: Embeddings '{tmp_path / 'toy1.pt'}' were learned with the LDM text2img-large and "
+                           "ToyWorld 1 (BERT text encoder); this model has the SD v1 and ToyWorld 2 (CLIP text "
+                           "encoder)")  # fmt: skip
+    assert "same size (128)" in line and not (tmp_path / "out" / "samples").exists()

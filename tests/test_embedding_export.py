@@ -238,3 +238,45 @@ def test_merge_with_the_models_config(tmp_path):
     inputs = ["--manager_ckpts", str(tmp_path / "0.bin"), str(tmp_path / "1.bin"), "--config", str(SD_CONFIG)]
     assert merge_main([*inputs, "--output_path", str(tmp_path / "m.pt")]) == 0
     assert ei.read_embeddings(tmp_path / "m.pt").tokens == {"sks": CLIP_SKS, "*": CLIP_STAR}
+
+
+# ---------------------------------------------------------------- the text encoder's family, not the width
+
+
+def test_an_embedding_of_another_text_encoder_is_refused_at_the_same_width(tmp_path):
+    """The tiny LDM (BERT) and the tiny SD (CLIP) are both 32 wide: the file records the family it was learned with,
+    and loading, converting or merging it for the other family is refused naming both."""
+    from ldm import inference
+
+    require_fixture(GOLDEN_WEIGHTS["ldm"])
+    require_fixture(GOLDEN_WEIGHTS["sd"])
+    bert = inference.load_model(REPO / "configs/tests/golden_tiny_ldm.yaml", GOLDEN_WEIGHTS["ldm"])
+    clip = inference.load_model(SD_CONFIG, GOLDEN_WEIGHTS["sd"])
+    assert bert.embedding_manager.token_dim == clip.embedding_manager.token_dim == 32
+    refused = (r"were learned with the LDM text2img-large and ToyWorld 1 \(BERT text encoder\); this model has the "
+               r"SD v1 and ToyWorld 2 \(CLIP text encoder\)\. .*even at the same size \(32\)")  # fmt: skip
+    for suffix in (".pt", ".safetensors"):
+        path = tmp_path / f"bert{suffix}"
+        bert.embedding_manager.save(path)
+        assert ei.read_embeddings(path).family == "ldm"
+        with pytest.raises(ei.EmbeddingFileError, match=refused):
+            clip.embedding_manager.load(path)
+        with pytest.raises(ei.EmbeddingFileError, match=refused):
+            ei.load_into_manager(clip.embedding_manager, path)
+    assert passes_a1111_check(tmp_path / "bert.pt")  # the recorded family is a plain string
+    from scripts.convert_embedding import main as convert_main
+    from scripts.merge_embeddings import main as merge_main
+
+    with pytest.raises(ei.EmbeddingFileError, match=refused):
+        convert_main(["--input", str(tmp_path / "bert.pt"), "--output", str(tmp_path / "c.pt"), "--config",
+                      str(SD_CONFIG)])  # fmt: skip
+    with pytest.raises(ei.EmbeddingFileError, match=refused):
+        merge_main(["--manager_ckpts", str(tmp_path / "bert.pt"), "--config", str(SD_CONFIG), "--output_path",
+                    str(tmp_path / "m.pt")])  # fmt: skip
+    # The family goes along through conversion; a file that records none (a foreign one) is judged by size alone.
+    assert convert_main(["--input", str(tmp_path / "bert.safetensors"), "--output", str(tmp_path / "a.safetensors"),
+                         "--to", "a1111"]) == 0  # fmt: skip
+    assert ei.read_embeddings(tmp_path / "a.safetensors").family == "ldm"
+    save_file({"emb_params": _vectors(32)}, str(tmp_path / "foreign.safetensors"))
+    clip.embedding_manager.load(tmp_path / "foreign.safetensors")
+    assert ei.manager_embeddings(clip.embedding_manager).family == "sd1"

@@ -11,7 +11,10 @@ Formats (all read with `torch.load(weights_only=True)` or safetensors; nothing e
 - `diffusers`: `learned_embeds.bin` / `.safetensors`: `{token: [D] or [nv, D]}`.
 
 The vector size tells the model family: 768 SD v1 (CLIP ViT-L/14), 1024 SD v2 (OpenCLIP ViT-H/14), 1280 LDM
-text2img-large (BERT). A file of the wrong size is refused with the family it fits named. Token ids are looked up
+text2img-large (BERT). A file of the wrong size is refused with the family it fits named. Sizes alone cannot tell
+towers of one width apart (ToyWorld 1's BERT and ToyWorld 2's CLIP are both 128 wide): files this project writes
+record the family of the text encoder they were learned with (``family``: a ``.pt`` key, safetensors metadata), and
+a file of another family is refused naming both (:func:`check_family`). Token ids are looked up
 with the model's own tokenizer when a model (or its config) is at hand, so other widths (ToyWorld 128, the tiny test
 models 32) work too; only without one is the tokenizer guessed from the width.
 
@@ -24,6 +27,7 @@ the archive without them (it defaults to little-endian, as written on every plat
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -56,8 +60,37 @@ RENAME_HINT = "rename it (scripts/convert_embedding.py --placeholder, scripts/me
 PORTABLE_MEMBER = re.compile(r"[^/]+/(data\.pkl|version|data/\d+)")
 
 
+# Text-encoder families (the keys of ldm.models.description.FAMILIES) and the encoder classes that make them.
+FAMILY_TITLES = {"ldm": "LDM text2img-large and ToyWorld 1 (BERT text encoder)",
+                 "sd1": "SD v1 and ToyWorld 2 (CLIP text encoder)", "sd2": "SD v2 (OpenCLIP text encoder)"}  # fmt: skip
+_ENCODER_FAMILIES = {"BERTEmbedder": "ldm", "FrozenCLIPEmbedder": "sd1", "FrozenOpenCLIPEmbedder": "sd2"}
+
+
 class EmbeddingFileError(ValueError):
     """An embeddings file cannot be read, has an unknown layout, or does not fit the model."""
+
+
+def text_encoder_family(encoder: Any) -> str | None:
+    """The family of a text encoder (an instance, its class or a config's ``target`` string): "ldm" (BERT), "sd1"
+    (CLIP), "sd2" (OpenCLIP), None when unknown.
+
+    TO BE REPLACED by the model description once ``ldm/models/description.py`` (branch sdxl) is in main:
+    ``describe_model(model).family`` / ``describe_config(config).family``. Until then this is the one place that
+    reads the family; it knows the towers by their class names, as the description does.
+    """
+    name = encoder if isinstance(encoder, str) else (encoder.__name__ if isinstance(encoder, type) else None)
+    name = (name or type(encoder).__name__).rsplit(".", 1)[-1]
+    return _ENCODER_FAMILIES.get(name)
+
+
+def config_family(config_path: str | os.PathLike) -> str | None:
+    """:func:`text_encoder_family` of the text encoder a model config builds (``cond_stage_config.target``).
+    TO BE REPLACED with it by ``describe_config(config_path).family``."""
+    from omegaconf import OmegaConf
+
+    return text_encoder_family(
+        str(OmegaConf.select(OmegaConf.load(config_path), "model.params.cond_stage_config.target"))
+    )
 
 
 @dataclass
@@ -72,6 +105,7 @@ class Embeddings:
     tokens: dict[str, int] = field(default_factory=dict)
     source_format: str = "ti"
     name: str | None = None
+    family: str | None = None  # the text encoder's family the vectors were learned with, where the file says it
 
     @property
     def dim(self) -> int:
@@ -95,6 +129,23 @@ def check_dim(embeddings: Embeddings, expected_dim: int, source: str | os.PathLi
             + (f" ({FAMILIES[expected_dim]})" if expected_dim in FAMILIES else "")
             + ". Use an embedding trained for this model."
         )
+
+
+def check_family(embeddings: Embeddings, family: str | None, source: str | os.PathLike) -> None:
+    """Raise `EmbeddingFileError` naming both families when the file records another text encoder's family than the
+    model's (vectors of one tower mean nothing to another, whatever their width)."""
+    if embeddings.family and family and embeddings.family != family:
+        raise EmbeddingFileError(
+            f"Embeddings '{source}' were learned with the {FAMILY_TITLES.get(embeddings.family, embeddings.family)}; "
+            f"this model has the {FAMILY_TITLES.get(family, family)}. Vectors of one text encoder mean nothing to "
+            f"another, even at the same size ({embeddings.dim}). Use an embedding trained for this model."
+        )
+
+
+def _recorded_family(value: Any, path: Path) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise EmbeddingFileError(f"'{path}': its 'family' is a {type(value).__name__}, not a name like 'sd1'")
+    return value
 
 
 def _as_matrix(value: Any, where: str) -> torch.Tensor:
@@ -134,13 +185,16 @@ def read_embeddings(path: str | os.PathLike) -> Embeddings:
     if not path.is_file():
         raise EmbeddingFileError(f"Embeddings file '{path}' does not exist.")
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         try:
             flat = load_file(str(path))
+            with safe_open(str(path), "pt") as handle:
+                meta = handle.metadata() or {}
         except Exception as err:
             raise EmbeddingFileError(f"'{path}' is not a readable safetensors file ({err}).") from err
-        return _from_flat(flat, path)
+        return dataclasses.replace(_from_flat(flat, path), family=_recorded_family(meta.get("family"), path))
     if path.suffix not in TORCH_SUFFIXES:
         raise EmbeddingFileError(f"'{path}': unknown extension; use .safetensors or one of {TORCH_SUFFIXES}")
     obj = _torch_load(path)
@@ -151,7 +205,8 @@ def read_embeddings(path: str | os.PathLike) -> Embeddings:
         vectors = {k: _as_matrix(v, f"'{path}' string_to_param[{k!r}]") for k, v in params.items()}
         tokens = {k: int(torch.as_tensor(v).reshape(())) for k, v in dict(obj.get("string_to_token", {})).items()}
         is_a1111 = "name" in obj or "step" in obj
-        return Embeddings(vectors, tokens, "a1111" if is_a1111 else "ti", obj.get("name") if is_a1111 else None)
+        return Embeddings(vectors, tokens, "a1111" if is_a1111 else "ti", obj.get("name") if is_a1111 else None,
+                          _recorded_family(obj.get("family"), path))  # fmt: skip
     return _diffusers(obj, path)
 
 
@@ -195,6 +250,7 @@ def write_embeddings(embeddings: Embeddings, path: str | os.PathLike, fmt: str =
             "output path"
         )
     safetensors = path.suffix == ".safetensors"
+    extra = {"family": embeddings.family} if embeddings.family else {}  # a .pt key, safetensors metadata
     vectors = {k: v.detach().float().cpu().contiguous() for k, v in embeddings.vectors.items()}
     if fmt == "ti":
         missing = sorted(set(vectors) - set(embeddings.tokens))
@@ -204,31 +260,32 @@ def write_embeddings(embeddings: Embeddings, path: str | os.PathLike, fmt: str =
         if safetensors:
             flat = {f"string_to_token.{k}": t for k, t in tokens.items()}
             flat.update({f"string_to_param.{k}": v for k, v in vectors.items()})
-            _save_safetensors(flat, path)
+            _save_safetensors(flat, path, extra)
         else:
             params = nn.ParameterDict({k: nn.Parameter(v) for k, v in vectors.items()})
-            save_torch({"string_to_token": tokens, "string_to_param": params}, path)
+            save_torch({"string_to_token": tokens, "string_to_param": params, **extra}, path)
     elif fmt == "a1111":
         if len(vectors) != 1:
             raise EmbeddingFileError(f"A1111 files hold one embedding; got {sorted(vectors)}. Convert them one by one.")
         (key, vector), name = next(iter(vectors.items())), embeddings.name or path.stem
         if safetensors:
-            _save_safetensors({"emb_params": vector}, path)
+            _save_safetensors({"emb_params": vector}, path, extra)
         else:
             data = {"string_to_token": {"*": int(embeddings.tokens.get(key, 265))}, "string_to_param": {"*": vector},
-                    "name": name, "step": 0, "sd_checkpoint": None, "sd_checkpoint_name": None}  # fmt: skip
+                    "name": name, "step": 0, "sd_checkpoint": None, "sd_checkpoint_name": None, **extra}  # fmt: skip
             save_torch(data, path)
     elif safetensors:
-        _save_safetensors(vectors, path)
+        _save_safetensors(vectors, path, extra)
     else:
         save_torch(vectors, path)
     return path
 
 
-def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp))
+    data = {k: v.contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(data, tmp, metadata=metadata or None))
 
 
 def portable_pt_bytes(obj: Any) -> bytes:
@@ -332,14 +389,14 @@ def with_token_ids(embeddings: Embeddings, tokenizer: Any | None = None) -> Embe
     tokenizer = tokenizer or tokenizer_for_dim(embeddings.dim)
     tokens = dict(embeddings.tokens)
     tokens.update({k: single_token_id(tokenizer, k) for k in missing})
-    return Embeddings(dict(embeddings.vectors), tokens, embeddings.source_format, embeddings.name)
+    return dataclasses.replace(embeddings, vectors=dict(embeddings.vectors), tokens=tokens)
 
 
 def renamed(embeddings: Embeddings, mapping: dict[str, str]) -> Embeddings:
     """Rename placeholders (their token ids are dropped, to be looked up again for the new strings)."""
     vectors = {mapping.get(k, k): v for k, v in embeddings.vectors.items()}
     tokens = {k: t for k, t in embeddings.tokens.items() if k not in mapping}
-    return Embeddings(vectors, tokens, embeddings.source_format, embeddings.name)
+    return dataclasses.replace(embeddings, vectors=vectors, tokens=tokens)
 
 
 def load_into_manager(manager: Any, path: str | os.PathLike, placeholder: str | None = None, tokenizer: Any = None):
@@ -350,6 +407,7 @@ def load_into_manager(manager: Any, path: str | os.PathLike, placeholder: str | 
     """
     embeddings = read_embeddings(path)
     check_dim(embeddings, manager.token_dim, path)
+    check_family(embeddings, getattr(manager, "family", None), path)
     if placeholder is not None:
         if len(embeddings.vectors) != 1:
             raise EmbeddingFileError(f"'{path}' holds {sorted(embeddings.vectors)}; a placeholder renames one only")
@@ -370,4 +428,5 @@ def manager_embeddings(manager: Any) -> Embeddings:
         {k: v.detach().float().cpu() for k, v in manager.string_to_param_dict.items()},
         {k: int(t) for k, t in manager.string_to_token_dict.items()},
         "ti",
+        family=getattr(manager, "family", None),
     )
