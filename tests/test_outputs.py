@@ -349,3 +349,19 @@ def test_claim_folder_gives_each_concurrent_run_its_own(tmp_path):
     for t in threads:
         t.join()
     assert len(set(claimed)) == n and all(p.is_dir() for p in claimed)
+
+
+def test_exclusive_write_without_hard_links(tmp_path, monkeypatch):
+    """On a file system without hard links (FAT, some network mounts) the name is claimed with O_EXCL instead."""
+
+    def no_links(src, dst, *args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    first = outputs.save_json({"run": 1}, tmp_path / "r.json", exclusive=True)
+    with pytest.raises(FileExistsError):
+        outputs.save_json({"run": 2}, tmp_path / "r.json", exclusive=True)
+    assert json.loads(first.read_text()) == {"run": 1} and files_under(tmp_path) == ["r.json"]
+    path, number = outputs.claim_numbered(lambda n: tmp_path / f"s-{n}.txt", outputs.text_writer("x"), 0)
+    assert (path.name, number) == ("s-0.txt", 0)
+    assert outputs.claim_numbered(lambda n: tmp_path / f"s-{n}.txt", outputs.text_writer("y"), 0)[1] == 1
