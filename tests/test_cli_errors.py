@@ -571,7 +571,6 @@ def test_a_toyworld1_embedding_is_refused_by_toyworld2(tmp_path, capsys):
             "--prompt", "a photo of *", "--outdir", str(tmp_path / "out"), "--n_samples", "1", "--ddim_steps", "1",
             "--H", "64", "--W", "64"]  # fmt: skip
     line = one_error_line(capsys, load_script("txt2img").main, argv)
-    assert line.startswith(f"error: Embeddings '{tmp_path / 'toy1.pt'}' were learned with the LDM text2img-large and "
-                           "ToyWorld 1 (BERT text encoder); this model has the SD v1 and ToyWorld 2 (CLIP text "
-                           "encoder)")  # fmt: skip
+    assert line.startswith(f"error: Embeddings '{tmp_path / 'toy1.pt'}' were learned for LDM text2img-large (BERT "
+                           "text encoder); this model is SD v1 (CLIP ViT-L/14 text encoder)")  # fmt: skip
     assert "same size (128)" in line and not (tmp_path / "out" / "samples").exists()

@@ -253,8 +253,8 @@ def test_an_embedding_of_another_text_encoder_is_refused_at_the_same_width(tmp_p
     bert = inference.load_model(REPO / "configs/tests/golden_tiny_ldm.yaml", GOLDEN_WEIGHTS["ldm"])
     clip = inference.load_model(SD_CONFIG, GOLDEN_WEIGHTS["sd"])
     assert bert.embedding_manager.token_dim == clip.embedding_manager.token_dim == 32
-    refused = (r"were learned with the LDM text2img-large and ToyWorld 1 \(BERT text encoder\); this model has the "
-               r"SD v1 and ToyWorld 2 \(CLIP text encoder\)\. .*even at the same size \(32\)")  # fmt: skip
+    refused = (r"were learned for LDM text2img-large \(BERT text encoder\); this model is SD v1 \(CLIP ViT-L/14 "
+               r"text encoder\)\. .*even at the same size \(32\)")  # fmt: skip
     for suffix in (".pt", ".safetensors"):
         path = tmp_path / f"bert{suffix}"
         bert.embedding_manager.save(path)
