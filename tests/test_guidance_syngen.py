@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import FIXTURES, require_fixture
+from conftest import FIXTURES, rel_err, require_fixture
 
 from ldm.guidance.syngen.loss import Binding, binding_loss, pixel_distributions, symmetric_kl
 
@@ -82,3 +82,120 @@ def test_loss_gradient_flows_to_the_maps():
     maps = (torch.rand(4, 4, 5, generator=torch.Generator().manual_seed(3)) + 0.1).requires_grad_(True)
     binding_loss(maps, [Binding((2,), ((1,),))], [1, 2, 3, 4]).backward()
     assert maps.grad is not None and maps.grad[:, :, 1:5].abs().sum() > 0 and maps.grad[:, :, 0].abs().sum() == 0
+
+
+# --- the method on the tiny SD model against the official pipeline ------------------------------------------------
+GOLDEN_STEPS = 50  # the official default; SynGen updates at steps 0..24
+GOLDEN_SCALE = 7.5
+
+
+def tiny_sd():
+    from conftest import _golden_model
+
+    require_fixture(FIXTURES / "golden" / "weights")
+    return _golden_model("sd")
+
+
+def run_syngen(model, runs: list[str], config=None):
+    """DDIM 50 steps, CFG 7.5 from the goldens' x_T; returns (final latents, per-step guided latents, guidance)."""
+    from safetensors.torch import load_file
+
+    from ldm.guidance.syngen import SynGenConfig
+    from ldm.guidance.syngen.config import for_steps
+    from ldm.guidance.syngen.method import SynGen, sample_target
+    from ldm.guidance.tokens import prompt_tokens
+    from ldm.models.diffusion.ddim import DDIMSampler
+
+    log = golden_log()["runs"]
+    inputs = load_file(str(SYNGEN / "inputs.safetensors"))
+    prompts = [log[r]["prompt"] for r in runs]
+    x_t = torch.cat([inputs["x_T"][log[r]["x_T_row"]][None] for r in runs])  # [n, 4, 32, 32]
+    with torch.no_grad():
+        c = model.get_learned_conditioning(prompts)  # [n, 77, 32]
+        uc = model.get_learned_conditioning(len(runs) * [""])
+    for b, r in enumerate(runs):
+        assert rel_err(c[b], inputs[f"c_{r}"][0]) < 1e-5 and rel_err(uc[b], inputs["uc"][0]) < 1e-5
+    targets = []
+    for r in runs:
+        cfg = for_steps(config or SynGenConfig(parser="rules", include_entities=log[r]["include_entities"]),
+                        GOLDEN_STEPS)  # fmt: skip
+        targets.append(sample_target(prompt_tokens(model, log[r]["prompt"]), cfg))
+    guidance = SynGen(model, cfg, targets)
+    after: list[torch.Tensor] = []
+
+    def record(x, t, i, num, cond):
+        out = guidance(x, t, i, num, cond)
+        after.append(out.clone())
+        return out
+
+    sampler = DDIMSampler(model)
+    final, _ = sampler.sample(
+        GOLDEN_STEPS, len(runs), (4, 32, 32), conditioning=c, eta=0.0, x_T=x_t, verbose=False,
+        unconditional_guidance_scale=GOLDEN_SCALE, unconditional_conditioning=uc, latent_guidance=record,
+    )  # fmt: skip
+    assert torch.equal(torch.as_tensor(sampler.ddim_timesteps[::-1].copy()), golden(runs[0])["timesteps"])
+    return final, after, guidance
+
+
+def check_against_golden(run: str, sample: int, final, after, guidance) -> None:
+    log = golden_log()
+    ref, gold = log["runs"][run], golden(run)
+    official = {tuple(sorted(b.positions)) for b in official_bindings(ref["subtrees_indices"])}
+    ours = {tuple(sorted(b.positions)) for b in guidance.targets[sample].extras["bindings"]}
+    assert ours == official
+    losses = [g["loss"] for rec in guidance.records for g in rec["groups"] if g["samples"] == [sample]]
+    assert len(losses) == 25 and [rec["step"] for rec in guidance.records] == list(range(25))
+    scale = max(abs(v) for v in ref["losses"])  # losses pass through 0: relative to the run's loss scale
+    for step, (mine, theirs) in enumerate(zip(losses, ref["losses"])):
+        assert abs(mine - theirs) <= 1e-5 * max(abs(theirs), scale), (run, step, mine, theirs)
+    for k, step in enumerate(log["settings"]["latent_steps"]):
+        err = rel_err(after[step][sample], gold["latents_after_syngen"][k][0])
+        assert err < 1e-5, (run, step, err)
+    assert rel_err(final[sample], gold["latents_final"][0]) < 2e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", RUNS)
+def test_method_matches_the_official_pipeline_batch1(run):
+    final, after, guidance = run_syngen(tiny_sd(), [run])
+    check_against_golden(run, 0, final, after, guidance)
+
+
+@pytest.mark.slow
+def test_method_matches_the_official_pipeline_batch2():
+    """The official pipeline cannot run 2 samples (README): the reference is its batch-1 run of each sample."""
+    runs = ["cat_frog", "bowl_table"]
+    final, after, guidance = run_syngen(tiny_sd(), runs)
+    for sample, run in enumerate(runs):
+        check_against_golden(run, sample, final, after, guidance)
+
+
+# --- the command line ----------------------------------------------------------------------------------------------
+def test_stable_txt2img_with_syngen(tmp_path, caplog):
+    import importlib.util
+
+    from conftest import GOLDEN_WEIGHTS, REPO
+
+    spec = importlib.util.spec_from_file_location("stable_txt2img", REPO / "scripts" / "stable_txt2img.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    require_fixture(GOLDEN_WEIGHTS["sd"])
+    common = [
+        "--config", str(REPO / "configs/tests/golden_tiny_sd.yaml"), "--ckpt", str(GOLDEN_WEIGHTS["sd"]), "--f", "2",
+        "--n_iter", "1", "--precision", "full", "--H", "64", "--W", "64", "--ddim_steps", "4", "--n_samples", "1",
+        "--guidance", "syngen",
+    ]  # fmt: skip
+    caplog.set_level("INFO", logger="ldm.guidance.syngen.method")
+    out = tmp_path / "parsed"
+    script.main([*common, "--prompt", "a red cat and a blue frog", "--outdir", str(out)])
+    assert (out / "samples" / "00000.png").is_file()
+    assert "red -> cat, blue -> frog" in caplog.text
+    out = tmp_path / "pairs"
+    script.main([*common, "--prompt", "a red cat and a blue frog", "--g_pairs", "blue:cat", "--g_scale_factor", "5",
+                 "--outdir", str(out)])  # fmt: skip
+    assert (out / "samples" / "00000.png").is_file()
+    assert "blue -> cat" in caplog.text
+    from ldm.errors import UserError
+
+    with pytest.raises(UserError, match="--g_pairs: 'dog' is not a word of the prompt"):
+        script.main([*common, "--prompt", "a red cat", "--g_pairs", "red:dog", "--outdir", str(tmp_path / "bad")])

@@ -15,17 +15,22 @@ multi-vector placeholder shows it at several consecutive positions) is one word 
   "X with Y" / "X next to Y" are two phrases, so "a circle with a red square" binds red to square only.
 - :func:`resolve_pairs`: the explicit ``--g_pairs`` spec ("red:circle,blue:square" or 1-based positions "2:3").
 - :func:`noun_phrases_from_doc`: the same structure from a spaCy parse (the optional ``spacy`` extra), following the
-  official SynGen rules (modifier dependencies of a noun and their conjuncts).
+  official SynGen rules (modifier dependencies of a noun and their conjuncts); :func:`prompt_phrases` picks the parser
+  (spaCy when it and its model are installed, else the rules).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ldm.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 PLACEHOLDERS: tuple[str, ...] = ("*",)
 
@@ -259,3 +264,38 @@ def noun_phrases_from_doc(
         mods = tuple(word_of[id(m)] for m in found if id(m) in word_of)
         result.append(NounPhrase(word_of[id(tok)], mods))
     return result
+
+
+@functools.lru_cache(maxsize=4)
+def load_spacy(model: str) -> Any | None:
+    """The spaCy pipeline ``model``, or None when spaCy or that model is not installed (loaded once per process)."""
+    try:
+        import spacy
+    except ImportError:
+        return None
+    try:
+        return spacy.load(model)
+    except OSError:  # spaCy's "can't find model"
+        return None
+
+
+def prompt_phrases(
+    prompt: str,
+    words: Sequence[Word],
+    parser: str = "auto",
+    spacy_model: str = "en_core_web_trf",
+    placeholders: Collection[str] = PLACEHOLDERS,
+) -> list[NounPhrase]:
+    """The noun phrases of ``prompt`` (whose words are ``words``) from spaCy (``"spacy"``; ``"auto"`` when it loads)
+    or from the rule parser (``"rules"``, and ``"auto"`` without spaCy)."""
+    if parser in ("auto", "spacy"):
+        nlp = load_spacy(spacy_model)
+        if nlp is not None:
+            return noun_phrases_from_doc(nlp(prompt), words, placeholders)
+        if parser == "spacy":
+            raise UserError(
+                f"--g_parser spacy: spaCy or its model {spacy_model!r} is not installed (pip install -e '.[spacy]' "
+                f"and python -m spacy download {spacy_model}); or use --g_parser rules"
+            )
+        logger.debug("spaCy model %s not available: the rule parser reads %r", spacy_model, prompt)
+    return noun_phrases(words, placeholders)
