@@ -199,3 +199,90 @@ def test_stable_txt2img_with_syngen(tmp_path, caplog):
 
     with pytest.raises(UserError, match="--g_pairs: 'dog' is not a word of the prompt"):
         script.main([*common, "--prompt", "a red cat", "--g_pairs", "red:dog", "--outdir", str(tmp_path / "bad")])
+
+
+# --- settings, parser choice and bad inputs -----------------------------------------------------------------------
+def test_config_schedule_and_step_size():
+    from ldm.guidance.attend_excite.config import step_size
+    from ldm.guidance.syngen.config import SynGenConfig, for_steps
+
+    cfg = SynGenConfig()
+    assert for_steps(cfg, 50).max_iter_to_alter == 25 and for_steps(cfg, 10).max_iter_to_alter == 5
+    assert for_steps(cfg, 7).max_iter_to_alter == 4 and for_steps(for_steps(cfg, 10), 50).max_iter_to_alter == 5
+    assert {step_size(cfg, i, 50) for i in range(50)} == {20.0}  # the official constant step
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"pairs": "red"}, "'red' in pairs is not a modifier:noun pair"),
+        ({"pairs": "red:cat:dog"}, "'red:cat:dog' in pairs is not a modifier:noun pair"),
+        ({"parser": "foo"}, "parser must be one of"),
+        ({"loss_reduction": "mean"}, "loss_reduction must be one of"),
+    ],
+)
+def test_bad_settings_are_user_errors(values, message):
+    from ldm.errors import UserError
+    from ldm.guidance import get_method
+    from ldm.guidance.flags import method_config
+
+    with pytest.raises(UserError, match=message):
+        method_config(get_method("syngen"), values, "--g_" + next(iter(values)))
+
+
+def test_parser_choice_spacy_when_it_loads_else_rules(monkeypatch):
+    import ldm.guidance.parse as parse
+    from ldm.errors import UserError
+    from ldm.guidance.parse import prompt_phrases, prompt_words
+
+    words = prompt_words(list(enumerate(["<|startoftext|>", "a</w>", "red</w>", "cat</w>", "<|endoftext|>"])))
+    monkeypatch.setattr(parse, "load_spacy", lambda model: None)
+    assert [p.noun.text for p in prompt_phrases("a red cat", words, "auto")] == ["cat"]
+    with pytest.raises(UserError, match="--g_parser spacy: spaCy or its model 'en_core_web_trf' is not installed"):
+        prompt_phrases("a red cat", words, "spacy")
+
+    class Tok:  # a parse that makes "a" the noun and "red" its modifier: shows which parser ran
+        def __init__(self, text, pos, dep):
+            self.text, self.pos_, self.dep_, self.children = text, pos, dep, []
+
+    def nlp(text):
+        a, red, cat = Tok("a", "NOUN", "ROOT"), Tok("red", "ADJ", "amod"), Tok("cat", "X", "dep")
+        a.children = [red]
+        return [a, red, cat]
+
+    monkeypatch.setattr(parse, "load_spacy", lambda model: nlp)
+    phrases = prompt_phrases("a red cat", words, "auto")
+    assert [(p.noun.text, [m.text for m in p.modifiers]) for p in phrases] == [("a", ["red"])]
+    assert [p.noun.text for p in prompt_phrases("a red cat", words, "rules")] == ["cat"]
+
+
+def test_prompt_without_pairs_is_plain_with_a_warning(caplog):
+    from ldm.guidance.syngen import SynGenConfig
+    from ldm.guidance.syngen.method import build_syngen
+    from ldm.guidance.tokens import prompt_tokens
+
+    model = tiny_sd()
+    tokens = [prompt_tokens(model, "a cat")]
+    assert build_syngen(model, SynGenConfig(parser="rules"), tokens) is None
+    assert "SynGen: no modifier-noun pair in 'a cat'" in caplog.text
+    guidance = build_syngen(model, SynGenConfig(parser="rules"), [*tokens, prompt_tokens(model, "a red cat")])
+    assert guidance is not None and guidance.loss_groups(2)[0].samples == [1]  # only the sample with a pair
+
+
+def test_one_update_lowers_the_loss():
+    from ldm.guidance.syngen import SynGenConfig
+    from ldm.guidance.syngen.method import SynGen, sample_target
+    from ldm.guidance.tokens import prompt_tokens
+
+    model = tiny_sd()
+    cfg = SynGenConfig(parser="rules", schedule_steps=None, max_iter_to_alter=2, scale_factor=200.0)
+    guidance = SynGen(model, cfg, [sample_target(prompt_tokens(model, "a red cat and a blue frog"), cfg)])
+    x = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    c = model.get_learned_conditioning(["a red cat and a blue frog"])
+    t = torch.full((1,), 901)
+    x1 = guidance(x, t, 0, 50, c)
+    guidance(x1, t, 1, 50, c)
+    before, after = (rec["groups"][0]["loss"] for rec in guidance.records)
+    assert after < before and not torch.equal(x, x1)
+    assert guidance(x1, t, 2, 50, c) is x1  # past max_iter_to_alter: untouched, no pass
+    assert guidance.num_forwards == 2

@@ -52,7 +52,7 @@ class SynGenConfig:
             raise ValueError("attention_res must be >= 1 and max_iter_to_alter >= 0")
         for item in (s.strip() for s in self.pairs.split(",")):
             if item and (item.count(":") != 1 or not all(p.strip() for p in item.split(":"))):
-                raise ValueError(f"pairs: '{item}' is not a modifier:noun pair (e.g. \"red:circle,blue:square\")")
+                raise ValueError(f"'{item}' in pairs is not a modifier:noun pair (e.g. \"red:circle,blue:square\")")
         object.__setattr__(self, "scale_range", tuple(float(s) for s in self.scale_range))
 
 
