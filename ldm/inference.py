@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ldm.ae_flags import AE_FIELDS, DEFAULT_AE_CONFIG, add_attend_excite_args, attend_excite_config
 from ldm.errors import MissingFileError, UserError
 from ldm.guidance import GuidanceMethod, GuidanceRequest, get_method
-from ldm.guidance.attend_excite.config import AttendExciteConfig
+from ldm.guidance.attend_excite.config import AttendExciteConfig, display_config
 from ldm.guidance.attend_excite.maps import capture_token_maps
 from ldm.guidance.engine import StepMaps
 from ldm.guidance.flags import GuidanceChoice, add_guidance_args, guidance_from_args
@@ -361,15 +361,6 @@ def run_txt2img(
     out_folder.save_json(settings, out_folder.settings_path())
     logger.info("Samples are in %s", opts.outdir)
     return settings
-
-
-def display_config(config: Any) -> AttendExciteConfig:
-    """The A&E map settings (side, softmax, smoothing) that show a method's token maps: its own where it has them."""
-    if isinstance(config, AttendExciteConfig):
-        return config
-    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(AttendExciteConfig)
-              if f.name != "token_indices" and hasattr(config, f.name)}  # fmt: skip
-    return AttendExciteConfig(**shared)
 
 
 def attention_picture(

@@ -62,7 +62,7 @@ class UNetModel(nn.Module):
         channel_mult: Sequence[int] = (1, 2, 4, 8),
         conv_resample: bool = True,
         dims: int = 2,
-        num_classes: int | None = None,
+        num_classes: int | str | None = None,
         use_checkpoint: bool = False,
         use_fp16: bool = False,
         num_heads: int = -1,
@@ -78,6 +78,7 @@ class UNetModel(nn.Module):
         legacy: bool = True,
         use_sdpa: bool = True,
         use_linear_in_transformer: bool = False,
+        adm_in_channels: int | None = None,
     ) -> None:
         super().__init__()
         if use_spatial_transformer and context_dim is None:
@@ -125,7 +126,15 @@ class UNetModel(nn.Module):
         self.time_embed = nn.Sequential(
             linear(model_channels, time_embed_dim), nn.SiLU(), linear(time_embed_dim, time_embed_dim)
         )
-        if num_classes is not None:
+        if num_classes == "sequential":  # a conditioning vector y [B, adm_in_channels] (SDXL: pooled text + sizes)
+            if adm_in_channels is None:
+                raise ValueError("UNetModel: num_classes 'sequential' needs adm_in_channels (the width of y)")
+            self.label_emb = nn.Sequential(
+                nn.Sequential(
+                    linear(adm_in_channels, time_embed_dim), nn.SiLU(), linear(time_embed_dim, time_embed_dim)
+                )
+            )
+        elif num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, time_embed_dim)
 
         self.attention_block_ds: dict[str, int] = {}
@@ -236,7 +245,7 @@ class UNetModel(nn.Module):
         t_emb = timestep_embedding(timesteps, self.model_channels).to(embed_dtype)  # [B, model_channels]
         emb = self.time_embed(t_emb)  # [B, 4*model_channels]
         if self.num_classes is not None:
-            emb = emb + self.label_emb(y)
+            emb = emb + self.label_emb(y.to(embed_dtype) if y.is_floating_point() else y)  # [B, 4*model_channels]
         if context is not None and context.is_floating_point():
             context = context.to(torso_dtype)
         h = x.type(torso_dtype)
