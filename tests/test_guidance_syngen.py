@@ -286,3 +286,22 @@ def test_one_update_lowers_the_loss():
     assert after < before and not torch.equal(x, x1)
     assert guidance(x1, t, 2, 50, c) is x1  # past max_iter_to_alter: untouched, no pass
     assert guidance.num_forwards == 2
+
+
+def test_explorer_runs_syngen_and_shows_the_selected_words_maps():
+    from conftest import GOLDEN_WEIGHTS
+
+    from ldm.explorer.session import Explorer, Settings
+
+    model = tiny_sd()
+    explorer = Explorer(model, "configs/tests/golden_tiny_sd.yaml", str(GOLDEN_WEIGHTS["sd"]))
+    assert "syngen" in explorer.methods() and explorer.method_fields("syngen")["scale_factor"] == "20.0"
+    config, flags = explorer.method_config("syngen", {"pairs": "red:cat", "attention_res": "16"})
+    assert flags == ["--g_pairs", "red:cat"]
+    result = explorer.run("a red cat and a blue frog", "cat,frog", Settings(steps=2, scale=3, H=64, W=64), config,
+                          ae_flags=flags, method="syngen")  # fmt: skip
+    assert "--guidance syngen" in result.command and "--g_pairs red:cat" in result.command
+    trace = result.excited
+    assert [m.shape for m in trace.maps] == [(2, 16, 16)] * 2  # cat, frog: each a distribution over the pixels
+    assert torch.allclose(trace.maps[0].sum(dim=(1, 2)), torch.ones(2), atol=1e-5)
+    assert trace.method_loss[0] is not None and trace.method_loss[1] is None  # 2 steps: step 0 updates

@@ -18,8 +18,9 @@ PRESETS = Path(__file__).resolve().parents[3] / "configs" / "guidance"
 
 
 def build(request: GuidanceRequest) -> SynGen | None:
-    """SynGen on each sample's modifier-noun pairs (``--g_pairs`` or the prompt's parse); ``--ae_tokens`` unused."""
-    return build_syngen(request.model, request.config, request.tokens, on_maps=request.on_maps)
+    """SynGen on each sample's modifier-noun pairs (``--g_pairs`` or the prompt's parse); the ``--ae_tokens`` words,
+    when given, only choose the maps a viewer shows."""
+    return build_syngen(request.model, request.config, request.tokens, request.on_maps, request.token_groups)
 
 
 METHOD = GuidanceMethod(

@@ -36,10 +36,13 @@ __all__ = ["SynGen", "sample_target"]
 logger = logging.getLogger(__name__)
 
 
-def sample_target(tokens: PromptTokens, config: SynGenConfig) -> SampleTarget:
+def sample_target(
+    tokens: PromptTokens, config: SynGenConfig, view_groups: Sequence[tuple[int, ...]] = ()
+) -> SampleTarget:
     """One sample's bindings: from ``config.pairs`` or the prompt's parse, as positions of ``tokens``.
 
-    ``token_groups`` lists the words that bind (modifiers and nouns, in order); ``extras`` holds the
+    ``token_groups`` are the words whose maps viewers show: ``view_groups`` (the ``--ae_tokens`` words) when given,
+    else the words that bind (modifiers and nouns, in order); ``extras`` holds the
     :class:`~ldm.guidance.syngen.loss.Binding` list (``"bindings"``) and the prompt positions (``"prompt_positions"``).
     """
     placeholders = set(PLACEHOLDERS) | set(tokens.placeholders.values())
@@ -50,7 +53,7 @@ def sample_target(tokens: PromptTokens, config: SynGenConfig) -> SampleTarget:
         found = prompt_phrases(tokens.prompt, words, config.parser, config.spacy_model, placeholders)
         phrases = bindings(found, include_entities=config.include_entities)
     binds = tuple(Binding(p.noun.positions, tuple(m.positions for m in p.modifiers)) for p in phrases)
-    groups = tuple(dict.fromkeys(g for b in binds for g in (*b.modifiers, b.noun)))
+    groups = tuple(view_groups) or tuple(dict.fromkeys(g for b in binds for g in (*b.modifiers, b.noun)))
     extras = {"bindings": binds, "prompt_positions": tuple(range(1, tokens.eot))}
     return SampleTarget(groups, tokens.eot, extras)
 
@@ -76,8 +79,9 @@ class SynGen(AttentionLossGuidance):
         model: the ``LatentDiffusion`` (or a bare UNet in unit tests).
         config: the settings; ``max_iter_to_alter`` in absolute steps (``config.for_steps``).
         targets: one :func:`sample_target` per sample (a sample without bindings is not guided).
-        truncate, on_maps: see ``AttentionLossGuidance``. The maps a viewer gets are each binding word's map as a
-            distribution over the pixels (the max over a word's positions): ``[K, r, r]`` in ``token_groups`` order.
+        truncate, on_maps: see ``AttentionLossGuidance``. The maps a viewer gets are the map of each word of the
+            target's ``token_groups`` as a distribution over the pixels (the max over a word's positions), the maps
+            the loss compares: ``[K, r, r]``.
     """
 
     def __init__(
@@ -121,12 +125,15 @@ def build_syngen(
     config: SynGenConfig,
     tokens: Sequence[PromptTokens],
     on_maps: Callable[[StepMaps], None] | None = None,
+    view_groups: Sequence[Sequence[tuple[int, ...]]] | None = None,
 ) -> SynGen | None:
-    """SynGen on each sample's bindings; None (with a warning) when no prompt of the batch has any."""
+    """SynGen on each sample's bindings; None (with a warning) when no prompt of the batch has any.
+    ``view_groups``: per sample, the words whose maps ``on_maps`` gets (the ``--ae_tokens`` groups; default: the
+    binding words)."""
     targets = []
-    for t in tokens:
+    for b, t in enumerate(tokens):
         try:
-            targets.append(sample_target(t, config))
+            targets.append(sample_target(t, config, view_groups[b] if view_groups else ()))
         except UserError as err:
             raise UserError(f"{err} (prompt {t.prompt!r})") from None
     for t, target in zip(tokens, targets):
