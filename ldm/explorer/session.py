@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 from ldm import inference
@@ -38,6 +37,7 @@ from ldm.guidance.attend_excite.config import AttendExciteConfig, display_config
 from ldm.guidance.attend_excite.maps import capture_token_maps
 from ldm.guidance.engine import StepMaps
 from ldm.guidance.flags import add_guidance_args, guidance_from_args
+from ldm.models.description import describe_config
 
 logger = logging.getLogger(__name__)
 
@@ -154,9 +154,9 @@ class Explorer:
             (k for k, p in self.presets.items() if ae_config_path and p.resolve() == Path(ae_config_path).resolve()),
             "official",
         )
-        self.factor = inference.first_stage_factor(self.config_path)
-        cond = OmegaConf.select(OmegaConf.load(self.config_path), "model.params.cond_stage_config.target") or ""
-        self.script = "scripts/txt2img.py" if "BERT" in cond else "scripts/stable_txt2img.py"
+        self.description = describe_config(self.config_path)
+        self.factor = self.description.first_stage_factor
+        self.script = "scripts/txt2img.py" if self.description.family == "ldm" else "scripts/stable_txt2img.py"
 
     @classmethod
     def load(
@@ -175,6 +175,15 @@ class Explorer:
     def default_size(self) -> int:
         """The image side the model was trained for: latent size times the autoencoder's factor."""
         return int(self.model.image_size) * self.factor
+
+    def default_settings(self, seed: int = 42, steps: int | None = None, scale: float | None = None) -> Settings:
+        """The settings a page starts with: the model description's steps, scale and image side (ToyWorld: 25 steps,
+        scale 3; SDXL: scale 5; other models: 50 steps, scale 7.5), unless given."""
+        defaults = self.description.defaults
+        return Settings(
+            steps=steps or defaults.steps, scale=scale or defaults.scale, seed=seed,
+            H=defaults.image_side, W=defaults.image_side,
+        )  # fmt: skip
 
     def placeholders(self) -> list[str]:
         manager = getattr(self.model, "embedding_manager", None)

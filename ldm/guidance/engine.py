@@ -35,8 +35,9 @@ from typing import Any
 import torch
 
 from ldm.guidance.capture import CapturedMaps, CaptureSpec, capture_plan, new_store
-from ldm.guidance.denoiser import GuidanceDenoiser, cross_attention_context, select_rows
+from ldm.guidance.denoiser import GuidanceDenoiser, cross_attention_context
 from ldm.guidance.tokens import TokenGroup
+from ldm.models.diffusion.sampler_base import select_cond
 from ldm.modules.attention_control import register_attention_controller
 from ldm.modules.diffusionmodules.util import forced_checkpointing
 
@@ -201,7 +202,7 @@ class AttentionLossGuidance:
         rows = {s: r for r, s in enumerate(samples)}
         leaf = z[samples].detach().requires_grad_(True)  # [b, C, h, w]
         self.store.reset()
-        self.denoiser(leaf, t[samples], select_rows(cond, samples), stop_after)
+        self.denoiser(leaf, t[samples], select_cond(cond, samples), stop_after)
         maps = CapturedMaps.collect(self.store, self.capture_spec, len(samples))
         self.store.reset()
         self.num_forwards += 1
@@ -286,7 +287,7 @@ class AttentionLossGuidance:
         plan = capture_plan(self.unet, tuple(x.shape[-2:]), self.capture_spec)
         store = new_store(self.capture_spec)
         with register_attention_controller(self.unet, store, layers=plan.layers):
-            self.denoiser(x[samples], t[samples], select_rows(cond, samples), plan.stop_after)
+            self.denoiser(x[samples], t[samples], select_cond(cond, samples), plan.stop_after)
         maps = CapturedMaps.collect(store, self.capture_spec, len(samples))
         kept = {s: self.view_maps(maps.rows([r]), g).cpu() for r, (g, s) in
                 enumerate((g, s) for g in groups for s in g.samples)}  # fmt: skip
