@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from ldm.guidance import attend_excite, plain, syngen
+from ldm.guidance import attend_excite, divide_bind, plain, syngen
 
 BUILTIN = [
     plain.METHOD,
     attend_excite.METHOD,
     syngen.METHOD,
+    divide_bind.METHOD,
 ]
