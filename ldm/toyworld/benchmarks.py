@@ -123,6 +123,7 @@ def run_pairs(
     ae_config: AttendExciteConfig | None,
     outdir: Path,
     name: str,
+    guidance: str = "ae",
 ) -> tuple[list[Verdict], float]:
     """Sample all prompts (grouped by A&E spec so a batch shares one spec); verdicts in prompt order, and the
     seconds it took. The first 32 images are written as ``outdir/{name}.png``."""
@@ -134,7 +135,7 @@ def run_pairs(
         idx = list(idx)
         images[idx] = sample_images(
             model, [prompts[i] for i in idx], [seeds[i] for i in idx], settings,
-            ae_tokens=spec or None, ae_config=ae_config,
+            ae_tokens=spec or None, ae_config=ae_config, guidance=guidance,
         )  # fmt: skip
     verdicts = judge(images, prompts)
     save_grid(images[:32], outdir / f"{name}.png", nrow=8)
