@@ -9,8 +9,9 @@ scripts/evaluate_toyworld.py's evaluation seeds: prompt seeds 0-2, noise 5000-40
 INITNO excites the shape words (as A&E does on the toys). Each image starts from its seed's generator, which also
 draws INITNO's fresh noise for later rounds, so an image does not depend on its batch. Prints one line per variant:
 the rate of images showing all subjects (shapes) and all with the right colours, with 95% Wilson intervals, each
-paired against plain sampling (95% bootstrap interval), the seconds per image and the guidance passes (UNet calls,
-truncated after the last block read) per image. DDIM 25 steps, guidance scale 3 (the ToyWorld evaluation's settings).
+paired against plain sampling (95% bootstrap interval), the seconds per image and the UNet evaluations per image
+(every sample through the UNet: a CFG step counts 2, a truncated guidance pass 1, as evaluate_toyworld.py --methods
+counts them). DDIM 25 steps, guidance scale 3 (the ToyWorld evaluation's settings).
 The chosen settings are in configs/toyworld/initno.yaml and configs/toyworld2/initno.yaml.
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,14 +62,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ldm.guidance.attend_excite.config import scale_schedule
     from ldm.guidance.flags import load_guidance_yaml, method_config
-    from ldm.inference import sample_prompts
-    from ldm.models.diffusion.ddim import DDIMSampler
     from ldm.outputs import safe_stem
-    from ldm.toyworld.benchmarks import TOYS, subject_metrics
+    from ldm.toyworld.benchmarks import TOYS, run_pairs, subject_metrics
+    from ldm.toyworld.methods import count_unet_evaluations
     from ldm.toyworld.prompts import subject_prompts
-    from ldm.toyworld.sampling import SampleSettings, judge, load_toyworld_model, save_grid
+    from ldm.toyworld.sampling import SampleSettings, load_toyworld_model
     from ldm.toyworld.stats import bootstrap_diff, wilson
 
     torch.set_grad_enabled(False)
@@ -79,31 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [args.noise_seed + i for i in range(args.n)]
     settings = SampleSettings()
     method, official = load_guidance_yaml(REPO / "configs" / "guidance" / "initno.yaml", "preset")
-    f = 2 ** (len(model.first_stage_model.encoder.down) - 1)
-    shape = (model.channels, settings.size // f, settings.size // f)  # [C, h, w]
-
-    def sample(config) -> tuple[torch.Tensor, float, float]:
-        """Images, seconds and guidance passes per image; one spec per batch (the prompts' shape words)."""
-        t0, out, passes = time.time(), [None] * args.n, 0
-        order = sorted(range(args.n), key=lambda i: specs[i])
-        for lo in range(0, args.n, settings.batch_size):
-            idx = order[lo : lo + settings.batch_size]
-            by_spec: dict[str, list[int]] = {}
-            for i in idx:
-                by_spec.setdefault(specs[i], []).append(i)
-            for spec, rows in by_spec.items():
-                gens = [torch.Generator().manual_seed(seeds[i]) for i in rows]
-                x_t = torch.stack([torch.randn(shape, generator=g) for g in gens])  # [n, C, h, w], x_T of each seed
-                batch = sample_prompts(
-                    model, DDIMSampler(model), [prompts[i] for i in rows], shape, settings.steps, settings.scale,
-                    x_T=x_t, generator=gens, guidance="initno" if config is not None else "plain", log_tokens=False,
-                    ae_tokens=spec if config is not None else "",
-                    guidance_config=None if config is None else scale_schedule(config, settings.steps),
-                )  # fmt: skip
-                passes += 0 if batch.guidance is None else batch.guidance.num_sample_forwards
-                for i, image in zip(rows, batch.images):
-                    out[i] = image
-        return torch.stack(out), (time.time() - t0) / args.n, passes / args.n
+    outdir = Path(args.outdir) / f"toy{args.toy}"
 
     runs: list[tuple[str, dict | None]] = [("plain", None)]
     for item in chosen:
@@ -113,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     plain = None
     for name, changes in runs:
         config = None if changes is None else method_config(method, changes, name, base=official)
-        images, per_image, passes = sample(config)
-        save_grid(images[:32], Path(args.outdir) / f"toy{args.toy}" / f"{safe_stem(name)}.png", nrow=8)
-        metrics = subject_metrics(judge(images, prompts))
+        with count_unet_evaluations(model.model.diffusion_model) as evaluations:
+            verdicts, seconds = run_pairs(model, prompts, specs, seeds, settings, config, outdir, safe_stem(name),
+                                          "initno")  # fmt: skip
+        per_image, passes = seconds / args.n, evaluations[0] / args.n
+        metrics = subject_metrics(verdicts)
         plain = plain or metrics
         parts = []
         for key, label in (("all subjects (shapes)", "all present"), ("all subjects, right colours", "right colours")):
@@ -126,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                 mean, dlo, dhi = bootstrap_diff(plain[key], metrics[key])
                 part += f" ({mean:+.3f} [{dlo:+.3f}, {dhi:+.3f}])"
             parts.append(part)
-        sys.stdout.write(f"{name:30s} " + "  ".join(parts) + f"  {per_image:.2f} s/image  {passes:.0f} passes/image\n")
+        sys.stdout.write(
+            f"{name:30s} " + "  ".join(parts) + f"  {per_image:.2f} s/image  {passes:.0f} UNet evaluations/image\n"
+        )
         sys.stdout.flush()
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from functools import lru_cache
 
 import pytest
@@ -281,6 +282,29 @@ def test_registered_with_its_preset():
     assert preset[0] is method and preset[1] == InitNOConfig()
     cfg = method.for_steps(InitNOConfig(), 10)
     assert cfg.thresholds == {2: 0.8, 4: 0.8} and cfg.max_iter_to_alter == 5
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--g_round_steps", "0"], "--g_round_steps: round_steps and final_steps must be >= 1 while noise_rounds > 0"),
+        (["--g_alignment_decay", "1.5"], "--g_alignment_decay: alignment_decay must be in [0, 1], got 1.5"),
+        (["--g_noise_rounds", "-1"], "--g_noise_rounds: noise_rounds and max_refinement_steps must be >= 0"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(flags: list[str], message: str):
+    import argparse
+
+    from ldm.errors import UserError
+    from ldm.guidance.flags import add_guidance_args, guidance_from_args
+
+    parser = argparse.ArgumentParser()
+    add_guidance_args(parser)
+    parser.add_argument("--ae_tokens", default="cat,frog")
+    with pytest.raises(UserError, match=re.escape(message)):
+        guidance_from_args(parser.parse_args(["--guidance", "initno", *flags]))
+    with pytest.raises(UserError, match="--guidance initno needs --ae_tokens"):
+        guidance_from_args(parser.parse_args(["--guidance", "initno", "--ae_tokens", ""]))
 
 
 def test_stable_txt2img_with_initno(tmp_path):

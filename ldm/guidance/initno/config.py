@@ -78,8 +78,11 @@ class InitNOConfig:
     def __post_init__(self) -> None:
         if self.softmax_end not in SOFTMAX_ENDS:
             raise ValueError(f"softmax_end must be one of {SOFTMAX_ENDS}, got {self.softmax_end!r}")
-        if min(self.noise_rounds, self.round_steps, self.final_steps, self.max_refinement_steps) < 0:
-            raise ValueError("noise_rounds, round_steps, final_steps and max_refinement_steps must be >= 0")
+        if self.noise_rounds < 0 or self.max_refinement_steps < 0:
+            raise ValueError("noise_rounds and max_refinement_steps must be >= 0")
+        if self.noise_rounds > 0 and min(self.round_steps, self.final_steps) < 1:
+            raise ValueError("round_steps and final_steps must be >= 1 while noise_rounds > 0 (noise_rounds 0 turns "
+                             "the start-noise optimisation off)")  # fmt: skip
         if self.attention_res < 1 or self.kernel_size < 1:
             raise ValueError("attention_res and kernel_size must be >= 1")
         if not 0.0 <= self.alignment_decay <= 1.0:

@@ -27,11 +27,11 @@ import torch
 
 from ldm.guidance.attend_excite.config import normalize_token_indices, step_size
 from ldm.guidance.capture import CapturedMaps, CaptureSpec
-from ldm.guidance.denoiser import select_rows
 from ldm.guidance.engine import AttentionLossGuidance, LossGroup, SampleTarget, StepMaps, _context_length
 from ldm.guidance.initno.config import InitNOConfig
 from ldm.guidance.initno.loss import InitNOTerms, initno_terms, text_softmax, token_maps, update_cache
 from ldm.guidance.initno.noise import StartNoiseOptimizer, capture_pass
+from ldm.models.diffusion.sampler_base import select_cond
 from ldm.modules.diffusionmodules.util import forced_checkpointing
 
 __all__ = ["InitNO"]
@@ -175,7 +175,7 @@ class InitNO(AttentionLossGuidance):
             while pending:
                 samples = [g.samples[0] for g in pending]
                 leaf = z[samples].detach().requires_grad_(True)  # [b, C, h, w]
-                maps = capture_pass(self.denoiser, self.capture_spec, leaf, t[samples], select_rows(cond, samples),
+                maps = capture_pass(self.denoiser, self.capture_spec, leaf, t[samples], select_cond(cond, samples),
                                     self.truncate)  # fmt: skip
                 self.num_forwards += 1
                 self.num_sample_forwards += len(samples)

@@ -27,10 +27,11 @@ from typing import Any
 import torch
 
 from ldm.guidance.capture import CapturedMaps, CaptureSpec, capture_plan, new_store
-from ldm.guidance.denoiser import GuidanceDenoiser, select_rows
+from ldm.guidance.denoiser import GuidanceDenoiser
 from ldm.guidance.engine import SampleTarget
 from ldm.guidance.initno.config import InitNOConfig
 from ldm.guidance.initno.loss import InitNOTerms, initno_terms, kl_divergence
+from ldm.models.diffusion.sampler_base import select_cond
 from ldm.modules.attention_control import register_attention_controller
 from ldm.modules.diffusionmodules.util import forced_checkpointing
 
@@ -101,8 +102,6 @@ class StartNoiseOptimizer:
     def __init__(
         self, denoiser: GuidanceDenoiser, config: InitNOConfig, spec: CaptureSpec, truncate: bool = True
     ) -> None:
-        if config.noise_rounds > 0 and min(config.round_steps, config.final_steps) < 1:
-            raise ValueError("INITNO noise optimisation needs round_steps >= 1 and final_steps >= 1")
         self.denoiser = denoiser
         self.config = config
         self.spec = spec
@@ -143,7 +142,7 @@ class StartNoiseOptimizer:
         cfg = self.config
         rows = [s.index for s in active]
         z = torch.cat([s.run.latent() for s in active])  # [b, C, h, w], in the graph of each sample's (log_var, mu)
-        maps = capture_pass(self.denoiser, self.spec, z, t[rows], select_rows(cond, rows), self.truncate)
+        maps = capture_pass(self.denoiser, self.spec, z, t[rows], select_cond(cond, rows), self.truncate)
         self.num_forwards += 1
         self.num_sample_forwards += len(active)
         to_update, finished = [], []
