@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ldm.guidance import attend_excite, conform, divide_bind, plain, syngen
+from ldm.guidance import attend_excite, conform, divide_bind, initno, plain, syngen
 
 BUILTIN = [
     plain.METHOD,
@@ -11,4 +11,5 @@ BUILTIN = [
     syngen.METHOD,
     divide_bind.METHOD,
     conform.METHOD,
+    initno.METHOD,
 ]
