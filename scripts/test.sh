@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything from scratch (venv, CPU torch, the project) and run the test suite.
-# Usage: bash scripts/test.sh [pytest args...]
+# Usage: bash scripts/test.sh [pytest args...]   (e.g. -k golden; a first argument -h/--help prints this text)
 set -euo pipefail
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0; fi
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

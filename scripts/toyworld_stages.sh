@@ -2,6 +2,13 @@
 # The caller sets PYTHON, LOGDIR and ACCELERATOR. A stage is resumable: a run folder with checkpoints/last.ckpt and no
 # DONE marker is continued with `main.py -r`; a finished one (DONE) is skipped.
 
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then  # run, not sourced: say what this file is
+    awk 'NR <= 3 {sub(/^# ?/, ""); print}' "$0"
+    [[ "${1:-}" == -h || "${1:-}" == --help ]] && exit 0
+    echo "error: scripts/toyworld_stages.sh is sourced by scripts/train_toyworld.sh and scripts/train_toyworld2.sh, not run" >&2
+    exit 2
+fi
+
 latest_run() {  # latest run folder of a stage (name suffix), or nothing
     ls -d "$LOGDIR"/*_"$1" 2>/dev/null | sort | tail -n 1 || true
 }

@@ -26,6 +26,7 @@
 # LDM2_STEPS (2000), SWEEP (empty = full run), PILOT_STEPS (1500), UNDER_RATIO (0.5), N_PAIRS (64), MEASURE (1),
 # ACCELERATOR (cpu), THREADS (torch threads, 1), WARM_START (models/toyworld/txt2img.safetensors; empty: none).
 set -euo pipefail
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0; fi
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-.venv/bin/python}

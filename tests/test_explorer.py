@@ -226,3 +226,25 @@ def test_plot_draws_each_series_and_the_refinement_band():
         assert Image.new("RGB", (1, 1), hex_color).getpixel((0, 0)) in colors
     plain = run_plot(["cat"], [0.9], [0.9], [[0.1]], [[0.2]], [0])
     assert Image.new("RGB", (1, 1), BAND).getpixel((0, 0)) not in {c for _, c in plain.getcolors(1 << 20)}
+
+
+def test_toyworld2_opens_with_its_own_steps_and_scale(tmp_path):
+    """The page's defaults come from the loaded model's description, not from one config path (issue #24: ToyWorld 2
+    used to open with 50 steps and scale 7.5): ToyWorld 2 opens with 25 steps, scale 3, 64 px and the official A&E
+    preset, also from a copy of its config elsewhere; the same model without the config's ``toyworld: 2`` is an
+    ordinary SD 1 model (50 steps, scale 7.5)."""
+    from ldm.models.description import describe_config
+
+    config = REPO / "configs" / "toyworld2" / "txt2img-inference.yaml"
+    ckpt = require_fixture(REPO / "models" / "toyworld2" / "txt2img.safetensors")
+    copy = tmp_path / "my-toy.yaml"
+    copy.write_text(config.read_text())
+    toy = Explorer.load(copy, ckpt, device="cpu").default_settings(seed=3)
+    assert (toy.steps, toy.scale, toy.H, toy.W, toy.seed) == (25, 3.0, 64, 64, 3)
+    assert describe_config(copy).defaults.ae_preset == "guidance/attend_and_excite.yaml"  # scripts/explore.py's pick
+
+    untagged = OmegaConf.load(config)
+    del untagged["toyworld"]
+    OmegaConf.save(untagged, tmp_path / "untagged.yaml")
+    plain = Explorer.load(tmp_path / "untagged.yaml", ckpt, device="cpu").default_settings()
+    assert (plain.steps, plain.scale, plain.H) == (50, 7.5, 64)
