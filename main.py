@@ -6,7 +6,7 @@ Textual inversion (Gal et al. 2022) of a new word `*` from a few images::
         --actual_resume models/ldm/text2img-large/model.ckpt -n my_cat --gpus 0, \
         --data_root data/my_cat --init_word cat
 
-Flags keep the original names (see docs/inversion.md); trainer flags are Lightning 2's (`--accelerator`,
+Flags keep the original names (see docs/textual-inversion.md); trainer flags are Lightning 2's (`--accelerator`,
 `--devices`, `--precision`, ...) and the old `--gpus 0,` still works. Extra `key.sub=value` arguments are OmegaConf
 dot-list overrides merged after the `--base` configs. Importing this module has no side effects; the configs'
 `main.DataModuleFromConfig` and `main.ImageLogger` targets resolve to the classes imported here. The flags, the run

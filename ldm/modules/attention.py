@@ -3,7 +3,7 @@
 Class, attribute and parameter names follow CompVis latent-diffusion so released checkpoints load unchanged
 (``to_q``/``to_k``/``to_v``/``to_out.0``, ``ff.net.0.proj``/``ff.net.2``, ``norm1..3``, ``proj_in``/``proj_out``).
 
-Attention capture (``docs/design.md`` seam 3): every ``CrossAttention`` has a ``controller`` attribute (default
+Attention capture (``docs/architecture.md``, Seams): every ``CrossAttention`` has a ``controller`` attribute (default
 ``None``). When a controller is set and ``wants`` the layer, the layer computes the probabilities explicitly and
 hands them to the controller (inside the autograd graph, on the compute device) before applying them to the values.
 Layers nobody captures use ``torch.nn.functional.scaled_dot_product_attention``.

@@ -1,4 +1,4 @@
-"""Attention capture outside the network (design seam 3).
+"""Attention capture outside the network (the attention-capture seam, ``docs/architecture.md``).
 
 ``register_attention_controller(unet, controller)`` walks ``unet.named_modules()``, gives every ``CrossAttention`` a
 ``place`` label derived from its name (``input_blocks`` -> ``"down"``, ``middle_block`` -> ``"mid"``,

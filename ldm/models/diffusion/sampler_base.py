@@ -1,4 +1,4 @@
-"""The loop all samplers share: latent guidance -> denoise (with CFG) -> step (design seam 1).
+"""The loop all samplers share: latent guidance -> denoise (with CFG) -> step (``docs/architecture.md``, Seams).
 
 A sampler only uses `model.apply_model` (the denoiser), `model.eps_from_model_output` (its output -> eps, for the
 eps/x0/v parameterizations), `model.alphas_cumprod`, and, for the DDPM

@@ -2,7 +2,7 @@
 
 Names and behaviour follow CompVis latent-diffusion's ``ldm/modules/diffusionmodules/util.py`` so that configs and
 checkpoints keep working; gradient checkpointing is the non-reentrant kind so that gradients reach every input
-(including the latent in Attend-and-Excite guidance, see ``docs/design.md`` seam 4).
+(including the latent in Attend-and-Excite guidance, see ``docs/architecture.md``, Seams).
 
 When a block is recomputed (``checkpoint``): only while autograd records, and only when the block is configured to
 checkpoint (``use_checkpoint``) *and* is in training mode, or inside :func:`forced_checkpointing` (the explicit
