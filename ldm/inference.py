@@ -36,7 +36,7 @@ from ldm.guidance.tokens import describe_groups, format_token_table, resolve_ae_
 from ldm.guidance.tokens import prompt_tokens as read_prompt_tokens
 from ldm.guidance.visualize import render_attention
 from ldm.models.description import describe_model
-from ldm.models.diffusion.sampler_base import Generators
+from ldm.models.diffusion.sampler_base import Generators, select_cond
 from ldm.models.diffusion.schedule import make_ddim_timesteps
 from ldm.outputs import RunFolder
 from ldm.precision import precision_scope
@@ -382,8 +382,9 @@ def run_txt2img(
                         out_folder.save_image(to_pil(image), out_folder.sample_path(base_count))
                     if opts.save_attention:
                         shown = display_config(used)
-                        picture = attention_picture(model, out.latents[k : k + 1], out.cond[k : k + 1],
-                                                    out.token_groups[k], prompts[k], image, shown)  # fmt: skip
+                        cond_k = select_cond(out.cond, slice(k, k + 1))  # a tensor, or SDXL's dict
+                        picture = attention_picture(model, out.latents[k : k + 1], cond_k, out.token_groups[k],
+                                                    prompts[k], image, shown)  # fmt: skip
                         out_folder.save_image(picture, out_folder.attention_path(base_count))
                     base_count += 1
                 all_samples.append(out.images)
