@@ -179,6 +179,20 @@ def test_the_engine_runs_the_sdxl_preset_at_batch_1_and_2(tmp_path):
         assert first["groups"][0]["loss"] == pytest.approx(alone, rel=1e-4)  # per-sample, whatever the batch
 
 
+def test_the_explorer_runs_the_sdxl_preset():
+    from ldm.explorer.session import Explorer, Settings
+
+    explorer = Explorer.load(CONFIG, WEIGHTS, SDXL_AE_CONFIG, device="cpu")
+    assert explorer.default_preset == "--ae_config" and explorer.default_settings().scale == 5.0
+    config, flags = explorer.ae_config("--ae_config", {"attention_res": str(TINY_RES), "max_refinement_steps": "1"})
+    result = explorer.run("a cat and a frog", "cat,frog", Settings(steps=3, scale=5.0, seed=7, H=64, W=64), config,
+                          ae_flags=flags, preset="--ae_config")  # fmt: skip
+    assert result.excited.guided[0] and not any(result.plain.guided)
+    assert all(m.shape == (2, TINY_RES, TINY_RES) for m in result.excited.maps)
+    assert result.excited.final_maps.shape == (2, TINY_RES, TINY_RES)
+    assert "--ae_config configs/guidance/attend_and_excite_sdxl.yaml" in result.command
+
+
 @pytest.mark.parametrize("name", [n for n in guidance.method_names() if n != "plain"])
 def test_every_registered_method_runs_on_sdxl_at_batch_2(model, name):
     """Each registered method with its SDXL preset (or its defaults), its maps at the tiny model's side, on two prompts
