@@ -117,3 +117,19 @@ def test_diffusers_made_file_renamed_and_converted(tmp_path, conditioner):
     ei.write_embeddings(ei.read_embeddings(tmp_path / "ti.safetensors"), tmp_path / "back.safetensors", fmt="a1111")
     back, original = load_file(str(tmp_path / "back.safetensors")), load_file(str(FIX / record["file"]))
     assert sorted(back) == ["clip_g", "clip_l"] and all(torch.equal(back[k], original[k]) for k in back)
+
+
+def test_the_inference_config_with_tokens_is_sgm_s_model_plus_the_placeholder():
+    """configs/sdxl/sd_xl_base-inference_with_tokens.yaml (for --embedding_path) = sgm's full-size state dict + one
+    "*" of 768 + 1280 (and its initializer copy), which the released checkpoint does not hold."""
+    manifest = json.loads((FIX / "sd_xl_base_state_dict.json").read_text())["keys"]
+    with torch.device("meta"):
+        config = OmegaConf.load(REPO / "configs" / "sdxl" / "sd_xl_base-inference_with_tokens.yaml")
+        model = instantiate_from_config(config.model)
+    got = {k: list(v.shape) for k, v in model.state_dict().items()}
+    manager = {k: got.pop(k) for k in [k for k in got if k.startswith("embedding_manager.")]}
+    assert got == {k: v for k, v in manifest.items() if k != "denoiser.sigmas"}
+    assert manager == {
+        "embedding_manager.string_to_param_dict.*": [1, 2048],
+        "embedding_manager.initial_embeddings.*": [1, 2048],
+    }

@@ -215,3 +215,20 @@ def test_every_registered_method_runs_on_sdxl_at_batch_2(model, name):
     assert out.guidance is not None and out.guidance.records
     assert out.latents.shape == (2, 4, 32, 32) and torch.isfinite(out.latents).all()
     assert not torch.equal(out.latents, plain.latents)
+
+
+def test_a_diffusers_made_embedding_with_ae_on_its_placeholder(tmp_path):
+    """The SDXL pivotal-tuning file diffusers users save (tests/fixtures/sdxl/interop/) through --embedding_path, and
+    A&E on its placeholder: its two vectors sit at positions 4-5 and are one excited group."""
+    config = OmegaConf.merge(OmegaConf.load(CONFIG),
+                             OmegaConf.load(REPO / "configs/tests/tiny_sdxl_personalization.yaml"))  # fmt: skip
+    OmegaConf.save(config, tmp_path / "tiny_sdxl_with_tokens.yaml")
+    out = tmp_path / "out"
+    load_script("stable_txt2img").main([
+        "--config", str(tmp_path / "tiny_sdxl_with_tokens.yaml"), "--ckpt", str(WEIGHTS), "--n_samples", "1",
+        "--embedding_path", str(REPO / "tests/fixtures/sdxl/interop/diffusers_made/pivotal_emb.safetensors"),
+        "--prompt", "a photo of * on a beach", "--ae_tokens", "*,beach", "--outdir", str(out), *FAST,
+    ])  # fmt: skip
+    settings = json.loads((out / "settings-0000.json").read_text())
+    assert settings["prompts"]["a photo of * on a beach"]["excited"] == [[4, 5], [8]]
+    assert (out / "samples" / "00000.png").is_file()
