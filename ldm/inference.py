@@ -35,7 +35,7 @@ from ldm.guidance.flags import GuidanceChoice, add_guidance_args, guidance_from_
 from ldm.guidance.tokens import describe_groups, format_token_table, resolve_ae_tokens
 from ldm.guidance.tokens import prompt_tokens as read_prompt_tokens
 from ldm.guidance.visualize import render_attention
-from ldm.models.description import describe_model
+from ldm.models.description import CONFIGS_WITH_TOKENS, describe_config, describe_model
 from ldm.models.diffusion.sampler_base import Generators, select_cond
 from ldm.models.diffusion.schedule import make_ddim_timesteps
 from ldm.outputs import RunFolder
@@ -75,9 +75,10 @@ def load_model(
     config = load_yaml(config_file, "--config")
     model_config = config.model if "model" in config else config
     if embedding_file and OmegaConf.select(model_config, "params.personalization_config") is None:
+        example = CONFIGS_WITH_TOKENS.get(describe_config(config_file).family, CONFIGS_WITH_TOKENS["ldm"])
         raise UserError(
             f"--embedding_path given, but --config {config_path} builds no embedding manager; use a config with "
-            "personalization_config (e.g. configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml)"
+            f"personalization_config (e.g. {example})"
         )
     model = load_model_from_config(config, str(ckpt_file), strict=True)
     if embedding_file:

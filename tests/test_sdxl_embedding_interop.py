@@ -133,3 +133,13 @@ def test_the_inference_config_with_tokens_is_sgm_s_model_plus_the_placeholder():
         "embedding_manager.string_to_param_dict.*": [1, 2048],
         "embedding_manager.initial_embeddings.*": [1, 2048],
     }
+
+
+def test_diffusers_one_tower_sdxl_file_is_refused_with_its_family(tmp_path, conditioner):
+    """diffusers' textual_inversion_sdxl.py trains the first tower only and saves {token: [n, 768]}: SD v1's width."""
+    from safetensors.torch import save_file
+
+    save_file({"<cat-toy>": torch.randn(1, 768)}, str(tmp_path / "learned_embeds.safetensors"))
+    refused = r"size 768, which fits SD v1.*clip_l 16 and clip_g 24.*do not convert"
+    with pytest.raises(ei.EmbeddingFileError, match=refused):
+        EmbeddingManager(conditioner, ["*"]).load(tmp_path / "learned_embeds.safetensors")

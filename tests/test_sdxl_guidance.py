@@ -232,3 +232,26 @@ def test_a_diffusers_made_embedding_with_ae_on_its_placeholder(tmp_path):
     settings = json.loads((out / "settings-0000.json").read_text())
     assert settings["prompts"]["a photo of * on a beach"]["excited"] == [[4, 5], [8]]
     assert (out / "samples" / "00000.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--ae_tokens", "cat", "--ae_attention_res", "32"],
+         "error: --ae_attention_res 32: at --H 64 --W 64 this model's cross-attention maps are 16x16, 8x8"),
+        (["--embedding_path", str(REPO / "tests/fixtures/sdxl/interop/diffusers_made/pivotal_emb.safetensors")],
+         "builds no embedding manager; use a config with personalization_config (e.g. "
+         "configs/sdxl/sd_xl_base-inference_with_tokens.yaml)"),
+    ],
+)  # fmt: skip
+def test_sdxl_errors_are_one_line(tmp_path, capsys, extra, message):
+    """The preset's 32x32 maps at a size without them, and --embedding_path with the config without a manager."""
+    from ldm.cli import run_cli
+
+    script = load_script("stable_txt2img")
+    argv = ["--config", str(CONFIG), "--ckpt", str(WEIGHTS), "--H", "64", "--W", "64", "--outdir", str(tmp_path),
+            "--precision", "full", *extra]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(script.main, argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
