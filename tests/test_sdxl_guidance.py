@@ -195,24 +195,25 @@ def test_the_explorer_runs_the_sdxl_preset():
 
 @pytest.mark.parametrize("name", [n for n in guidance.method_names() if n != "plain"])
 def test_every_registered_method_runs_on_sdxl_at_batch_2(model, name):
-    """Each registered method with its SDXL preset (or its defaults), its maps at the tiny model's side, on two prompts
-    with SDXL's conditioning dict (context and y): it runs and moves the latent."""
+    """Each registered method (A&E, SynGen, Divide & Bind, CONFORM, INITNO, ...) with its SDXL preset (or its
+    defaults), its maps at the tiny model's side, on two prompts with SDXL's conditioning dict (context and y): it runs
+    and moves the latent."""
     from ldm.guidance.flags import guidance_from_args
     from ldm.inference import make_sampler, sample_prompts, schedule_for_run
 
     method = guidance.get_method(name)
     args = argparse.Namespace(guidance=name, ae_tokens="cat,frog", config=str(CONFIG))
     config = guidance_from_args(args, "sdxl").config  # the method's SDXL preset, else its default one
-    quick = {"attention_res": TINY_RES, "max_refinement_steps": 1, "max_iter_to_alter": 2}
+    quick = {"attention_res": TINY_RES, "max_refinement_steps": 1}  # the schedules as written (of 50 steps)
     config = dataclasses.replace(config, **{k: v for k, v in quick.items() if k in method.field_names()})
     used, _ = schedule_for_run(config, "ddim", 3, model.num_timesteps, log=False, method=method)
-    prompts = ["a cat and a frog", "a frog next to a cat"]
+    prompts = ["a red cat and a blue frog", "a blue frog next to a red cat"]  # SynGen binds the modifiers
     kwargs = dict(latent_shape=(4, 32, 32), steps=3, scale=5.0, generator=torch.Generator().manual_seed(1))
     plain = sample_prompts(model, make_sampler(model, "ddim"), prompts, **kwargs)
     kwargs["generator"] = torch.Generator().manual_seed(1)
     out = sample_prompts(model, make_sampler(model, "ddim"), prompts, ae_tokens="cat,frog", guidance=method,
                          guidance_config=used, **kwargs)  # fmt: skip
-    assert out.guidance is not None and out.guidance.records
+    assert out.guidance is not None
     assert out.latents.shape == (2, 4, 32, 32) and torch.isfinite(out.latents).all()
     assert not torch.equal(out.latents, plain.latents)
 
