@@ -13,7 +13,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ldm.errors import MissingFileError
-from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
+from ldm.guidance.attend_excite.config import AttendExciteConfig
+from ldm.guidance.flags import field_parser
 from ldm.util import load_yaml
 
 DEFAULT_AE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "guidance" / "attend_and_excite.yaml"
@@ -21,32 +22,6 @@ SD2_AE_CONFIG = DEFAULT_AE_CONFIG.with_name("attend_and_excite_sd2.yaml")  # sof
 OPENCLIP_ENCODER = "FrozenOpenCLIPEmbedder"
 TOKENS_HELP = "tokens to excite: words and/or 1-based positions ('*,dog', '2,5'); empty = plain sampling"
 AE_FIELDS = [f.name for f in dataclasses.fields(AttendExciteConfig) if f.name != "token_indices"]
-
-
-def _pairs(text: str) -> dict[int, float]:
-    try:
-        return {int(k): float(v) for k, v in (item.split(":") for item in text.split(",") if item.strip())}
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected 'step:threshold,...' like '0:0.05,10:0.5', got {text!r}") from err
-
-
-def _range(text: str) -> tuple[float, float]:
-    parts = [float(p) for p in text.split(",")]
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"expected 'start,end' like '1.0,0.5', got {text!r}")
-    return parts[0], parts[1]
-
-
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("none", "null", "") else int(text)
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
 def add_attend_excite_args(
@@ -64,16 +39,11 @@ def add_attend_excite_args(
     g.add_argument("--ae_config", type=str, default=None, help=config_help)
     if save_attention:
         g.add_argument("--save_attention", action="store_true", help="save each excited token's map over the image")
-    kinds: dict[str, Any] = {
-        "attention_res": int, "max_iter_to_alter": int, "thresholds": _pairs, "scale_factor": float,
-        "scale_range": _range, "smooth_attentions": _bool, "sigma": float, "kernel_size": int,
-        "softmax_scale": float, "softmax_end": str, "max_refinement_steps": int, "loss_reduction": str,
-        "schedule_steps": _optional_int, "checkpoint_guidance": _bool,
-    }  # fmt: skip
     for name in AE_FIELDS:
         # SUPPRESS: a flag that was not given leaves no attribute, so "--ae_schedule_steps none" (a None value) is
         # still an override
-        g.add_argument(f"--ae_{name}", type=kinds[name], default=argparse.SUPPRESS, help=f"AttendExciteConfig.{name}")
+        kind = field_parser(AttendExciteConfig, name)  # from the field's type, as the --g_<field> flags
+        g.add_argument(f"--ae_{name}", type=kind, default=argparse.SUPPRESS, help=f"AttendExciteConfig.{name}")
 
 
 def load_ae_config(path: str | Path, **overrides: Any) -> AttendExciteConfig:
@@ -84,6 +54,8 @@ def load_ae_config(path: str | Path, **overrides: Any) -> AttendExciteConfig:
         raise MissingFileError(f"--ae_config {path}: no such file (see configs/guidance/)")
     raw = OmegaConf.to_container(load_yaml(path, "--ae_config"), resolve=True)
     values = dict(raw.get("attend_and_excite", raw))
+    if "guidance" in raw:  # the guidance: {target, params} form of ldm.guidance.flags
+        values = dict(raw["guidance"].get("params") or {})
     unknown = (set(values) | set(overrides)) - {f.name for f in dataclasses.fields(AttendExciteConfig)}
     if unknown:
         raise ValueError(f"--ae_config {path}: unknown fields {sorted(unknown)}; allowed: {AE_FIELDS}")
@@ -92,18 +64,26 @@ def load_ae_config(path: str | Path, **overrides: Any) -> AttendExciteConfig:
     return AttendExciteConfig(**values)
 
 
+def model_family(model_config: str | Path | None) -> str | None:
+    """The family of a model config for the methods' presets: ``"sd2"`` for an OpenCLIP text tower, else None."""
+    if model_config is None or not Path(model_config).is_file():
+        return None
+    target = OmegaConf.select(load_yaml(model_config, "--config"), "model.params.cond_stage_config.target", default="")
+    return "sd2" if str(target).endswith(OPENCLIP_ENCODER) else None
+
+
 def preset_for_model(model_config: str | Path | None) -> Path:
     """The A&E preset of a model config's family: the SD 2 one for an OpenCLIP text tower, else the official one."""
-    if model_config is None or not Path(model_config).is_file():
-        return DEFAULT_AE_CONFIG
-    target = OmegaConf.select(OmegaConf.load(model_config), "model.params.cond_stage_config.target", default="")
-    return SD2_AE_CONFIG if str(target).endswith(OPENCLIP_ENCODER) else DEFAULT_AE_CONFIG
+    return SD2_AE_CONFIG if model_family(model_config) == "sd2" else DEFAULT_AE_CONFIG
 
 
-def attend_excite_config(args: argparse.Namespace, model_config: str | Path | None = None) -> AttendExciteConfig:
-    """The YAML of ``--ae_config`` (default: the preset for the family of ``model_config``, else of ``args.config``)
-    with the ``--ae_<field>`` flags that were given on top."""
-    model_config = model_config or getattr(args, "config", None)
+def attend_excite_config(
+    args: argparse.Namespace, model_config: str | Path | None = None, base: AttendExciteConfig | None = None
+) -> AttendExciteConfig:
+    """The YAML of ``--ae_config`` (default: the preset for the family of ``model_config``, else of ``args.config``;
+    or ``base`` when given) with the ``--ae_<field>`` flags that were given on top."""
     given = {name: getattr(args, f"ae_{name}") for name in AE_FIELDS if hasattr(args, f"ae_{name}")}
-    path = getattr(args, "ae_config", None) or preset_for_model(model_config)
-    return dataclasses.replace(load_ae_config(path), **given)
+    if base is None:
+        model_config = model_config or getattr(args, "config", None)
+        base = load_ae_config(getattr(args, "ae_config", None) or preset_for_model(model_config))
+    return dataclasses.replace(base, **given)

@@ -3,8 +3,8 @@ evaluation scripts (``ldm/evaluation/generate.py``).
 
 - :func:`load_model`: the one loader (strict; files checked first, errors name the flag).
 - :func:`sample_prompts`: the one prompts -> images routine: conditioning (placeholders go through the embedding
-  manager) and the empty-prompt ``uc`` for classifier-free guidance, Attend-and-Excite when tokens are given, the
-  sampler (DDIM / PLMS / DDPM), decoding to ``[0, 1]``.
+  manager) and the empty-prompt ``uc`` for classifier-free guidance, the guidance method (``ldm.guidance``: A&E when
+  tokens are given, or any registered method), the sampler (DDIM / PLMS / DDPM), decoding to ``[0, 1]``.
 - :func:`run_txt2img`: the txt2img scripts' run: batches, ``n_iter``, and the samples, grids, optional attention
   images and a ``settings-NNNN.json`` of everything used (one per run, numbered). The scripts only parse flags.
 """
@@ -27,18 +27,15 @@ from tqdm.auto import tqdm
 
 from ldm.ae_flags import AE_FIELDS, DEFAULT_AE_CONFIG, add_attend_excite_args, attend_excite_config
 from ldm.errors import MissingFileError, UserError
+from ldm.guidance import GuidanceMethod, GuidanceRequest, get_method
+from ldm.guidance.attend_excite.config import AttendExciteConfig
+from ldm.guidance.attend_excite.maps import capture_token_maps
+from ldm.guidance.engine import StepMaps
+from ldm.guidance.flags import GuidanceChoice, add_guidance_args, guidance_from_args
+from ldm.guidance.tokens import describe_groups, format_token_table, resolve_ae_tokens
+from ldm.guidance.tokens import prompt_tokens as read_prompt_tokens
+from ldm.guidance.visualize import render_attention
 from ldm.models.diffusion import samplers
-from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite
-from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig, scale_schedule
-from ldm.models.diffusion.guidance.attend_excite_maps import StepMaps, capture_token_maps
-from ldm.models.diffusion.guidance.tokens import (
-    describe_groups,
-    end_position,
-    format_token_table,
-    resolve_ae_tokens,
-    token_table,
-)
-from ldm.models.diffusion.guidance.visualize import render_attention
 from ldm.models.diffusion.sampler_base import Generators
 from ldm.outputs import RunFolder
 from ldm.precision import precision_scope
@@ -47,8 +44,9 @@ from ldm.validation import check_files, check_sampling_flags
 
 logger = logging.getLogger(__name__)
 
-__all__ = [  # the A&E flags live in ldm.ae_flags; the scripts reach them through this module
-    "AE_FIELDS", "DEFAULT_AE_CONFIG", "add_attend_excite_args", "attend_excite_config",
+__all__ = [  # the A&E and guidance flags live in ldm.ae_flags / ldm.guidance.flags; the scripts reach them here
+    "AE_FIELDS", "DEFAULT_AE_CONFIG", "add_attend_excite_args", "attend_excite_config", "add_guidance_args",
+    "guidance_from_args", "GuidanceChoice", "add_sampling_guidance_args", "guidance_choice", "display_config",
     "load_model", "make_sampler", "steps_run", "schedule_for_run", "sampling_scope", "SampledBatch",
     "sample_prompts", "resolve_batch_tokens", "SamplingOptions", "run_txt2img", "read_prompts", "pick_device",
     "first_stage_factor", "make_grid", "to_pil", "attention_picture", "check_sampling_flags", "prompt_tokens",
@@ -97,17 +95,35 @@ def steps_run(sampler_name: str, steps: int, num_timesteps: int) -> int:
 
 
 def schedule_for_run(
-    ae_config: AttendExciteConfig, sampler_name: str, steps: int, num_timesteps: int, log: bool = True
-) -> tuple[AttendExciteConfig, int]:
-    """The A&E config with its schedule scaled to the steps the sampler really runs, and that step count."""
+    config: Any, sampler_name: str, steps: int, num_timesteps: int, log: bool = True,
+    method: str | GuidanceMethod = "ae",
+) -> tuple[Any, int]:  # fmt: skip
+    """The method's config with its schedule made absolute for the steps the sampler really runs, and that count."""
     n_run = steps_run(sampler_name, steps, num_timesteps)
-    used = scale_schedule(ae_config, n_run)
-    if log:
+    used = get_method(method).for_steps(config, n_run)
+    if log and isinstance(used, AttendExciteConfig):
         logger.info(
             "A&E over %d steps: thresholds %s, updates at steps < %d, up to %d refinement iterations, %s loss",
             n_run, used.thresholds, used.max_iter_to_alter, used.max_refinement_steps, used.loss_reduction,
         )  # fmt: skip
+    elif log:
+        logger.info("%s over %d steps: %s", get_method(method).title, n_run, used)
     return used, n_run
+
+
+def guidance_choice(opt: Any, model_config: str | Path | None = None) -> GuidanceChoice:
+    """The guidance method and settings a script's flags ask for (``ldm.guidance.flags.guidance_from_args``) with
+    the presets of ``model_config``'s family (default: ``opt.config``)."""
+    from ldm.ae_flags import model_family
+
+    return guidance_from_args(opt, model_family(model_config or getattr(opt, "config", None)))
+
+
+def add_sampling_guidance_args(parser: Any) -> None:
+    """The A&E flags (``--ae_tokens``, ``--ae_config``, ``--ae_<field>``, ``--save_attention``) and the guidance
+    method flags (``--guidance``, ``--guidance_config``, ``--g_<field>``) of the txt2img scripts."""
+    add_attend_excite_args(parser)
+    add_guidance_args(parser)
 
 
 @contextlib.contextmanager
@@ -145,6 +161,11 @@ class SamplingOptions:
     ae_tokens: str = ""
     save_attention: bool = False
     extra_settings: dict = field(default_factory=dict)
+    guidance: str | None = None  # the method (None: "ae" with ae_tokens, else "plain")
+
+    @property
+    def method(self) -> str:
+        return self.guidance or ("ae" if self.ae_tokens.strip() else "plain")
 
 
 def make_grid(images: torch.Tensor, nrow: int, padding: int = 2) -> torch.Tensor:
@@ -166,15 +187,8 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 def prompt_tokens(model: torch.nn.Module, prompt: str) -> tuple[list[int], dict[int, str]]:
     """The prompt's token ids after the placeholder splice, and placeholder id -> string."""
-    encoder = model.cond_stage_model
-    ids = encoder.tokenize([prompt])  # [1, 77]
-    manager = getattr(model, "embedding_manager", None)
-    placeholders: dict[int, str] = {}
-    if manager is not None:
-        placeholders = {int(tok): s for s, tok in manager.string_to_token_dict.items()}
-        with torch.no_grad():
-            ids, _ = manager(ids, encoder.token_embedding(ids))
-    return ids[0].tolist(), placeholders
+    tokens = read_prompt_tokens(model, prompt)
+    return list(tokens.ids), dict(tokens.placeholders)
 
 
 def resolve_batch_tokens(
@@ -188,23 +202,22 @@ def resolve_batch_tokens(
     Returns per sample the position groups and the end-of-text position, and a per-prompt report (logged, saved).
     Raises ``ValueError`` showing the token table for a word not in a prompt.
     """
-    tokenizer = model.cond_stage_model.tokenizer
     specs = [spec] * len(prompts) if isinstance(spec, str) else list(spec)
     if len(specs) != len(prompts):
         raise ValueError(f"got {len(specs)} A&E token specs for {len(prompts)} prompts")
     groups, eots, report = [], [], {}
+    tokenizer = model.cond_stage_model.tokenizer
     for prompt, prompt_spec in zip(prompts, specs, strict=True):
-        ids, placeholders = prompt_tokens(model, prompt)
-        table = token_table(ids, tokenizer, placeholders)
-        resolved = resolve_ae_tokens(prompt_spec, ids, tokenizer, placeholders)
+        tokens = read_prompt_tokens(model, prompt)
+        resolved = resolve_ae_tokens(prompt_spec, tokens.ids, tokenizer, tokens.placeholders)
         if prompt not in report:
-            excited = describe_groups(resolved, table)
+            excited = describe_groups(resolved, tokens.table)
             level = logging.INFO if log else logging.DEBUG
-            logger.log(level, "Prompt %r tokens: %s", prompt, format_token_table(table))
+            logger.log(level, "Prompt %r tokens: %s", prompt, format_token_table(tokens.table))
             logger.log(level, "A&E excites positions: %s", excited)
-            report[prompt] = {"tokens": dict(table), "excited": [list(g) for g in resolved]}
+            report[prompt] = {"tokens": dict(tokens.table), "excited": [list(g) for g in resolved]}
         groups.append(resolved)
-        eots.append(end_position(ids, tokenizer))
+        eots.append(tokens.eot)
     return groups, eots, report
 
 
@@ -215,7 +228,7 @@ class SampledBatch:
     images: torch.Tensor  # [n, 3, H, W] in [0, 1], on the CPU
     latents: torch.Tensor  # [n, C, h, w], the sampler's output
     cond: torch.Tensor  # [n, 77, D], the prompts' conditioning
-    guidance: AttendAndExcite | None = None  # the A&E object that ran (its ``records``), None without A&E
+    guidance: Any = None  # the guidance object that ran (its ``records``), None without guidance
     token_groups: list | None = None  # per sample, the excited position groups
     report: dict = field(default_factory=dict)  # prompt -> {"tokens": table, "excited": groups}
 
@@ -234,66 +247,80 @@ def sample_prompts(
     ae_config: AttendExciteConfig | None = None,
     on_maps: Callable[[StepMaps], None] | None = None,
     log_tokens: bool = True,
+    guidance: str | GuidanceMethod | None = None,
+    guidance_config: Any = None,
 ) -> SampledBatch:
-    """One image per prompt: conditioning, ``uc`` = the empty prompt for CFG (skipped at ``scale`` 1), A&E on the
-    ``ae_tokens`` words/positions (``ae_config`` with absolute steps, see :func:`schedule_for_run`), sampling from
-    ``x_T`` (or noise from ``generator``), decoding and clamping to [0, 1]. ``eta`` is ignored by DDPM.
-    ``on_maps`` goes to the A&E object (each step's token maps, for viewers; see :class:`AttendAndExcite`).
+    """One image per prompt: conditioning, ``uc`` = the empty prompt for CFG (skipped at ``scale`` 1), the guidance
+    method ``guidance`` with ``guidance_config`` (schedule in absolute steps, see :func:`schedule_for_run`; default:
+    Attend-and-Excite with ``ae_config`` when ``ae_tokens`` are given, else none) on the ``ae_tokens``
+    words/positions, sampling from ``x_T`` (or noise from ``generator``), decoding and clamping to [0, 1]. ``eta``
+    is ignored by DDPM. ``on_maps`` goes to the guidance object (each step's maps, for viewers).
     ``generator`` may be one per prompt (per-image noise, see ``sampler_base.noise_like``) and ``ae_tokens`` one
     spec per prompt; ``log_tokens`` False logs the token tables at DEBUG (the engine logs them once per run).
     """
     from ldm.models.diffusion.ddpm_sampler import DDPMSampler
 
     n = len(prompts)
-    guidance, groups, report = None, None, {}
+    specs = [ae_tokens] * n if isinstance(ae_tokens, str) else list(ae_tokens)
+    method = get_method(guidance or ("ae" if any(spec.strip() for spec in specs) else "plain"))
+    config = guidance_config if guidance_config is not None else (ae_config if method.name == "ae" else None)
+    guidance_object, groups, report = None, None, {}
     with torch.no_grad():
         uc = model.get_learned_conditioning(n * [""]) if scale != 1.0 else None  # [n, 77, D]
         c = model.get_learned_conditioning(list(prompts))  # [n, 77, D]
-        specs = [ae_tokens] * n if isinstance(ae_tokens, str) else list(ae_tokens)
-        if any(spec.strip() for spec in specs):
-            if ae_config is None:
-                raise ValueError("A&E tokens given without an AttendExciteConfig")
-            groups, eots, report = resolve_batch_tokens(model, prompts, specs, log=log_tokens)
-            guidance = AttendAndExcite(
-                model.model.diffusion_model, ae_config, token_indices=groups, eot_positions=eots, on_maps=on_maps
-            )
+        if method.name != "plain":
+            if config is None:
+                raise ValueError(f"guidance {method.name!r} without its settings (an {method.config_class.__name__})")
+            groups, _, report = resolve_batch_tokens(model, prompts, specs, log=log_tokens)
+            tokens = [read_prompt_tokens(model, p) for p in prompts]
+            request = GuidanceRequest(model, config, list(prompts), tokens, groups, on_maps)
+            guidance_object = method.build(request)
         kwargs: dict[str, Any] = {} if isinstance(sampler, DDPMSampler) else {"eta": eta}
         samples, _ = sampler.sample(
             steps, n, latent_shape, conditioning=c, x_T=x_T, verbose=False, generator=generator,
-            unconditional_guidance_scale=scale, unconditional_conditioning=uc, latent_guidance=guidance, **kwargs,
+            unconditional_guidance_scale=scale, unconditional_conditioning=uc, latent_guidance=guidance_object,
+            **kwargs,
         )  # fmt: skip
         x = model.decode_first_stage(samples).float()  # [n, 3, H, W] in [-1, 1]
     images = ((x + 1.0) / 2.0).clamp(0.0, 1.0).cpu()  # [n, 3, H, W] in [0, 1]
-    return SampledBatch(images, samples, c, guidance, groups, report)
+    return SampledBatch(images, samples, c, guidance_object, groups, report)
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
 def run_txt2img(
-    model: torch.nn.Module, batches: list[list[str]], opts: SamplingOptions, ae_config: AttendExciteConfig
+    model: torch.nn.Module,
+    batches: list[list[str]],
+    opts: SamplingOptions,
+    guidance: AttendExciteConfig | GuidanceChoice,
 ) -> dict[str, Any]:
     """Sample every batch of prompts ``n_iter`` times and write the outputs; returns the settings written.
 
+    ``guidance``: the method and its settings (an ``AttendExciteConfig`` alone: A&E, used when ``opts.ae_tokens``).
     Everything is written through :class:`ldm.outputs.RunFolder`: inside ``opts.outdir``, atomically, numbered after
     what the folder already holds (samples, grids and ``settings-NNNN.json``), so a rerun keeps the earlier record.
     """
+    if not isinstance(guidance, GuidanceChoice):
+        guidance = GuidanceChoice(get_method(opts.method if opts.method != "plain" else "ae"), guidance)
+    method = guidance.method if opts.method != "plain" else get_method("plain")
     device = next(model.parameters()).device
     out_folder = RunFolder(opts.outdir, opts.layout)
-    use_ae = bool(opts.ae_tokens.strip())
-    if opts.save_attention and not use_ae:
+    if opts.save_attention and not opts.ae_tokens.strip():
         raise ValueError("--save_attention needs --ae_tokens (the tokens whose maps to show)")
     out_folder.prepare()
     sampler = make_sampler(model, opts.sampler)
-    ae_used, n_run = schedule_for_run(ae_config, opts.sampler, opts.steps, model.num_timesteps, log=use_ae)
+    used, n_run = schedule_for_run(guidance.config, opts.sampler, opts.steps, model.num_timesteps,
+                                   log=method.name != "plain", method=guidance.method)  # fmt: skip
     generator = torch.Generator(device=device).manual_seed(opts.seed)
     latent_shape = (opts.C, opts.H // opts.f, opts.W // opts.f)
     batch_size = len(batches[0])
     start_code = None
     if opts.fixed_code:
         start_code = torch.randn((batch_size, *latent_shape), generator=generator, device=device)
-    unet = model.model.diffusion_model
     settings: dict[str, Any] = {"options": dataclasses.asdict(opts), "attend_and_excite": None, "prompts": {}}
-    if use_ae:
-        settings["attend_and_excite"] = dataclasses.asdict(ae_used) | {"steps_run": n_run}
+    if method.name == "ae":
+        settings["attend_and_excite"] = dataclasses.asdict(used) | {"steps_run": n_run}
+    if method.name != "plain":
+        settings["guidance"] = {"method": method.name, "settings": dataclasses.asdict(used), "steps_run": n_run}
     base_count = out_folder.next_sample_index()
     settings["first_sample"] = base_count
     all_samples: list[torch.Tensor] = []
@@ -303,15 +330,16 @@ def run_txt2img(
                 x_T = start_code[: len(prompts)] if start_code is not None else None
                 out = sample_prompts(
                     model, sampler, prompts, latent_shape, opts.steps, opts.scale, eta=opts.eta, generator=generator,
-                    x_T=x_T, ae_tokens=opts.ae_tokens, ae_config=ae_used,
+                    x_T=x_T, ae_tokens=opts.ae_tokens, guidance=method, guidance_config=used,
                 )  # fmt: skip
                 settings["prompts"].update(out.report)
                 for k, image in enumerate(out.images):
                     if not opts.skip_save:
                         out_folder.save_image(to_pil(image), out_folder.sample_path(base_count))
                     if opts.save_attention:
-                        picture = attention_picture(model, unet, out.latents[k : k + 1], out.cond[k : k + 1],
-                                                    out.token_groups[k], prompts[k], image, ae_used)  # fmt: skip
+                        shown = display_config(used)
+                        picture = attention_picture(model, out.latents[k : k + 1], out.cond[k : k + 1],
+                                                    out.token_groups[k], prompts[k], image, shown)  # fmt: skip
                         out_folder.save_image(picture, out_folder.attention_path(base_count))
                     base_count += 1
                 all_samples.append(out.images)
@@ -325,11 +353,19 @@ def run_txt2img(
     return settings
 
 
+def display_config(config: Any) -> AttendExciteConfig:
+    """The A&E map settings (side, softmax, smoothing) that show a method's token maps: its own where it has them."""
+    if isinstance(config, AttendExciteConfig):
+        return config
+    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(AttendExciteConfig)
+              if f.name != "token_indices" and hasattr(config, f.name)}  # fmt: skip
+    return AttendExciteConfig(**shared)
+
+
 def attention_picture(
     model: torch.nn.Module,
-    unet: torch.nn.Module,
     z: torch.Tensor,
-    c: torch.Tensor,
+    c: Any,
     groups: tuple,
     prompt: str,
     image: torch.Tensor,
@@ -337,9 +373,9 @@ def attention_picture(
 ) -> Image.Image:
     """One conditional pass on the final latent at t=1; each excited token's smoothed map over the image."""
     t = torch.ones(1, dtype=torch.long, device=z.device)
-    maps = capture_token_maps(unet, z.float(), t, c.float(), [groups], config)[0]  # [K, r, r]
-    ids, placeholders = prompt_tokens(model, prompt)
-    names = dict(token_table(ids, model.cond_stage_model.tokenizer, placeholders))
+    cond = c.float() if isinstance(c, torch.Tensor) else c
+    maps = capture_token_maps(model, z.float(), t, cond, [groups], config)[0]  # [K, r, r]
+    names = dict(read_prompt_tokens(model, prompt).table)
     labels = [" ".join(dict.fromkeys(names[p] for p in g)) for g in groups]
     return render_attention(to_pil(image), maps, labels)
 

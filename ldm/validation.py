@@ -166,6 +166,7 @@ def check_sampling(
     files: Sequence[tuple[str, str | os.PathLike | None, bool]] = (),
     steps_flag: str = "--ddim_steps",
     counts: Sequence[tuple[str, int]] = (),
+    attention_res_flag: str = "--ae_attention_res",
 ) -> ModelGeometry:
     """Check the sampling flags against ``config_path`` before the model is loaded; returns its geometry.
 
@@ -185,7 +186,7 @@ def check_sampling(
             "--scale %g is negative: classifier-free guidance then pushes the images away from the prompt", scale
         )
     if ae_attention_res is not None:
-        check_attention_res(ae_attention_res, H, W, geometry)
+        check_attention_res(ae_attention_res, H, W, geometry, flag=attention_res_flag)
     return geometry
 
 
@@ -196,16 +197,23 @@ def check_sampling_flags(
     ``config``, ``H``, ``W``, ``n_samples``, ``n_iter``, ``scale``, ``embedding_path``, ``batch_size``,
     ``ae_tokens`` and the ``--ae_*`` flags; ``f`` and ``C`` when the script has them must match the config).
     ``ae``: whether Attend-and-Excite runs (None: when ``--ae_tokens`` is given)."""
-    ae_res = None
-    if ae or (ae is None and getattr(opt, "ae_tokens", "").strip()):
+    ae_res, res_flag = None, "--ae_attention_res"
+    if ae or (ae is None and getattr(opt, "ae_tokens", "").strip() and not hasattr(opt, "guidance")):
         from ldm.ae_flags import attend_excite_config
 
         ae_res = attend_excite_config(opt).attention_res
+    elif ae is None and hasattr(opt, "guidance"):
+        from ldm.ae_flags import model_family
+        from ldm.guidance.flags import guidance_from_args
+
+        choice = guidance_from_args(opt, model_family(opt.config))  # the method's flag errors come before loading
+        ae_res = getattr(choice.config, "attention_res", None) if choice.active else None
+        res_flag = "--ae_attention_res" if choice.name == "ae" else "--g_attention_res"
     counts = [("--batch_size", opt.batch_size)] if getattr(opt, "batch_size", None) is not None else []
     geometry = check_sampling(
         opt.config, H=getattr(opt, "H", None), W=getattr(opt, "W", None), steps=getattr(opt, steps_flag.lstrip("-")),
         n_samples=getattr(opt, "n_samples", 1), n_iter=getattr(opt, "n_iter", 1), scale=getattr(opt, "scale", None),
-        ae_attention_res=ae_res, steps_flag=steps_flag, counts=counts,
+        ae_attention_res=ae_res, steps_flag=steps_flag, counts=counts, attention_res_flag=res_flag,
         files=[(ckpt_flag, getattr(opt, ckpt_flag.lstrip("-")), True),
                ("--embedding_path", getattr(opt, "embedding_path", None), False)],
     )  # fmt: skip

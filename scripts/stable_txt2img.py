@@ -70,7 +70,7 @@ def get_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="torch.compile the UNet (the first step of each shape compiles: slower start, faster steps)",
     )
-    inference.add_attend_excite_args(p)
+    inference.add_sampling_guidance_args(p)
     return p
 
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         f=geometry.first_stage_factor, seed=opt.seed,
         fixed_code=opt.fixed_code, skip_grid=opt.skip_grid, skip_save=opt.skip_save, n_rows=opt.n_rows,
         precision=opt.precision, layout="sd", ae_tokens=opt.ae_tokens, save_attention=opt.save_attention,
-        extra_settings=vars(opt),
+        extra_settings=vars(opt), guidance=opt.guidance,
     )  # fmt: skip
     if opt.from_file:
         run_from_file(opt, options, opt.ckpt, "--ckpt")
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model_for(
         device, opt.config, opt.ckpt, opt.embedding_path, opt.precision, "--ckpt", compile_unet=opt.compile
     )
-    inference.run_txt2img(model, batches, options, inference.attend_excite_config(opt, model_config=opt.config))
+    inference.run_txt2img(model, batches, options, inference.guidance_choice(opt, model_config=opt.config))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def get_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="torch.compile the UNet (the first step of each shape compiles: slower start, faster steps)",
     )
-    inference.add_attend_excite_args(p)
+    inference.add_sampling_guidance_args(p)
     return p
 
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         eta=opt.ddim_eta, scale=opt.scale, n_iter=opt.n_iter, H=opt.H, W=opt.W, seed=opt.seed, layout="ldm",
         f=inference.first_stage_factor(opt.config),
         n_rows=opt.n_samples, ae_tokens=opt.ae_tokens, save_attention=opt.save_attention, extra_settings=vars(opt),
-        precision=opt.precision, fixed_code=opt.fixed_code,
+        precision=opt.precision, fixed_code=opt.fixed_code, guidance=opt.guidance,
     )  # fmt: skip
     if opt.from_file:
         run_from_file(opt, options, opt.ckpt_path, "--ckpt_path")
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model_for(
         device, opt.config, opt.ckpt_path, opt.embedding_path, opt.precision, "--ckpt_path", compile_unet=opt.compile
     )
-    inference.run_txt2img(model, batches, options, inference.attend_excite_config(opt))
+    inference.run_txt2img(model, batches, options, inference.guidance_choice(opt))
 
 
 if __name__ == "__main__":

@@ -95,12 +95,14 @@ def test_image_noise_is_its_own_whatever_the_batch():
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_another_batch_size(tmp_path):
+def test_two_processes_match_one_process(tmp_path):
+    """Splitting a run over processes changes no pixel (same batch size: CPU kernels may round batch 1 and batch 2
+    differently on some processors; README "Distributed sampling")."""
     require_fixture(GOLDEN_WEIGHTS["sd"])
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     one, two = tmp_path / "one", tmp_path / "two"
-    load_script("stable_txt2img").main(argv(prompts, one, 1))  # 1 process, batch 1
+    load_script("stable_txt2img").main(argv(prompts, one, 2))  # 1 process, batch 2
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(REPO / "scripts" / "stable_txt2img.py"), *argv(prompts, two, 2),
            "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]  # fmt: skip

@@ -1,8 +1,9 @@
 """The work of a sampling run as a list of items, each image with its own seed and its own file.
 
-An item is one image: ``(prompt, sample index, method)`` with the method ``"plain"`` or ``"ae"`` (Attend-and-Excite
-on the item's ``ae_tokens``). Its seed is :func:`item_seed` of ``(base seed, prompt, index)``, not of the method, so
-an image with and without A&E starts from the same noise, and not of the batch, the process or the order, so an
+An item is one image: ``(prompt, sample index, method)`` with the method a registered guidance method's name
+(``"plain"``, ``"ae"`` for Attend-and-Excite on the item's ``ae_tokens``, ``"syngen"``, ...; see ``ldm.guidance``). Its
+seed is :func:`item_seed` of ``(base seed, prompt, index)``, not of the method, so an image with and without guidance
+starts from the same noise, and not of the batch, the process or the order, so an
 image is the same however the run is split (see the README's "Distributed sampling").
 """
 
@@ -16,13 +17,14 @@ from pathlib import Path
 
 import torch
 
+from ldm import guidance
 from ldm.outputs import inside, safe_stem
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "WorkItem", "item_seed", "item_generator", "start_noise", "prompt_stems", "make_items"]
 
-METHODS = ("plain", "ae")
+METHODS = ("plain", "ae")  # the methods every install has; any registered guidance method is accepted
 
 
 def item_seed(seed: int, prompt: str, index: int) -> int:
@@ -50,17 +52,19 @@ class WorkItem:
 
     prompt: str
     index: int  # the sample index within the prompt (and method)
-    method: str  # "plain" or "ae"
+    method: str  # a registered guidance method: "plain", "ae", ...
     path: Path  # the image file (PNG); its existence marks the item done
     seed: int  # item_seed(...)
-    ae_tokens: str = ""  # words/positions A&E excites (method "ae")
-    record_path: Path | None = None  # where the A&E record of this image goes (JSON), written before the image
+    ae_tokens: str = ""  # words/positions the method excites (A&E: required)
+    record_path: Path | None = None  # where the guidance record of this image goes (JSON), written before the image
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown sampling method {self.method!r}; use one of {METHODS}")
-        if self.method == "ae" and not self.ae_tokens.strip():
-            raise ValueError(f"A&E item for {self.prompt!r} has no tokens to excite")
+        names = guidance.method_names()
+        if self.method not in names:
+            raise ValueError(f"unknown sampling method {self.method!r}; use one of {tuple(names)}")
+        if guidance.get_method(self.method).needs_tokens and not self.ae_tokens.strip():
+            title = "A&E" if self.method == "ae" else self.method
+            raise ValueError(f"{title} item for {self.prompt!r} has no tokens to excite")
 
 
 def prompt_stems(prompts: Sequence[str]) -> dict[str, str]:
@@ -92,7 +96,7 @@ def make_items(
     """Every ``(prompt, index, method)`` item, methods outermost, then prompts in order, then indices.
 
     ``path_of(prompt, index, method)`` gives the image path (relative to ``root`` or absolute; it must resolve
-    inside ``root``), ``record_of`` the A&E record path, ``ae_tokens_of(prompt)`` the tokens A&E excites.
+    inside ``root``), ``record_of`` the guidance record path, ``ae_tokens_of(prompt)`` the tokens a method excites.
     A prompt given twice is kept once (its images would be the same), with a warning. ``fixed_code``: the seed
     ignores the prompt, so sample ``i`` of every prompt starts from the same noise.
     """
@@ -106,10 +110,10 @@ def make_items(
     items = []
     for method in methods:
         for prompt in unique:
-            tokens = ae_tokens_of(prompt) if (method == "ae" and ae_tokens_of is not None) else ""
+            tokens = ae_tokens_of(prompt) if (method != "plain" and ae_tokens_of is not None) else ""
             for index in range(n_per_prompt):
                 record = None
-                if method == "ae" and record_of is not None:
+                if method != "plain" and record_of is not None:
                     record = inside(root, record_of(prompt, index, method))
                 items.append(
                     WorkItem(

@@ -5,7 +5,8 @@
    with other settings is refused, so a resumed run never mixes them;
 2. rank 0 lists the items whose image does not exist yet (resumption: the others are skipped) and broadcasts them;
    rank ``r`` of ``W`` takes every ``W``-th of them, starting at ``r``;
-3. each process samples its items in batches of one method (plain or A&E), every image from its own generator
+3. each process samples its items in batches of one method (plain, A&E or another guidance method), every image
+   from its own generator
    (:func:`ldm.engine.items.item_generator`), and writes each image (and, for A&E, its record first) through
    ``ldm.outputs``; rank 0 shows one bar for the whole run (images done by all ranks / total, images per second);
 4. the processes wait for each other; the caller's rank 0 then scores or summarises the folders.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from tqdm.auto import tqdm
 from ldm import inference
 from ldm.engine.distributed import ProgressBoard
 from ldm.engine.items import WorkItem, item_generator, start_noise
-from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
+from ldm.guidance import get_method
+from ldm.guidance.attend_excite.config import AttendExciteConfig
 from ldm.outputs import save_image, save_json
 from ldm.precision import cast_model
 
@@ -50,6 +52,16 @@ class EngineSettings:
     batch_size: int = 1
     precision: str = "full"
     ae_config: AttendExciteConfig | None = None  # the schedule as written (scaled to the steps run here)
+    guidance: Mapping[str, Any] | None = None  # other methods' settings by method name (as written)
+
+    def method_config(self, method: str) -> Any:
+        """The settings (as written) the items of ``method`` are sampled with; None for plain sampling."""
+        if method == "plain":
+            return None
+        if method == "ae":
+            return self.ae_config or AttendExciteConfig()
+        configured = (self.guidance or {}).get(method)
+        return configured if configured is not None else get_method(method).config_class()
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.steps < 1:
@@ -84,7 +96,7 @@ def load_model_for(
 
 
 def _per_sample_records(records: list[dict], sample: int) -> list[dict]:
-    """The A&E records (``AttendAndExcite.records``) of one sample of the batch, without batch positions."""
+    """The guidance records (e.g. ``AttendAndExcite.records``) of one sample of the batch, without batch positions."""
     out = []
     for rec in records:
         groups = [{k: v for k, v in g.items() if k != "samples"} for g in rec["groups"] if sample in g["samples"]]
@@ -94,10 +106,10 @@ def _per_sample_records(records: list[dict], sample: int) -> list[dict]:
 
 
 def sample_items(
-    model: torch.nn.Module, sampler: Any, items: Sequence[WorkItem], settings: EngineSettings,
-    ae_used: AttendExciteConfig | None,
+    model: torch.nn.Module, sampler: Any, items: Sequence[WorkItem], settings: EngineSettings, used: Any,
 ) -> inference.SampledBatch:  # fmt: skip
-    """One batch of items of one method: each from its own generator (start noise, then step noise).
+    """One batch of items of one method (``used``: its settings, schedule absolute), each from its own generator
+    (start noise, then step noise).
 
     A batch of fewer than ``settings.batch_size`` items is filled up with copies of its last item, whose outputs are
     dropped: every model call has ``batch_size`` samples, so an image does not depend on whether its batch was full
@@ -111,10 +123,12 @@ def sample_items(
     device = next(model.parameters()).device
     generators = [item_generator(it.seed) for it in items]
     x_T = torch.stack([start_noise(g, settings.latent_shape) for g in generators]).to(device)  # [b, C, h, w]
-    specs = [it.ae_tokens if it.method == "ae" else "" for it in items]
+    method = items[0].method
+    specs = [it.ae_tokens if it.method != "plain" else "" for it in items]
     out = inference.sample_prompts(
         model, sampler, [it.prompt for it in items], settings.latent_shape, settings.steps, settings.scale,
-        eta=settings.eta, generator=generators, x_T=x_T, ae_tokens=specs, ae_config=ae_used, log_tokens=False,
+        eta=settings.eta, generator=generators, x_T=x_T, ae_tokens=specs, log_tokens=False, guidance=method,
+        guidance_config=used,
     )  # fmt: skip
     if len(items) == n:
         return out
@@ -147,9 +161,10 @@ def json_roundtrip(data: Any) -> Any:
 
 
 def _batches(items: list[WorkItem], size: int) -> list[list[WorkItem]]:
-    """Consecutive batches of at most ``size`` items of one method (plain first, then A&E)."""
+    """Consecutive batches of at most ``size`` items of one method (plain first, then the others in item order)."""
     out = []
-    for method in ("plain", "ae"):
+    methods = sorted(dict.fromkeys(it.method for it in items), key=lambda m: m != "plain")
+    for method in methods:
         group = [it for it in items if it.method == method]
         out += [group[i : i + size] for i in range(0, len(group), size)]
     return out
@@ -175,6 +190,8 @@ def run_items(
     error: Exception | None = None
     if rank == 0:
         record = {k: v for k, v in dataclasses.asdict(settings).items() if k != "batch_size"}
+        if record.get("guidance") is None:  # runs without other methods keep the record they always had
+            record.pop("guidance", None)
         try:
             _check_settings(root, record | (run_record or {}))
             plan = [i for i, it in enumerate(items) if not it.path.is_file()]
@@ -219,16 +236,17 @@ def _sample_share(
     refresh: Any,
 ) -> int:  # fmt: skip
     sampler = inference.make_sampler(model, settings.sampler)
-    ae_used = None
-    if any(it.method == "ae" for it in mine):
-        ae_used, _ = inference.schedule_for_run(
-            settings.ae_config or AttendExciteConfig(), settings.sampler, settings.steps, model.num_timesteps,
-            log=board.rank == 0,
-        )  # fmt: skip
+    used: dict[str, Any] = {}  # method -> settings with the schedule made absolute
+    for method in dict.fromkeys(it.method for it in mine):
+        config = settings.method_config(method)
+        if config is not None:
+            used[method], _ = inference.schedule_for_run(
+                config, settings.sampler, settings.steps, model.num_timesteps, log=board.rank == 0, method=method
+            )
     made = 0
     with inference.sampling_scope(model, settings.precision):
         for batch in _batches(mine, settings.batch_size):
-            out = sample_items(model, sampler, batch, settings, ae_used)
+            out = sample_items(model, sampler, batch, settings, used.get(batch[0].method))
             for b, (item, image) in enumerate(zip(batch, out.images, strict=True)):
                 if item.record_path is not None:
                     record = {

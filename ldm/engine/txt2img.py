@@ -4,10 +4,11 @@ Every line of the file is a prompt; each gets ``--n_iter`` images (as the origin
 lines was sampled ``--n_iter`` times), sampled in batches of ``--n_samples`` over the processes Fabric starts.
 Layout (deterministic, so a rerun skips what exists)::
 
-    <outdir>/<plain|ae>/<prompt stem>/<index:05>.png        the images (stem: ldm.engine.items.prompt_stems)
-    <outdir>/<plain|ae>/<prompt stem>/records/<index:05>.json  with A&E: what the guidance did for that image
-    <outdir>/<plain|ae>/<prompt stem>.png                   a grid of the prompt's images (not with --skip_grid)
-    <outdir>/settings-NNNN.json                             the run's options, A&E settings and token tables
+    <outdir>/<method>/<prompt stem>/<index:05>.png          the images (method: plain, ae, syngen, ...; stem:
+                                                            ldm.engine.items.prompt_stems)
+    <outdir>/<method>/<prompt stem>/records/<index:05>.json with guidance: what it did for that image
+    <outdir>/<method>/<prompt stem>.png                     a grid of the prompt's images (not with --skip_grid)
+    <outdir>/settings-NNNN.json                             the run's options, guidance settings and token tables
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def run_from_file(
     if options.save_attention:
         raise ValueError("--save_attention is not available with --from-file; sample single prompts with --prompt")
     prompts = read_prompt_lines(opt.from_file)
-    method = "ae" if options.ae_tokens.strip() else "plain"
+    choice = inference.guidance_choice(opt)
+    method = choice.name
     stems = prompt_stems(prompts)
     outdir = Path(options.outdir)
     items = make_items(
@@ -60,13 +62,13 @@ def run_from_file(
     model = load_model_for(fabric.device, opt.config, ckpt, opt.embedding_path, options.precision, ckpt_flag,
                            compile_unet=getattr(opt, "compile", False))  # fmt: skip
     report: dict = {}
-    if method == "ae":  # every prompt's tokens, before the slow part (a word not in a prompt is an error)
+    if choice.active:  # every prompt's tokens, before the slow part (a word not in a prompt is an error)
         _, _, report = inference.resolve_batch_tokens(model, list(dict.fromkeys(prompts)), options.ae_tokens)
-    ae_config = inference.attend_excite_config(opt)
     settings = EngineSettings(
         latent_shape=(options.C, options.H // options.f, options.W // options.f), sampler=options.sampler,
         steps=options.steps, scale=options.scale, eta=options.eta, batch_size=max(1, opt.n_samples),
-        precision=options.precision, ae_config=ae_config if method == "ae" else None,
+        precision=options.precision, ae_config=choice.config if method == "ae" else None,
+        guidance={method: choice.config} if method not in ("plain", "ae") else None,
     )  # fmt: skip
     record = {"config": str(opt.config), "ckpt": str(ckpt), "embedding_path": opt.embedding_path,
               "seed": options.seed, "fixed_code": options.fixed_code}  # fmt: skip
@@ -79,17 +81,20 @@ def run_from_file(
             images = torch.stack(load_images([it.path for it in items if it.prompt == prompt]))  # [n, 3, H, W]
             grid = inference.make_grid(images, nrow=options.n_rows or min(len(images), 8))
             folder.save_image(inference.to_pil(grid), inside(outdir, Path(method) / f"{stems[prompt]}.png"))
-    ae_used = None
-    if method == "ae":
-        ae_used, n_run = inference.schedule_for_run(ae_config, options.sampler, options.steps, model.num_timesteps,
-                                                    log=False)  # fmt: skip
-        ae_used = dataclasses.asdict(ae_used) | {"steps_run": n_run}
+    used = None
+    if choice.active:
+        used, n_run = inference.schedule_for_run(choice.config, options.sampler, options.steps, model.num_timesteps,
+                                                 log=False, method=choice.method)  # fmt: skip
+        used = dataclasses.asdict(used) | {"steps_run": n_run}
     written = {
-        "options": dataclasses.asdict(options), "attend_and_excite": ae_used, "prompts": report,
+        "options": dataclasses.asdict(options), "attend_and_excite": used if method == "ae" else None,
+        "prompts": report,
         "engine": {"items": result.total, "skipped": result.skipped, "method": method,
                    "folders": {p: f"{method}/{stems[p]}" for p in stems}},
         "extra": options.extra_settings,
     }  # fmt: skip
+    if choice.active:
+        written["guidance"] = {"method": method, "settings": used}
     folder.save_json(written, folder.settings_path())
     logger.info("Samples are in %s", outdir / method)
     return written

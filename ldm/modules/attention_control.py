@@ -6,14 +6,15 @@
 ``layer_name`` and the controller, and restores the previous attributes when the ``with`` block ends, also after an
 exception. Nothing is threaded through ``forward()`` and nothing is monkey-patched.
 
-``AttentionStore`` is the controller Attend-and-Excite uses: it keeps only cross-attention maps with a chosen number
-of query positions (``res * res``), on the compute device and inside the autograd graph, until ``reset()``.
+``AttentionStore`` is the controller the guidance methods use: it keeps the cross-attention maps (and, when asked, the
+self-attention maps) with a chosen number of query positions (``res * res``), on the compute device and inside the
+autograd graph, until ``reset()``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -81,52 +82,61 @@ def register_attention_controller(
 
 
 class AttentionStore:
-    """Keeps the cross-attention probabilities of the layers with ``num_queries`` in ``resolutions``.
+    """Keeps the attention probabilities of the layers with ``num_queries`` in ``resolutions`` (cross-attention) and
+    in ``self_resolutions`` (self-attention; none by default).
 
-    Maps are stored as given (``[B*heads, HW, 77]``, on the device, with their autograd graph) under their place
-    (``"down"``, ``"mid"``, ``"up"``) in call order. The store lives outside the network; call ``reset()`` before a
-    forward whose maps you want. ``only_with_grad`` (the diffusers behaviour) ignores calls whose maps do not require
-    grad, so a no-grad pass through a registered UNet stores nothing.
+    Maps are stored as given (``[B*heads, HW, 77]`` cross, ``[B*heads, HW, HW]`` self, on the device, with their
+    autograd graph) under their place (``"down"``, ``"mid"``, ``"up"``) in call order. The store lives outside the
+    network; call ``reset()`` before a forward whose maps you want. ``only_with_grad`` (the diffusers behaviour)
+    ignores calls whose maps do not require grad, so a no-grad pass through a registered UNet stores nothing.
     """
 
-    def __init__(self, resolutions: Collection[int], only_with_grad: bool = False) -> None:
+    def __init__(
+        self, resolutions: Collection[int], only_with_grad: bool = False, self_resolutions: Collection[int] = ()
+    ) -> None:
         self.num_queries = {int(r) * int(r) for r in resolutions}
+        self.self_num_queries = {int(r) * int(r) for r in self_resolutions}
         self.only_with_grad = only_with_grad
-        self.maps: dict[str, list[torch.Tensor]] = {"down": [], "mid": [], "up": []}
-        self.layer_names: list[str] = []
+        self.reset()
 
     def reset(self) -> None:
-        self.maps = {"down": [], "mid": [], "up": []}
-        self.layer_names = []
+        self.maps: dict[str, list[torch.Tensor]] = {"down": [], "mid": [], "up": []}
+        self.self_maps: dict[str, list[torch.Tensor]] = {"down": [], "mid": [], "up": []}
+        self.layer_names: list[str] = []
 
     def wants(self, is_cross: bool, place: str, layer_name: str, num_queries: int) -> bool:
-        return is_cross and num_queries in self.num_queries
+        return num_queries in (self.num_queries if is_cross else self.self_num_queries)
 
     def __call__(self, probs: torch.Tensor, is_cross: bool, place: str, layer_name: str) -> None:
         if self.only_with_grad and not probs.requires_grad:
             return
-        self.maps[place].append(probs)  # [B*heads, HW, 77]
+        (self.maps if is_cross else self.self_maps)[place].append(probs)  # [B*heads, HW, 77 | HW]
         self.layer_names.append(layer_name)
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self.maps.values())
+        return sum(len(v) for v in self.maps.values()) + sum(len(v) for v in self.self_maps.values())
 
-    def aggregate(self, batch_size: int, res: int) -> torch.Tensor:
-        """Mean over heads and layers of the stored maps per sample, in float32: ``[B, res, res, 77]``.
+    def aggregate(
+        self, batch_size: int, res: int, is_cross: bool = True, places: Sequence[str] = ("up", "down", "mid")
+    ) -> torch.Tensor:
+        """Mean over heads and layers of the stored maps per sample, in float32: ``[B, res, res, N]`` (N = 77 text
+        positions for cross-attention, ``res * res`` pixels for self-attention).
 
         The places are visited in the order ``up, down, mid`` as in the reference's ``aggregate_attention``.
         """
+        stored = self.maps if is_cross else self.self_maps
         per_layer = []
-        for place in ("up", "down", "mid"):
-            for probs in self.maps[place]:
+        for place in places:
+            for probs in stored[place]:
                 if probs.shape[1] != res * res:
                     continue
                 heads = probs.shape[0] // batch_size
                 probs = probs.float()  # maps of a half-precision model are averaged in float32
-                per_layer.append(probs.reshape(batch_size, heads, res, res, probs.shape[-1]))  # [B, h, r, r, 77]
+                per_layer.append(probs.reshape(batch_size, heads, res, res, probs.shape[-1]))  # [B, h, r, r, N]
         if not per_layer:
+            kind = "cross" if is_cross else "self"
             raise RuntimeError(
-                f"AttentionStore holds no cross-attention maps at {res}x{res}: check attention_res against the "
+                f"AttentionStore holds no {kind}-attention maps at {res}x{res}: check attention_res against the "
                 "UNet's attention resolutions and the latent size"
             )
-        return torch.cat(per_layer, dim=1).mean(dim=1)  # [B, res, res, 77]
+        return torch.cat(per_layer, dim=1).mean(dim=1)  # [B, res, res, N]

@@ -65,21 +65,35 @@ class DiffusionWrapper(nn.Module):
     def __init__(self, diff_model_config: Any, conditioning_key: str | None) -> None:
         super().__init__()
         self.diffusion_model = instantiate_from_config(diff_model_config)
-        if conditioning_key not in (None, "concat", "crossattn", "hybrid", "adm"):
+        if conditioning_key not in (None, "concat", "crossattn", "hybrid", "adm", "crossattn-adm"):
             raise ValueError(f"Unknown conditioning_key '{conditioning_key}'")
         self.conditioning_key = conditioning_key
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, c_concat: list | None = None, c_crossattn: list | None = None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        c_concat: list | None = None,
+        c_crossattn: list | None = None,
+        c_adm: list | torch.Tensor | None = None,
+        **unet_kwargs: Any,
+    ):
+        """Route the conditioning to the UNet by ``conditioning_key``; ``unet_kwargs`` (e.g. ``stop_after`` of a
+        guidance pass) go to the UNet unchanged. ``crossattn-adm``: context and the vector ``y`` (``c_adm``)."""
         key = self.conditioning_key
+        net = self.diffusion_model
         if key is None:
-            return self.diffusion_model(x, t)
+            return net(x, t, **unet_kwargs)
         if key == "concat":
-            return self.diffusion_model(torch.cat([x, *c_concat], dim=1), t)
+            return net(torch.cat([x, *c_concat], dim=1), t, **unet_kwargs)
         if key == "crossattn":
-            return self.diffusion_model(x, t, context=torch.cat(c_crossattn, 1))
+            return net(x, t, context=torch.cat(c_crossattn, 1), **unet_kwargs)
         if key == "hybrid":
-            return self.diffusion_model(torch.cat([x, *c_concat], dim=1), t, context=torch.cat(c_crossattn, 1))
-        return self.diffusion_model(x, t, y=c_crossattn[0])
+            return net(torch.cat([x, *c_concat], dim=1), t, context=torch.cat(c_crossattn, 1), **unet_kwargs)
+        if key == "crossattn-adm":
+            y = torch.cat(c_adm, 1) if isinstance(c_adm, (list, tuple)) else c_adm
+            return net(x, t, context=torch.cat(c_crossattn, 1), y=y, **unet_kwargs)
+        return net(x, t, y=c_crossattn[0], **unet_kwargs)
 
 
 class DDPM(pl.LightningModule):
@@ -327,8 +341,8 @@ class DDPM(pl.LightningModule):
             raise NotImplementedError(f"unknown loss type '{self.loss_type}'")
         return loss.mean() if mean else loss
 
-    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        return self.model(x_noisy, t)
+    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any = None, **unet_kwargs: Any) -> torch.Tensor:
+        return self.model(x_noisy, t, **unet_kwargs)
 
     def p_losses(self, x_start: torch.Tensor, cond: Any, t: torch.Tensor, noise: torch.Tensor | None = None):
         """Simple loss (DDPM eq. 14) weighted by the learned/fixed log-variance, plus optional VLB and TI terms."""

@@ -224,14 +224,16 @@ class LatentDiffusion(DDPM):
             self.embedding_manager.set_progress(self.global_step)  # progressive_words follows the optimiser step
         return super().training_step(batch, batch_idx)
 
-    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        """eps_theta(x_t, t, c): cond is a context tensor, a list of them, or the original's dict form."""
+    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any, **unet_kwargs: Any) -> torch.Tensor:
+        """eps_theta(x_t, t, c): cond is a context tensor, a list of them, or the original's dict form
+        (``c_crossattn``, ``c_concat``, ``c_adm``). ``unet_kwargs`` go to the UNet (``stop_after``: a guidance pass
+        that stops after that block and returns its hidden state)."""
         if not isinstance(cond, dict):
             if not isinstance(cond, list):
                 cond = [cond]
             key = "c_concat" if self.model.conditioning_key == "concat" else "c_crossattn"
             cond = {key: cond}
-        return self.model(x_noisy, t, **cond)
+        return self.model(x_noisy, t, **cond, **unet_kwargs)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = [p for p in self.model.parameters() if p.requires_grad]

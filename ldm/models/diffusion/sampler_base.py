@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ldm.models.diffusion.guidance.base import LatentGuidance
+from ldm.guidance.base import LatentGuidance
 from ldm.models.diffusion.guidance.cfg import guided_eps
 
 logger = logging.getLogger(__name__)

@@ -1,106 +1,13 @@
-"""The settings of Attend-and-Excite and the schedule arithmetic on them (``attend_and_excite.py`` has the method).
-
-:class:`AttendExciteConfig` holds every knob with the official defaults and validates them; :func:`scale_schedule`
-rescales a schedule written for one step count to another and :func:`step_size` is the update size alpha_i (eq. 4).
-"""
+"""Moved to :mod:`ldm.guidance.attend_excite.config` (the guidance package); this path keeps old imports working."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-
-import numpy as np
-
-TokenGroup = tuple[int, ...]
-LOSS_REDUCTIONS = ("per_sample", "shared")
-SOFTMAX_ENDS = ("last", "eot")
-
-
-@dataclass(frozen=True)
-class AttendExciteConfig:
-    """Every knob of Attend-and-Excite; defaults are the official ones (AE ``RunConfig``, 50-step schedule).
-
-    Attributes:
-        token_indices: positions to excite in the padded 77-token sequence (0 is the start token). An entry may be a
-            tuple of positions (a word split into sub-tokens, a multi-vector placeholder): its score is the max over
-            them. Empty: no guidance.
-        attention_res: side of the cross-attention maps used (16: 16x16 maps).
-        max_iter_to_alter: the regular update runs at steps ``i < max_iter_to_alter`` (absolute step indices).
-        thresholds: ``{step: threshold}``; at these steps refine until every token's max attention reaches it.
-        scale_factor, scale_range: step size ``scale_factor * sqrt(linspace(*scale_range, num_steps)[i])``.
-        smooth_attentions, sigma, kernel_size: Gaussian smoothing; ``sigma`` is the reference's nominal sigma
-            (its kernel has std ``sigma * sqrt(2)``, see ``smoothing.py``).
-        softmax_scale: the maps are multiplied by this before the softmax over text positions (the reference's 100).
-        softmax_end: ``"last"`` keeps positions ``[1:-1]`` (reference); ``"eot"`` cuts at the end-of-text token
-            (the reference's ``sd_2_1`` normalisation).
-        max_refinement_steps: at most this many refinement iterations per threshold step.
-        loss_reduction: ``"per_sample"`` (diffusers) or ``"shared"``: one loss on the maps averaged over the batch,
-            as the earlier LDM fork did.
-        schedule_steps: the step count ``thresholds`` and ``max_iter_to_alter`` were written for; the scripts rescale
-            them to the steps actually run with :func:`scale_schedule`. ``None``: already absolute.
-        checkpoint_guidance: recompute the UNet blocks of the guidance pass in its backward (gradient checkpointing,
-            whatever the config's ``use_checkpoint``): less activation memory for one more forward of the blocks per
-            backward (README "Benchmarks"). Off: sampling never recomputes.
-    """
-
-    token_indices: tuple[int | TokenGroup, ...] = ()
-    attention_res: int = 16
-    max_iter_to_alter: int = 25
-    thresholds: Mapping[int, float] = field(default_factory=lambda: {0: 0.05, 10: 0.5, 20: 0.8})
-    scale_factor: float = 20.0
-    scale_range: tuple[float, float] = (1.0, 0.5)
-    smooth_attentions: bool = True
-    sigma: float = 0.5
-    kernel_size: int = 3
-    softmax_scale: float = 100.0
-    softmax_end: str = "last"
-    max_refinement_steps: int = 20
-    loss_reduction: str = "per_sample"
-    schedule_steps: int | None = 50
-    checkpoint_guidance: bool = False
-
-    def __post_init__(self) -> None:
-        if self.loss_reduction not in LOSS_REDUCTIONS:
-            raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
-        if self.softmax_end not in SOFTMAX_ENDS:
-            raise ValueError(f"softmax_end must be one of {SOFTMAX_ENDS}, got {self.softmax_end!r}")
-        if self.attention_res < 1 or self.max_refinement_steps < 0 or self.kernel_size < 1:
-            raise ValueError("attention_res and kernel_size must be >= 1 and max_refinement_steps >= 0")
-        object.__setattr__(self, "thresholds", {int(k): float(v) for k, v in dict(self.thresholds).items()})
-        object.__setattr__(self, "token_indices", normalize_token_indices(self.token_indices))
-        object.__setattr__(self, "scale_range", tuple(float(s) for s in self.scale_range))
-
-
-def normalize_token_indices(indices: Sequence[int | Sequence[int]]) -> tuple[TokenGroup, ...]:
-    """``[2, (4, 5)]`` -> ``((2,), (4, 5))``."""
-    return tuple((int(i),) if isinstance(i, (int, np.integer)) else tuple(int(j) for j in i) for i in indices)
-
-
-def scale_schedule(config: AttendExciteConfig, num_steps: int) -> AttendExciteConfig:
-    """Rescale a schedule written for ``config.schedule_steps`` steps to ``num_steps``: step i -> round(i*S/base).
-
-    Rounding is half-up. Where two thresholds land on one step the higher threshold wins. 10 steps turn the official
-    ``{0: .05, 10: .5, 20: .8}``, ``max_iter_to_alter`` 25 into ``{0: .05, 2: .5, 4: .8}`` and 5. A config whose
-    ``schedule_steps`` is None is returned unchanged.
-    """
-    base = config.schedule_steps
-    if base is None:
-        return config
-
-    def rescale(i: int) -> int:
-        return int(math.floor(i * num_steps / base + 0.5))
-
-    thresholds: dict[int, float] = {}
-    for step, thr in config.thresholds.items():
-        new = rescale(step)
-        thresholds[new] = max(thr, thresholds.get(new, -math.inf))
-    return replace(
-        config, thresholds=thresholds, max_iter_to_alter=rescale(config.max_iter_to_alter), schedule_steps=None
-    )
-
-
-def step_size(config: AttendExciteConfig, step: int, num_steps: int) -> float:
-    """alpha_i = scale_factor * sqrt(linspace(scale_range[0], scale_range[1], num_steps)[i]) (float64 like numpy)."""
-    scale_range = np.linspace(config.scale_range[0], config.scale_range[1], num_steps)
-    return float(config.scale_factor * np.sqrt(scale_range[step]))
+from ldm.guidance.attend_excite.config import (  # noqa: F401
+    LOSS_REDUCTIONS,
+    SOFTMAX_ENDS,
+    AttendExciteConfig,
+    TokenGroup,
+    normalize_token_indices,
+    scale_schedule,
+    step_size,
+)

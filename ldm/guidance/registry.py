@@ -1,0 +1,11 @@
+"""The registered guidance methods: one line each. A new method is one folder under ``ldm/guidance/`` exporting a
+``METHOD`` (a ``GuidanceMethod``) and one line here."""
+
+from __future__ import annotations
+
+from ldm.guidance import attend_excite, plain
+
+BUILTIN = [
+    plain.METHOD,
+    attend_excite.METHOD,
+]
