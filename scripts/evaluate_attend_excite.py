@@ -53,6 +53,7 @@ from ldm.evaluation.evaluators import (  # noqa: E402
 from ldm.evaluation.generate import add_size_args, guidance_summary, latent_shape, read_guidance_records  # noqa: E402
 from ldm.outputs import save_json, save_text  # noqa: E402
 from ldm.precision import PRECISIONS  # noqa: E402
+from ldm.sampler_flags import add_sampler_args, sampler_from_flags  # noqa: E402
 
 logger = logging.getLogger("evaluate_attend_excite")
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml"
@@ -77,7 +78,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", default=DEFAULT_CONFIG, help=f"model config (default {DEFAULT_CONFIG})")
     g.add_argument("--embedding_path", help="optional textual-inversion embeddings")
     g.add_argument("--n_samples", type=int, default=64, help="images per prompt and method (default 64)")
-    g.add_argument("--ddim_steps", type=int, default=50, help="DDIM steps (default 50)")
+    g.add_argument("--ddim_steps", type=int, default=50, help="sampling steps (default 50)")
+    add_sampler_args(g)
     g.add_argument("--scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5, as A&E)")
     g.add_argument("--seed", type=int, default=0, help="base seed; image i of a prompt has its own seed from "
                    "(seed, prompt, i), the same for both methods")  # fmt: skip
@@ -140,6 +142,7 @@ def generate_all(args: argparse.Namespace, prompts: list[tuple[str, str]]) -> tu
             object_words(prompt)  # fail early on prompts A&E cannot use
     inference.check_sampling_flags(args, ckpt_flag="--ckpt_path", ae=True)  # before the model is loaded
     ae_config = inference.attend_excite_config(args)
+    sampler = sampler_from_flags(args)
     texts = [p for _, p in prompts]
     root = Path(args.out_dir) / "images"
     items = engine.make_items(
@@ -153,17 +156,18 @@ def generate_all(args: argparse.Namespace, prompts: list[tuple[str, str]]) -> tu
                            "--ckpt_path")  # fmt: skip
     check_tokens(model, args, prompts)
     shape = latent_shape(model, inference.first_stage_factor(args.config), args.H, args.W)
-    ae_used, n_run = inference.schedule_for_run(ae_config, "ddim", args.ddim_steps, model.num_timesteps,
+    ae_used, n_run = inference.schedule_for_run(ae_config, sampler, args.ddim_steps, model.num_timesteps,
                                                 log=fabric.global_rank == 0)  # fmt: skip
     settings = {
         "ckpt_path": args.ckpt_path, "config": args.config, "embedding_path": args.embedding_path,
-        "n_samples": args.n_samples, "ddim_steps": args.ddim_steps, "scale": args.scale, "seed": args.seed,
+        "n_samples": args.n_samples, "sampler": sampler, "ddim_steps": args.ddim_steps, "scale": args.scale,
+        "seed": args.seed,
         "precision": args.precision, "latent_shape": list(shape),
         "attend_and_excite": dataclasses.asdict(ae_used) | {"steps_run": n_run},
     }  # fmt: skip
     engine_settings = engine.EngineSettings(
-        latent_shape=shape, steps=args.ddim_steps, scale=args.scale, batch_size=args.batch_size,
-        precision=args.precision, ae_config=ae_config,
+        latent_shape=shape, sampler=sampler, steps=args.ddim_steps, scale=args.scale,
+        batch_size=args.batch_size, precision=args.precision, ae_config=ae_config,
     )  # fmt: skip
     record = {k: settings[k] for k in ("ckpt_path", "config", "embedding_path", "seed")}
     result = engine.run_items(fabric, model, items, engine_settings, root, record)

@@ -37,6 +37,7 @@ from ldm.evaluation.generate import add_size_args, latent_shape  # noqa: E402
 from ldm.evaluation.images import image_folder_files, load_images  # noqa: E402
 from ldm.outputs import save_text  # noqa: E402
 from ldm.precision import PRECISIONS  # noqa: E402
+from ldm.sampler_flags import add_sampler_args, sampler_from_flags  # noqa: E402
 
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml"
 
@@ -49,7 +50,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", required=True, help="folder of the training images of the concept")
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"model config (default {DEFAULT_CONFIG})")
     p.add_argument("--n_samples", type=int, default=64, help="images to generate (default 64)")
-    p.add_argument("--ddim_steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--ddim_steps", type=int, default=50, help="sampling steps (default 50)")
+    add_sampler_args(p)
     p.add_argument("--scale", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
     p.add_argument("--seed", type=int, default=42, help="base seed; image i has its own seed from (seed, prompt, i)")
     p.add_argument("--precision", choices=PRECISIONS, default="full",
@@ -82,8 +84,8 @@ def generate_samples(args: argparse.Namespace, samples: Path) -> list[Path] | No
                            "--ckpt_path")  # fmt: skip
     shape = latent_shape(model, inference.first_stage_factor(args.config), args.H, args.W)
     settings = engine.EngineSettings(
-        latent_shape=shape, steps=args.ddim_steps, scale=args.scale, batch_size=args.batch_size,
-        precision=args.precision,
+        latent_shape=shape, sampler=sampler_from_flags(args), steps=args.ddim_steps, scale=args.scale,
+        batch_size=args.batch_size, precision=args.precision,
     )  # fmt: skip
     record = {"prompt": args.prompt, "config": args.config, "ckpt_path": args.ckpt_path,
               "embedding_path": args.embedding_path, "seed": args.seed}  # fmt: skip
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.placeholder in args.prompt and not args.embedding_path:
             raise UserError(f"--prompt contains {args.placeholder!r} but no --embedding_path was given")
         inference.check_sampling_flags(args, ckpt_flag="--ckpt_path")  # before the model is loaded
+        sampler_from_flags(args)  # a conflicting --ddim_eta, before the model is loaded
         samples = out_dir / "samples"
         paths = generate_samples(args, samples)
         if paths is None:  # a rank other than 0 of a multi-process run: rank 0 scores

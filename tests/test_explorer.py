@@ -186,7 +186,7 @@ def test_every_sampler_hands_over_the_maps_of_every_step(explorer, sampler):
     assert result.steps == 3 and len(result.plain.maps) == 3 and result.labels == ["dog"]
     # 3 steps: updates at steps < round(1.5) = 2, thresholds at round(0, 0.6, 1.2) = 0, 1: step 2 only watches
     assert result.excited.guided == [True, True, False] and result.excited.maps[2].shape == (1, 16, 16)
-    assert f"--{sampler}" in result.command
+    assert f"--sampler {sampler}" in result.command
 
 
 def test_errors_are_the_scripts_messages(explorer, tmp_path):

@@ -27,6 +27,8 @@ from ldm.ae_flags import AE_FIELDS, DEFAULT_AE_CONFIG, add_attend_excite_args, a
 from ldm.explorer.chips import Chip, prompt_chips
 from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
 from ldm.models.diffusion.guidance.attend_excite_maps import StepMaps, capture_token_maps
+from ldm.models.diffusion.samplers import SAMPLER_NAMES
+from ldm.sampler_flags import sampler_from_flags
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ PRESETS: dict[str, Path] = {
     "ToyWorld": REPO / "configs" / "toyworld" / "attend_and_excite.yaml",
     "earlier fork": REPO / "configs" / "guidance" / "seed_fork.yaml",
 }
-SAMPLERS = ("ddim", "plms", "ddpm")
+SAMPLERS = SAMPLER_NAMES  # the registry (ldm.models.diffusion.samplers)
 Progress = Callable[[float, str], None]
 
 __all__ = ["PRESETS", "SAMPLERS", "Settings", "RunTrace", "RunResult", "Explorer", "field_text", "repo_relative"]
@@ -62,7 +64,7 @@ class RunTrace:
     image: Image.Image
     maps: list[torch.Tensor]  # per step: [K, r, r], the smoothed maps at the latent entering the step
     final_maps: torch.Tensor  # [K, r, r] on the final latent at t=1 (what --save_attention draws)
-    timesteps: list[int]  # per step: the sampler's timestep t
+    timesteps: list[int | float]  # per step: the sampler's timestep t (fractional for Euler)
     guided: list[bool]  # per step: the maps came from a guidance pass
     refinement: list[int]  # per step: refinement iterations spent
 
@@ -231,6 +233,7 @@ class Explorer:
             raise ValueError("--ae_tokens: select at least one word (click its chip) or type words/positions")
         if settings.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {settings.sampler!r}; use one of {list(SAMPLERS)}")
+        sampler_from_flags(argparse.Namespace(sampler=settings.sampler, ddim_eta=settings.eta))  # eta: DDIM only
         if settings.steps < 1:
             raise ValueError(f"--ddim_steps {settings.steps}: need at least one step")
         latent_shape = self.check_size(settings.H, settings.W)
@@ -300,7 +303,7 @@ class Explorer:
                  "--seed", str(settings.seed), "--H", str(settings.H), "--W", str(settings.W),
                  "--n_samples", "1", "--n_iter", "1"]  # fmt: skip
         if settings.sampler != "ddim":
-            args.append(f"--{settings.sampler}")
+            args += ["--sampler", settings.sampler]
         if settings.eta:
             args += ["--ddim_eta", str(settings.eta)]
         if self.script.endswith("stable_txt2img.py"):

@@ -3,7 +3,8 @@
 Shared by the model test (tests/test_toyworld_model.py), the demo (`ldm.toyworld.demo`) and the benchmarks
 (`ldm.toyworld.benchmarks`). Every sample has its own seed: its starting noise ``x_T`` is drawn from
 ``torch.Generator().manual_seed(seed)``, so a sample does not depend on the batch it is in, and runs with and
-without Attend-and-Excite start from the same noise (paired comparisons). DDIM with eta = 0 is deterministic.
+without Attend-and-Excite start from the same noise (paired comparisons). DDIM with eta = 0 is deterministic; an
+ancestral sampler draws its step noise from the same per-sample generator, after x_T.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ def load_toyworld_model(
 
 @dataclass
 class SampleSettings:
-    """Sampler knobs of the ToyWorld runs (DDIM, eta 0, classifier-free guidance)."""
+    """Sampler knobs of the ToyWorld runs (a sampler of the registry, DDIM by default; eta 0; classifier-free
+    guidance)."""
 
+    sampler: str = "ddim"
     steps: int = 25
     scale: float = 3.0
     batch_size: int = 16
@@ -70,14 +73,15 @@ def sample_images(
 
     ``ae_tokens``: Attend-and-Excite token spec (``"circle,square"``), one for all prompts or one per prompt; None or
     "" samples without A&E. ``ae_config``: an ``AttendExciteConfig`` (default: the ToyWorld preset `AE_CONFIG`); its
-    schedule is rescaled to ``settings.steps``.
+    schedule is rescaled to the steps the sampler runs. Sample i draws x_T (as ``start_noise``) and then any step
+    noise from ``Generator().manual_seed(seeds[i])``.
     """
     from tqdm import tqdm
 
     from ldm.ae_flags import load_ae_config
     from ldm.inference import sample_prompts
-    from ldm.models.diffusion.ddim import DDIMSampler
     from ldm.models.diffusion.guidance.attend_excite_config import scale_schedule
+    from ldm.models.diffusion.samplers import make_sampler, steps_run
 
     settings = settings or SampleSettings()
     if len(prompts) != len(seeds):
@@ -89,21 +93,23 @@ def sample_images(
     f = 2 ** (len(model.first_stage_model.encoder.down) - 1)
     shape = (model.channels, settings.size // f, settings.size // f)  # [C, h, w]
     device = next(model.parameters()).device
-    sampler = DDIMSampler(model)
+    sampler = make_sampler(model, settings.sampler)
     ae_used = None
     if any(ae_tokens):
-        ae_used = scale_schedule(ae_config or load_ae_config(AE_CONFIG), settings.steps)
+        n_run = steps_run(settings.sampler, settings.steps, model.num_timesteps)
+        ae_used = scale_schedule(ae_config or load_ae_config(AE_CONFIG), n_run)
     out = []
     starts = range(0, len(prompts), settings.batch_size)
     for lo in tqdm(starts, desc="sampling", disable=not progress):
         batch = list(prompts[lo : lo + settings.batch_size])
         specs = ae_tokens[lo : lo + settings.batch_size]
         n = len(batch)
-        x_t = start_noise(seeds[lo : lo + n], shape).to(device)  # [n, C, h, w]
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[lo : lo + n]]
+        x_t = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)  # [n, C, h, w]
         if ae_used is not None and (len(set(specs)) != 1 or not specs[0]):
             raise ValueError("one A&E token spec per batch: group prompts with the same spec together")
         images = sample_prompts(
-            model, sampler, batch, shape, settings.steps, settings.scale, x_T=x_t,
+            model, sampler, batch, shape, settings.steps, settings.scale, x_T=x_t, generator=generators,
             ae_tokens=specs[0] if ae_used is not None else "", ae_config=ae_used,
         ).images  # fmt: skip
         out.append(images)

@@ -28,8 +28,7 @@ class SamplerSpec:
     steps: str = ""  # the steps users typically pick
     diffusers: str = ""  # the equivalent diffusers scheduler (SD 1.x/2.x scheduler config)
     a1111: str = ""  # the AUTOMATIC1111 web UI's name
-    uses_eta: bool = False  # --ddim_eta applies (DDIM); the others refuse eta != 0
-    model_calls_per_step: int = 1  # model evaluations per step (CFG batches uc and c into one call)
+    eta: str = "refused"  # --ddim_eta: "used" (DDIM), "ignored" (DDPM, as before), "refused" (the others)
 
 
 _DIFFUSION = "ldm.models.diffusion"
@@ -37,11 +36,11 @@ SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
     for s in (
         SamplerSpec("ddim", "DDIM", f"{_DIFFUSION}.ddim:DDIMSampler", steps="50 (25-100)",
-                    diffusers="DDIMScheduler", a1111="DDIM", uses_eta=True),
+                    diffusers="DDIMScheduler", a1111="DDIM", eta="used"),
         SamplerSpec("plms", "PLMS", f"{_DIFFUSION}.plms:PLMSSampler", steps="50",
                     diffusers="PNDMScheduler (skip_prk_steps)", a1111="PLMS"),
         SamplerSpec("ddpm", "DDPM (ancestral)", f"{_DIFFUSION}.ddpm_sampler:DDPMSampler", steps="1000",
-                    diffusers="DDPMScheduler", a1111="-"),
+                    diffusers="DDPMScheduler", a1111="-", eta="ignored"),
         SamplerSpec("euler", "Euler", f"{_DIFFUSION}.euler:EulerSampler", steps="20-40",
                     diffusers="EulerDiscreteScheduler", a1111="Euler"),
         SamplerSpec("euler_a", "Euler ancestral", f"{_DIFFUSION}.euler:EulerAncestralSampler", steps="20-40",
