@@ -164,6 +164,11 @@ def test_script_prints_one_error_line_and_exits_2(tmp_path):
         (["--ddpm", "--ddim_steps", "0"], r"--ddim_steps 0: must be between 1 and 1000"),
         (["--ddpm", "--ddim_steps", "-3"], r"--ddim_steps -3: must be between 1 and 1000"),
         (["--ae_tokens", "circle", "--W", "128"], r"square attention maps: --H 64 and --W 128 differ"),
+        (["--plms", "--ddpm"], r"^--plms and --ddpm select different samplers; give one \(or --sampler NAME\)$"),
+        (["--sampler", "euler", "--plms"], r"^--plms and --sampler euler select different samplers; drop one"),
+        (["--sampler", "dpmpp_2m", "--ddim_eta", "0.5"], r"^--ddim_eta 0.5 applies to DDIM only; --sampler dpmpp_2m"),
+        (["--plms", "--ddim_eta", "1"], r"^--ddim_eta 1 applies to DDIM only; --sampler plms takes no eta"),
+        (["--sampler", "unipc", "--ddim_steps", "1001"], r"--ddim_steps 1001: must be between 1 and 1000"),
     ],
 )
 def test_txt2img_flags_are_checked_before_loading(tmp_path, no_model_loading, extra, message):

@@ -178,7 +178,7 @@ def test_the_shown_command_reproduces_the_run(explorer, tmp_path, monkeypatch):
     assert (tmp_path / "attention" / "00000.png").is_file()
 
 
-@pytest.mark.parametrize("sampler", ["plms", "ddpm"])
+@pytest.mark.parametrize("sampler", ["plms", "ddpm", "euler_a"])
 def test_every_sampler_hands_over_the_maps_of_every_step(explorer, sampler):
     config, _ = explorer.ae_config("official", explorer.preset_fields("official") | FEW_REFINEMENTS)
     settings = dataclasses.replace(SETTINGS, sampler=sampler, steps=3)
