@@ -104,7 +104,7 @@ def test_project_value_errors_are_user_errors():
     from ldm import inference
 
     with pytest.raises(ValueError) as info:
-        inference.make_sampler(None, "euler")  # raised by the project's own check, with its message
+        inference.make_sampler(None, "k_lms")  # raised by the project's own check, with its message
     assert is_user_error(info.value)
     with pytest.raises(ValueError) as info:
         json.loads("{")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
@@ -239,7 +240,7 @@ def test_schedule_fractions_carry_the_official_schedule_over():
     steps a fraction f is step floor(f N + 1/2) (exact), so 20 steps get {0, 4, 8} and updates at steps < 10."""
     official = AttendExciteConfig()
     alter, thresholds = schedule_fractions(official)
-    assert alter == 0.5 and sorted(thresholds) == [0, 0.2, 0.4]
+    assert alter == Fraction(1, 2) and sorted(thresholds) == [0, Fraction(1, 5), Fraction(2, 5)]
     expected = {10: ({0: 0.05, 2: 0.5, 4: 0.8}, 5), 15: ({0: 0.05, 3: 0.5, 6: 0.8}, 8),
                 20: ({0: 0.05, 4: 0.5, 8: 0.8}, 10), 25: ({0: 0.05, 5: 0.5, 10: 0.8}, 13),
                 50: ({0: 0.05, 10: 0.5, 20: 0.8}, 25)}  # fmt: skip
