@@ -19,7 +19,8 @@ from ldm.util import load_yaml
 
 DEFAULT_AE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "guidance" / "attend_and_excite.yaml"
 SD2_AE_CONFIG = DEFAULT_AE_CONFIG.with_name("attend_and_excite_sd2.yaml")  # softmax_end: eot (official sd_2_1)
-OPENCLIP_ENCODER = "FrozenOpenCLIPEmbedder"
+SDXL_AE_CONFIG = DEFAULT_AE_CONFIG.with_name("attend_and_excite_sdxl.yaml")  # the 32x32 maps at 1024 px
+FAMILY_PRESETS = {"sd2": SD2_AE_CONFIG, "sdxl": SDXL_AE_CONFIG}  # model family -> its A&E preset (else the official)
 TOKENS_HELP = "tokens to excite: words and/or 1-based positions ('*,dog', '2,5'); empty = plain sampling"
 AE_FIELDS = [f.name for f in dataclasses.fields(AttendExciteConfig) if f.name != "token_indices"]
 
@@ -65,16 +66,18 @@ def load_ae_config(path: str | Path, **overrides: Any) -> AttendExciteConfig:
 
 
 def model_family(model_config: str | Path | None) -> str | None:
-    """The family of a model config for the methods' presets: ``"sd2"`` for an OpenCLIP text tower, else None."""
+    """The family of a model config (``ldm.models.description``: "ldm", "sd1", "sd2", "sdxl"), for the guidance
+    methods' presets; None without a config file."""
     if model_config is None or not Path(model_config).is_file():
         return None
-    target = OmegaConf.select(load_yaml(model_config, "--config"), "model.params.cond_stage_config.target", default="")
-    return "sd2" if str(target).endswith(OPENCLIP_ENCODER) else None
+    from ldm.models.description import describe_config
+
+    return describe_config(model_config).family
 
 
 def preset_for_model(model_config: str | Path | None) -> Path:
-    """The A&E preset of a model config's family: the SD 2 one for an OpenCLIP text tower, else the official one."""
-    return SD2_AE_CONFIG if model_family(model_config) == "sd2" else DEFAULT_AE_CONFIG
+    """The A&E preset of a model config's family (``ldm.models.description``): SD 2's, SDXL's, else the official."""
+    return FAMILY_PRESETS.get(model_family(model_config), DEFAULT_AE_CONFIG)
 
 
 def attend_excite_config(

@@ -28,13 +28,14 @@ from tqdm.auto import tqdm
 from ldm.ae_flags import AE_FIELDS, DEFAULT_AE_CONFIG, add_attend_excite_args, attend_excite_config
 from ldm.errors import MissingFileError, UserError
 from ldm.guidance import GuidanceMethod, GuidanceRequest, get_method
-from ldm.guidance.attend_excite.config import AttendExciteConfig
+from ldm.guidance.attend_excite.config import AttendExciteConfig, display_config
 from ldm.guidance.attend_excite.maps import capture_token_maps
 from ldm.guidance.engine import StepMaps
 from ldm.guidance.flags import GuidanceChoice, add_guidance_args, guidance_from_args
 from ldm.guidance.tokens import describe_groups, format_token_table, resolve_ae_tokens
 from ldm.guidance.tokens import prompt_tokens as read_prompt_tokens
 from ldm.guidance.visualize import render_attention
+from ldm.models.description import describe_model
 from ldm.models.diffusion import samplers
 from ldm.models.diffusion.sampler_base import Generators
 from ldm.outputs import RunFolder
@@ -161,6 +162,9 @@ class SamplingOptions:
     ae_tokens: str = ""
     save_attention: bool = False
     extra_settings: dict = field(default_factory=dict)
+    size: Any = None  # SDXL's SizeConditioning (None: the image size, not cropped)
+    negative_prompt: str = ""
+    decode_precision: str = "auto"
     guidance: str | None = None  # the method (None: "ae" with ae_tokens, else "plain")
 
     @property
@@ -227,7 +231,7 @@ class SampledBatch:
 
     images: torch.Tensor  # [n, 3, H, W] in [0, 1], on the CPU
     latents: torch.Tensor  # [n, C, h, w], the sampler's output
-    cond: torch.Tensor  # [n, 77, D], the prompts' conditioning
+    cond: Any  # [n, 77, D], the prompts' conditioning (SDXL: {"c_crossattn": [..], "c_adm": [..]})
     guidance: Any = None  # the guidance object that ran (its ``records``), None without guidance
     token_groups: list | None = None  # per sample, the excited position groups
     report: dict = field(default_factory=dict)  # prompt -> {"tokens": table, "excited": groups}
@@ -249,6 +253,9 @@ def sample_prompts(
     log_tokens: bool = True,
     guidance: str | GuidanceMethod | None = None,
     guidance_config: Any = None,
+    size: Any = None,
+    negative_prompt: str = "",
+    decode_precision: str = "auto",
 ) -> SampledBatch:
     """One image per prompt: conditioning, ``uc`` = the empty prompt for CFG (skipped at ``scale`` 1), the guidance
     method ``guidance`` with ``guidance_config`` (schedule in absolute steps, see :func:`schedule_for_run`; default:
@@ -257,6 +264,9 @@ def sample_prompts(
     is ignored by DDPM. ``on_maps`` goes to the guidance object (each step's maps, for viewers).
     ``generator`` may be one per prompt (per-image noise, see ``sampler_base.noise_like``) and ``ae_tokens`` one
     spec per prompt; ``log_tokens`` False logs the token tables at DEBUG (the engine logs them once per run).
+    SDXL: ``size`` is the micro-conditioning (``SizeConditioning``; default: the image size, not cropped), ``uc`` has
+    zero text parts unless ``negative_prompt`` is given (every family uses ``negative_prompt`` as ``uc`` when given),
+    and decoding runs in float32 (``decode_precision``, see :func:`decode_latents`).
     """
     from ldm.models.diffusion.ddpm_sampler import DDPMSampler
 
@@ -266,8 +276,11 @@ def sample_prompts(
     config = guidance_config if guidance_config is not None else (ae_config if method.name == "ae" else None)
     guidance_object, groups, report = None, None, {}
     with torch.no_grad():
-        uc = model.get_learned_conditioning(n * [""]) if scale != 1.0 else None  # [n, 77, D]
-        c = model.get_learned_conditioning(list(prompts))  # [n, 77, D]
+        f = describe_model(model).first_stage_factor
+        image_hw = (latent_shape[1] * f, latent_shape[2] * f)
+        negatives = n * [negative_prompt] if negative_prompt else None
+        uc = model.unconditional_conditioning(n, image_hw, size, negatives) if scale != 1.0 else None  # [n, 77, D]
+        c = model.prompt_conditioning(list(prompts), image_hw, size)  # [n, 77, D] (SDXL: context and y)
         if method.name != "plain":
             if config is None:
                 raise ValueError(f"guidance {method.name!r} without its settings (an {method.config_class.__name__})")
@@ -281,9 +294,28 @@ def sample_prompts(
             unconditional_guidance_scale=scale, unconditional_conditioning=uc, latent_guidance=guidance_object,
             **kwargs,
         )  # fmt: skip
-        x = model.decode_first_stage(samples).float()  # [n, 3, H, W] in [-1, 1]
+        x = decode_latents(model, samples, decode_precision).float()  # [n, 3, H, W] in [-1, 1]
     images = ((x + 1.0) / 2.0).clamp(0.0, 1.0).cpu()  # [n, 3, H, W] in [0, 1]
     return SampledBatch(images, samples, c, guidance_object, groups, report)
+
+
+DECODE_PRECISIONS = ("auto", "full", "same")
+
+
+def decode_latents(model: torch.nn.Module, z: torch.Tensor, decode_precision: str = "auto") -> torch.Tensor:
+    """``decode_first_stage`` in float32 (``full``; ``auto`` for SDXL, whose autoencoder overflows in float16) or in
+    the sampling precision (``same``; ``auto`` for the other families, as before)."""
+    if decode_precision not in DECODE_PRECISIONS:
+        raise UserError(f"--decode_precision {decode_precision!r}: use one of {', '.join(DECODE_PRECISIONS)}")
+    full = decode_precision == "full" or (decode_precision == "auto" and describe_model(model).family == "sdxl")
+    if not full:
+        return model.decode_first_stage(z)
+    first = model.first_stage_model
+    if next(first.parameters()).dtype != torch.float32:
+        logger.info("Decoding in float32: the autoencoder goes back to float32 weights (--decode_precision)")
+        first.float()
+    with torch.autocast(z.device.type, enabled=False):
+        return model.decode_first_stage(z.float())
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
@@ -316,7 +348,8 @@ def run_txt2img(
     start_code = None
     if opts.fixed_code:
         start_code = torch.randn((batch_size, *latent_shape), generator=generator, device=device)
-    settings: dict[str, Any] = {"options": dataclasses.asdict(opts), "attend_and_excite": None, "prompts": {}}
+    settings: dict[str, Any] = {"options": _jsonable(dataclasses.asdict(opts)), "attend_and_excite": None,
+                                "prompts": {}}  # fmt: skip
     if method.name == "ae":
         settings["attend_and_excite"] = dataclasses.asdict(used) | {"steps_run": n_run}
     if method.name != "plain":
@@ -330,7 +363,8 @@ def run_txt2img(
                 x_T = start_code[: len(prompts)] if start_code is not None else None
                 out = sample_prompts(
                     model, sampler, prompts, latent_shape, opts.steps, opts.scale, eta=opts.eta, generator=generator,
-                    x_T=x_T, ae_tokens=opts.ae_tokens, guidance=method, guidance_config=used,
+                    x_T=x_T, ae_tokens=opts.ae_tokens, guidance=method, guidance_config=used, size=opts.size,
+                    negative_prompt=opts.negative_prompt, decode_precision=opts.decode_precision,
                 )  # fmt: skip
                 settings["prompts"].update(out.report)
                 for k, image in enumerate(out.images):
@@ -353,13 +387,14 @@ def run_txt2img(
     return settings
 
 
-def display_config(config: Any) -> AttendExciteConfig:
-    """The A&E map settings (side, softmax, smoothing) that show a method's token maps: its own where it has them."""
-    if isinstance(config, AttendExciteConfig):
-        return config
-    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(AttendExciteConfig)
-              if f.name != "token_indices" and hasattr(config, f.name)}  # fmt: skip
-    return AttendExciteConfig(**shared)
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def attention_picture(

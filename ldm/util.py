@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 # a transformers<4.31 persistent buffer and the EMA bookkeeping scalars.
 DROPPED_CHECKPOINT_KEYS = (
     "cond_stage_model.transformer.text_model.embeddings.position_ids",
+    "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",  # the same in SDXL's layout
+    "denoiser.sigmas",  # sgm's noise levels, a buffer computed from the schedule (SDXL)
     "model_ema.decay",
     "model_ema.num_updates",
 )
@@ -312,8 +314,14 @@ def load_model_from_config(
     config: Mapping | DictConfig, ckpt: str | os.PathLike | None, strict: bool = True
 ) -> torch.nn.Module:
     """Instantiate `config.model` (or `config` itself when it has a target) and load `ckpt` into it."""
+    from ldm.models.description import describe_config
+
     model_config = config["model"] if "model" in config else config
     model = instantiate_from_config(model_config)
+    try:
+        model.description = describe_config(config)  # family, towers, toy (``ldm.models.description``)
+    except Exception as err:  # a config the description does not know (a first stage alone): no description
+        logger.debug("no model description for this config: %s", err)
     if ckpt:
         logger.info("Loading model weights from %s", ckpt)
         state_dict = load_state_dict_file(ckpt)

@@ -18,12 +18,12 @@ import argparse
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ldm.errors import MissingFileError, UserError
+from ldm.models.description import ModelDescription, describe_config
 from ldm.util import load_yaml, repo_path
 
 logger = logging.getLogger(__name__)
@@ -33,49 +33,14 @@ __all__ = [
     "attention_sides", "check_attention_res", "check_sampling", "check_sampling_flags",
 ]  # fmt: skip
 
-# UNetModel's and the first stage's defaults, for configs that leave them out
-DEFAULT_CHANNEL_MULT = (1, 2, 4, 8)
-DEFAULT_FIRST_STAGE_FACTOR = 8
-DEFAULT_TIMESTEPS = 1000
+# What a model config fixes about the sampling flags is its description (``ldm.models.description``); the old name
+# stays importable.
+ModelGeometry = ModelDescription
 
 
-@dataclass(frozen=True)
-class ModelGeometry:
-    """What a model config fixes about the sampling flags."""
-
-    first_stage_factor: int  # f: image pixels per latent pixel, 2^(len(ch_mult) - 1)
-    unet_levels: int  # len(channel_mult): the UNet halves the latent (levels - 1) times
-    timesteps: int  # T, the most steps any sampler can run
-    channels: int  # latent channels
-    image_size: int  # the latent side the model was trained at
-    attention_ds: tuple[int, ...]  # latent downsampling of each cross-attention layer (attention_resolutions, middle)
-
-    @property
-    def downsampling(self) -> int:
-        """Image pixels per pixel of the UNet's lowest level: image sides must be multiples of this."""
-        return self.first_stage_factor * 2 ** (self.unet_levels - 1)
-
-
-def model_geometry(config: DictConfig) -> ModelGeometry:
-    """The :class:`ModelGeometry` of a model config (``model:`` at the top, or the model itself)."""
-    model = config.model if "model" in config else config
-    ch_mult = OmegaConf.select(model, "params.first_stage_config.params.ddconfig.ch_mult")
-    f = 2 ** (len(ch_mult) - 1) if ch_mult else DEFAULT_FIRST_STAGE_FACTOR
-    unet = OmegaConf.select(model, "params.unet_config.params") or {}
-    levels = len(unet.get("channel_mult") or DEFAULT_CHANNEL_MULT)
-    bottom = 2 ** (levels - 1)
-    ds = {int(d) for d in unet.get("attention_resolutions") or () if int(d) <= bottom}
-    if unet.get("use_spatial_transformer", False):
-        ds.add(bottom)  # the middle block's cross-attention
-    params = model.get("params") or {}
-    return ModelGeometry(
-        first_stage_factor=f,
-        unet_levels=levels,
-        timesteps=int(params.get("timesteps", DEFAULT_TIMESTEPS)),
-        channels=int(params.get("channels", unet.get("in_channels", 4))),
-        image_size=int(params.get("image_size", unet.get("image_size", 32))),
-        attention_ds=tuple(sorted(ds)),
-    )
+def model_geometry(config: DictConfig) -> ModelDescription:
+    """The :class:`ModelDescription` of a model config (``model:`` at the top, or the model itself)."""
+    return describe_config(config)
 
 
 def check_files(files: Sequence[tuple[str, str | os.PathLike | None, bool]]) -> list[Path | None]:
@@ -126,12 +91,11 @@ def check_count(flag: str, value: int, high: int | None = None, why: str = "") -
     raise UserError(f"{flag} {value}: must be {bound}")
 
 
-def attention_sides(H: int, W: int, geometry: ModelGeometry) -> list[int]:
+def attention_sides(H: int, W: int, geometry: ModelDescription) -> list[int]:
     """The sides of the (square) cross-attention maps at image size ``H`` x ``W``, largest first."""
-    h, w = H // geometry.first_stage_factor, W // geometry.first_stage_factor
-    if h != w:
+    if H != W:
         return []
-    return sorted({h // ds for ds in geometry.attention_ds}, reverse=True)
+    return [h for h, _ in geometry.attention_sides(H, W)]
 
 
 def check_attention_res(res: int, H: int, W: int, geometry: ModelGeometry, flag: str = "--ae_attention_res") -> None:

@@ -7,6 +7,10 @@ The input format is detected from the file. `--placeholder` renames a single emb
 name the concept by a word that is often not a single token); TI output looks up token ids with the tokenizer of the
 model `--config` builds (and checks the vector size against it), else with the tokenizer of the family the vector
 size belongs to (768 SD v1, 1024 SD v2, 1280 LDM). `--expect_dim` checks the size. The output folder must exist.
+
+SDXL files (`clip_l` + `clip_g`, as AUTOMATIC1111, ComfyUI and diffusers write them) convert to `--to ti` (this
+project's layout, several placeholders, tower widths recorded) and back to `--to a1111` / `--to diffusers` (both are
+the clip_l/clip_g file for SDXL); an SD 1/SD 2 file does not become an SDXL one, and the reverse (an error says so).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from ldm.modules.embedding_interop import (  # noqa: E402
     check_dim,
     read_embeddings,
     renamed,
-    tokenizer_from_config,
+    tokenizer_and_widths,
     with_token_ids,
     write_embeddings,
 )
@@ -50,8 +54,8 @@ def convert(argv: list[str] | None = None) -> Path:
     embeddings = read_embeddings(opt.input)
     tokenizer = None
     if opt.config is not None:
-        tokenizer, dim = tokenizer_from_config(opt.config)
-        check_dim(embeddings, dim, opt.input)
+        tokenizer, widths = tokenizer_and_widths(opt.config)
+        check_dim(embeddings, widths, opt.input)
     if opt.expect_dim is not None:
         check_dim(embeddings, opt.expect_dim, opt.input)
     if opt.placeholder is not None:

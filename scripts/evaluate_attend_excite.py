@@ -18,8 +18,10 @@ or are generated first, without and with A&E, into ``<out_dir>/images/{without_a
         --clip_model /models/clip-vit-base-patch16 --n_samples 64 --out_dir outputs/ae_eval
 
 A&E excites the last word of each half of the prompt (``--ae_tokens`` overrides that for every prompt); every A&E
-knob has an ``--ae_<field>`` flag (as in scripts/txt2img.py) and the schedule is scaled to the DDIM steps run. Each
-generated folder gets a ``settings.json`` of what was used and what the guidance did.
+knob has an ``--ae_<field>`` flag (as in scripts/txt2img.py) and the schedule is scaled to the DDIM steps run.
+``--guidance NAME`` (with its ``--g_<field>`` flags) compares another registered guidance method with plain sampling
+instead; its images go to ``images/with_<NAME>/``. Each generated folder gets a ``settings.json`` of what was used
+and what the guidance did.
 
 Writes ``clip_raw_metrics.json`` (per prompt and image), ``clip_aggregated_metrics.json`` (per category) and
 ``clip_metrics.md`` (the table, also printed) to ``--out_dir``.
@@ -89,6 +91,7 @@ def get_parser() -> argparse.ArgumentParser:
     engine.add_distributed_args(p)
     tokens_help = "words/positions to excite in every prompt (default: the last word of each half of the prompt)"
     inference.add_attend_excite_args(p, tokens_help=tokens_help, save_attention=False)
+    inference.add_guidance_args(p)
     return p
 
 
@@ -127,7 +130,12 @@ def check_tokens(model: torch.nn.Module, args: argparse.Namespace, prompts: list
                            "give positions with --ae_tokens to pick another)", prompt, list(groups))  # fmt: skip
 
 
-LABELS = {"plain": "without_ae", "ae": "with_ae"}  # method -> image folder under <out_dir>/images
+LABELS = {"plain": "without_ae", "ae": "with_ae"}  # method -> image folder under <out_dir>/images (others: with_<name>)
+
+
+def labels_for(method: str) -> dict[str, str]:
+    """The two methods compared and their image folders: plain and ``method``."""
+    return {"plain": LABELS["plain"], method: LABELS.get(method, f"with_{method}")}
 
 
 def generate_all(args: argparse.Namespace, prompts: list[tuple[str, str]]) -> tuple[dict[str, Path], dict] | None:
@@ -140,55 +148,68 @@ def generate_all(args: argparse.Namespace, prompts: list[tuple[str, str]]) -> tu
     if not args.ae_tokens.strip():
         for _, prompt in prompts:
             object_words(prompt)  # fail early on prompts A&E cannot use
-    inference.check_sampling_flags(args, ckpt_flag="--ckpt_path", ae=True)  # before the model is loaded
-    ae_config = inference.attend_excite_config(args)
+    args.guidance = args.guidance or "ae"
+    if args.guidance == "plain":
+        raise ValueError("--guidance plain: the evaluation compares plain sampling with a guidance method; pick one")
+    inference.check_sampling_flags(args, ckpt_flag="--ckpt_path", ae=args.guidance == "ae")  # before loading
+    spec = args.ae_tokens
+    args.ae_tokens = args.ae_tokens or "per prompt"  # the method's token check; the words come from each prompt
+    choice = inference.guidance_choice(args)
+    args.ae_tokens = spec
+    labels = labels_for(choice.name)
     sampler = sampler_from_flags(args)
     texts = [p for _, p in prompts]
     root = Path(args.out_dir) / "images"
     items = engine.make_items(
-        root, texts, args.n_samples, list(LABELS), args.seed,
-        path_of=lambda p, i, m: Path(LABELS[m]) / p / f"{i:04}.png",  # the folder is named exactly like the prompt
+        root, texts, args.n_samples, list(labels), args.seed,
+        path_of=lambda p, i, m: Path(labels[m]) / p / f"{i:04}.png",  # the folder is named exactly like the prompt
         ae_tokens_of=lambda p: ae_spec(args, p),
-        record_of=lambda p, i, m: Path(LABELS[m]) / p / "guidance" / f"{i:04}.json",
+        record_of=lambda p, i, m: Path(labels[m]) / p / "guidance" / f"{i:04}.json",
     )  # fmt: skip
     fabric = engine.launch(engine.distributed_options(args))
     model = engine.load_model_for(fabric.device, args.config, args.ckpt_path, args.embedding_path, args.precision,
                            "--ckpt_path")  # fmt: skip
     check_tokens(model, args, prompts)
     shape = latent_shape(model, inference.first_stage_factor(args.config), args.H, args.W)
-    ae_used, n_run = inference.schedule_for_run(ae_config, sampler, args.ddim_steps, model.num_timesteps,
-                                                log=fabric.global_rank == 0)  # fmt: skip
+    used, n_run = inference.schedule_for_run(choice.config, sampler, args.ddim_steps, model.num_timesteps,
+                                             log=fabric.global_rank == 0, method=choice.method)  # fmt: skip
     settings = {
         "ckpt_path": args.ckpt_path, "config": args.config, "embedding_path": args.embedding_path,
         "n_samples": args.n_samples, "sampler": sampler, "ddim_steps": args.ddim_steps, "scale": args.scale,
         "seed": args.seed,
         "precision": args.precision, "latent_shape": list(shape),
-        "attend_and_excite": dataclasses.asdict(ae_used) | {"steps_run": n_run},
     }  # fmt: skip
+    used_record = dataclasses.asdict(used) | {"steps_run": n_run}
+    if choice.name == "ae":
+        settings["attend_and_excite"] = used_record
+    else:
+        settings["guidance"] = {"method": choice.name, "settings": used_record}
     engine_settings = engine.EngineSettings(
-        latent_shape=shape, sampler=sampler, steps=args.ddim_steps, scale=args.scale,
-        batch_size=args.batch_size, precision=args.precision, ae_config=ae_config,
+        latent_shape=shape, sampler=sampler, steps=args.ddim_steps, scale=args.scale, batch_size=args.batch_size,
+        precision=args.precision, ae_config=choice.config if choice.name == "ae" else None,
+        guidance=None if choice.name == "ae" else {choice.name: choice.config},
     )  # fmt: skip
     record = {k: settings[k] for k in ("ckpt_path", "config", "embedding_path", "seed")}
     result = engine.run_items(fabric, model, items, engine_settings, root, record)
     if not result.is_rank_zero:
         return None
     for _, prompt in prompts:
-        for method, label in LABELS.items():
-            ae = None
-            if method == "ae":  # the config used, the tokens (table and excited positions) and what the guidance did
+        for method, label in labels.items():
+            guided = None
+            if method != "plain":  # the settings used, the tokens (table, excited positions), what the guidance did
                 spec = ae_spec(args, prompt)
                 _, _, report = inference.resolve_batch_tokens(model, [prompt], spec)
-                mine = [it for it in items if it.prompt == prompt and it.method == "ae"]
+                mine = [it for it in items if it.prompt == prompt and it.method == method]
                 records = read_guidance_records([it.record_path for it in mine])
                 done = {"ae_tokens": spec, **report[prompt], "guidance": guidance_summary(records)}
-                ae = settings["attend_and_excite"] | done
-            folder_record = {"prompt": prompt, "method": label, **settings, "attend_and_excite": ae}
+                guided = used_record | done
+            key = "attend_and_excite" if method in ("plain", "ae") else "guidance"
+            folder_record = {"prompt": prompt, "method": label, **settings, key: guided}
             save_json(folder_record, root / label / prompt / "settings.json", root)
     del model
     if fabric.device.type == "cuda":
         torch.cuda.empty_cache()
-    return {label: root / label for label in LABELS.values()}, settings
+    return {label: root / label for label in labels.values()}, settings
 
 
 def main(argv: list[str] | None = None) -> dict:

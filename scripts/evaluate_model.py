@@ -71,21 +71,27 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_save", action="store_true", help="delete out_dir/samples after scoring")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     engine.add_distributed_args(p)
+    tokens_help = "sample with Attend-and-Excite on these words/positions (e.g. '*'); empty: plain sampling"
+    inference.add_attend_excite_args(p, tokens_help=tokens_help, save_attention=False)
+    inference.add_guidance_args(p)  # --guidance NAME: sample with another registered method (its --g_<field> flags)
     return p
 
 
 def generate_samples(args: argparse.Namespace, samples: Path) -> list[Path] | None:
     """The ``--n_samples`` images of ``--prompt`` as ``samples/NNNN.png``, on the engine (one process per device;
     images that exist are kept). Returns their paths on rank 0 once every rank is done, None on the other ranks."""
-    items = engine.make_items(samples, [args.prompt], args.n_samples, ["plain"], args.seed,
-                       path_of=lambda p, i, m: f"{i:04}.png")  # fmt: skip
+    choice = inference.guidance_choice(args)
+    items = engine.make_items(samples, [args.prompt], args.n_samples, [choice.name], args.seed,
+                              path_of=lambda p, i, m: f"{i:04}.png", ae_tokens_of=lambda p: args.ae_tokens)  # fmt: skip
     fabric = engine.launch(engine.distributed_options(args))
     model = engine.load_model_for(fabric.device, args.config, args.ckpt_path, args.embedding_path, args.precision,
                            "--ckpt_path")  # fmt: skip
     shape = latent_shape(model, inference.first_stage_factor(args.config), args.H, args.W)
     settings = engine.EngineSettings(
         latent_shape=shape, sampler=sampler_from_flags(args), steps=args.ddim_steps, scale=args.scale,
-        batch_size=args.batch_size, precision=args.precision,
+        batch_size=args.batch_size,
+        precision=args.precision, ae_config=choice.config if choice.name == "ae" else None,
+        guidance={choice.name: choice.config} if choice.name not in ("plain", "ae") else None,
     )  # fmt: skip
     record = {"prompt": args.prompt, "config": args.config, "ckpt_path": args.ckpt_path,
               "embedding_path": args.embedding_path, "seed": args.seed}  # fmt: skip

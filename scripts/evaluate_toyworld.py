@@ -22,6 +22,10 @@ headline rates from there) and a plot (docs/results.png, docs/results_toyworld2.
       share of "a photo of *" samples where the detector finds the held-out star, against "*" = its init word;
       each with and without A&E on "*".
 (iii) "a * and a {colour} {shape}": both present, plain against A&E (learned "*").
+--methods plain,ae,syngen,...: instead, every registered guidance method against plain on (i), (i') and (iii), in
+      one table with paired 95% intervals, time per image and UNet evaluations per image; each method runs with its
+      ToyWorld settings (ldm/toyworld/methods.py says where they come from). It writes its own section of the results
+      file ("Guidance methods on <toy>").
 Seeds are fixed (prompt list, starting noise, inversion), so a rerun reproduces the numbers on the same machine.
 Evaluation seeds: prompt seeds 0-2, noise 5000+ (o), 10000+ (i), 20000+ (i'), 30000+ (ii), 40000+ (iii); tuning
 used other ones (the first toy's A&E preset: prompt seed 100, noise 50000+; ToyWorld 2's caption-noise sweep,
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -42,9 +47,10 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from ldm.ae_flags import load_ae_config  # noqa: E402
-from ldm.models.diffusion.samplers import SAMPLER_NAMES  # noqa: E402
+from ldm.models.diffusion.samplers import SAMPLER_NAMES, SAMPLERS  # noqa: E402
 from ldm.toyworld import sampler_bench  # noqa: E402
 from ldm.toyworld.benchmarks import OFFICIAL_AE_CONFIG, TOYS, Benchmarks, ae_methods, invert  # noqa: E402
+from ldm.toyworld.methods import compare_methods, methods_table, toy_methods  # noqa: E402
 from ldm.toyworld.report import RunDescription, draw_plot, results_section, write_results  # noqa: E402
 from ldm.toyworld.sampling import AE_CONFIG, SampleSettings, load_toyworld_model  # noqa: E402
 from ldm.validation import check_attention_res, check_sampling  # noqa: E402
@@ -89,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=str, default="docs/results.md", help="markdown; the toy's section is replaced")
     p.add_argument("--plot", type=str, default=None, help="default docs/results.png (toy 1), "
                    "docs/results_toyworld2.png (toy 2)")  # fmt: skip
+    methods_help = "compare these registered guidance methods with plain sampling in one table (e.g. plain,ae,syngen)"
+    p.add_argument("--methods", type=str, default=None, help=methods_help + " instead of the A&E evaluation")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     toy = TOYS[args.toy]
     args.config = args.config or str(toy.config)
     args.ckpt = args.ckpt or str(toy.ckpt)
@@ -127,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return sampler_rows(args, settings, geometry)
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    if args.methods:
+        return compare(args, settings, n_three, outdir)
     methods = ae_methods(args.ae_config, args.official_config, resolutions, colour_words=not args.no_colour_words,
                          second_ae_config=args.second_ae_config)  # fmt: skip
     bench = Benchmarks(settings, methods, outdir)
@@ -149,6 +160,33 @@ def main(argv: list[str] | None = None) -> int:
     section = results_section(run, methods, bench.rows, bench.diffs, bench.timings)
     write_results(args.results, args.toy, section)
     draw_plot(bench.rows, Path(args.plot), toy.title)
+    print(section)
+    return 0
+
+
+def compare(args: argparse.Namespace, settings: SampleSettings, n_three: int, outdir: Path) -> int:
+    """--methods: every method against plain in one table (ldm/toyworld/methods.py)."""
+    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    methods = toy_methods(args.toy, names)  # unknown names are an error before anything is loaded
+    model = load_toyworld_model(args.config, args.ckpt)
+    emb = Path(args.embedding_path) if args.embedding_path else None
+    if emb is None and args.n_inversion:
+        emb = invert(args.inversion_steps, outdir / "inversion", args.seed, args.ckpt, args.finetune_config)
+    model_inv = load_toyworld_model(args.config, args.ckpt, embedding_path=emb) if emb else None
+    n_three = n_three if args.three_subjects != "no" else 0
+    result = compare_methods(model, model_inv, methods, settings, args.n_pairs, n_three, args.n_inversion,
+                             args.seed, outdir)  # fmt: skip
+    toy = TOYS[args.toy]
+    command = "python scripts/evaluate_toyworld.py " + shlex.join(args.argv)
+    lines = [f"## Guidance methods on {toy.title}", "", "Made by", "", "```", command, "```", "",
+             f"{SAMPLERS[args.sampler].title} {args.steps} steps, eta 0, guidance scale {args.scale}; the "
+             "evaluation's prompts and seeds (plain "
+             "is the same as in the toy's main section). Settings: "
+             + "; ".join(f"{m.label} `{m.source}`" for m in methods) + ". Cells: rate (difference to plain [95% "
+             "paired bootstrap interval]). UNet evaluations per image count every sample through the UNet (a CFG "
+             "step 2, a truncated guidance pass 1).", "", *methods_table(result, methods), ""]  # fmt: skip
+    section = "\n".join(lines)
+    write_results(args.results, args.toy, section, kind="methods")
     print(section)
     return 0
 

@@ -22,7 +22,6 @@ if str(REPO) not in sys.path:
 
 TOYWORLD_CONFIG = "configs/toyworld/txt2img-inference.yaml"
 TOYWORLD_CKPT = "models/toyworld/txt2img.safetensors"
-TOYWORLD_AE = "configs/toyworld/attend_and_excite.yaml"
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -40,12 +39,12 @@ def get_parser() -> argparse.ArgumentParser:
         "--ae_config",
         type=str,
         default=None,
-        help="the A&E preset shown first (default: the ToyWorld preset for ToyWorld, else the official)",
+        help="the A&E preset shown first (default: the model family's, from its description)",
     )
     p.add_argument("--embedding_path", type=str, default=None, help="textual-inversion embeddings, any format")
     p.add_argument("--prompt", type=str, default="", help="the prompt the page starts with")
     p.add_argument("--steps", type=int, default=None, help="initial steps (default: 25 for ToyWorld, else 50)")
-    p.add_argument("--scale", type=float, default=None, help="initial guidance scale (default: 3 ToyWorld, else 7.5)")
+    p.add_argument("--scale", type=float, default=None, help="initial scale (default: 3 ToyWorld, 5 SDXL, else 7.5)")
     p.add_argument("--seed", type=int, default=42, help="initial seed")
     p.add_argument("--device", type=str, default=None, help="torch device (default: cuda if available)")
     p.add_argument("--display_size", type=int, default=256, help="small images are enlarged to about this width")
@@ -64,22 +63,19 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         sys.exit('scripts/explore.py needs Gradio: pip install -e ".[app]"')
     from ldm.explorer.app import build_app, launch
-    from ldm.explorer.session import Explorer, Settings
+    from ldm.explorer.session import Explorer
 
     toyworld = opt.config is None
     config = opt.config or str(REPO / TOYWORLD_CONFIG)
     if opt.ckpt is None and not toyworld:
         sys.exit("--ckpt is required with --config (the checkpoint of that model)")
     ckpt = opt.ckpt or str(REPO / TOYWORLD_CKPT)
-    ae_config = opt.ae_config or (str(REPO / TOYWORLD_AE) if toyworld else None)
+    from ldm.models.description import describe_config
+
+    # the family's (or the toy's) A&E preset: ToyWorld 1's own, SD 2's, SDXL's, else the official one
+    ae_config = opt.ae_config or str(REPO / "configs" / describe_config(config).defaults.ae_preset)
     explorer = Explorer.load(config, ckpt, ae_config, opt.embedding_path, opt.device)
-    settings = Settings(
-        steps=opt.steps or (25 if toyworld else 50),
-        scale=opt.scale or (3.0 if toyworld else 7.5),
-        seed=opt.seed,
-        H=explorer.default_size,
-        W=explorer.default_size,
-    )
+    settings = explorer.default_settings(opt.seed, opt.steps, opt.scale)  # the model description's defaults
     demo = build_app(explorer, settings, prompt=opt.prompt, display_size=opt.display_size)
     launch(demo, host=opt.host, port=opt.port, share=opt.share)
 

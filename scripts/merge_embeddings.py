@@ -7,7 +7,9 @@ Inputs may be in any supported format (TI, A1111, diffusers). A placeholder used
 `--rename OLD=NEW` renames the next clashing OLD (in file order) to NEW; a clash without a rename is an error.
 Never prompts. `-sd` means the files are for Stable Diffusion v1 (CLIP tokens), `-sd2` for Stable Diffusion 2.x
 (1024-wide vectors, OpenCLIP tokens); without either, LDM (BERT tokens). `--config` uses the tokenizer and vector size
-of the model a config builds instead (any model, e.g. ToyWorld).
+of the model a config builds instead (any model, e.g. ToyWorld). `-sdxl` merges SDXL files (clip_l/clip_g, CLIP
+tokens) into this project's layout with the tower widths recorded (SDXL tools read one placeholder per file: split a
+merged file with scripts/convert_embedding.py).
 """
 
 from __future__ import annotations
@@ -26,14 +28,15 @@ from ldm.modules.embedding_interop import (  # noqa: E402
     check_dim,
     read_embeddings,
     single_token_id,
-    tokenizer_for_dim,
-    tokenizer_from_config,
+    tokenizer_and_widths,
+    tokenizer_for_widths,
     write_embeddings,
 )
 from ldm.outputs import OutputError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 SD_DIM, SD2_DIM, LDM_DIM = 768, 1024, 1280
+SDXL_WIDTHS = {"clip_l": 768, "clip_g": 1280}
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -43,6 +46,7 @@ def get_parser() -> argparse.ArgumentParser:
     family = p.add_mutually_exclusive_group()
     family.add_argument("-sd", "--stable_diffusion", action="store_true", help="SD v1 embeddings (else LDM)")
     family.add_argument("-sd2", "--stable_diffusion_2", action="store_true", help="SD 2.x embeddings (1024 wide)")
+    family.add_argument("-sdxl", "--sdxl", action="store_true", help="SDXL embeddings (clip_l 768 + clip_g 1280)")
     family.add_argument("--config", default=None, help="model config whose tokenizer and vector size to use")
     p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW", help="resolve a placeholder clash")
     return p
@@ -58,13 +62,17 @@ def parse_renames(values: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def merge(paths: list[str], renames: list[tuple[str, str]], expected_dim: int, tokenizer: Any = None) -> Embeddings:
-    tokenizer = tokenizer or tokenizer_for_dim(expected_dim)
+def merge(
+    paths: list[str], renames: list[tuple[str, str]], expected: int | dict[str, int], tokenizer: Any = None
+) -> Embeddings:
+    widths = {"": expected} if isinstance(expected, int) else dict(expected)
+    tokenizer = tokenizer or tokenizer_for_widths(widths)
     pending = list(renames)
-    merged = Embeddings({}, {}, "ti")
+    towers = tuple(widths.items()) if list(widths) != [""] else None
+    merged = Embeddings({}, {}, "ti", towers=towers)
     for path in paths:
         embeddings = read_embeddings(path)
-        check_dim(embeddings, expected_dim, path)
+        check_dim(embeddings, widths, path)
         for key, vector in embeddings.vectors.items():
             token = embeddings.tokens.get(key)
             if key in merged.vectors:
@@ -89,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     opt = get_parser().parse_args(argv)
     try:
-        tokenizer, dim = tokenizer_from_config(opt.config) if opt.config else (None, None)
-        dim = dim or (SD2_DIM if opt.stable_diffusion_2 else SD_DIM if opt.stable_diffusion else LDM_DIM)
-        merged = merge(opt.manager_ckpts, parse_renames(opt.rename), dim, tokenizer)
+        tokenizer, widths = tokenizer_and_widths(opt.config) if opt.config else (None, None)
+        family_widths = SDXL_WIDTHS if opt.sdxl else SD2_DIM if opt.stable_diffusion_2 else None
+        widths = widths or family_widths or (SD_DIM if opt.stable_diffusion else LDM_DIM)
+        merged = merge(opt.manager_ckpts, parse_renames(opt.rename), widths, tokenizer)
         write_embeddings(merged, opt.output_path, "ti")
     except (EmbeddingFileError, OutputError) as err:
         logger.error("%s", err)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Text-to-image with Stable Diffusion v1 (CLIP) or 2.x (OpenCLIP), optional textual-inversion embeddings and
+"""Text-to-image with Stable Diffusion v1 (CLIP), 2.x (OpenCLIP) or XL, optional textual-inversion embeddings and
 Attend-and-Excite.
 
     python scripts/stable_txt2img.py --ckpt <sd-v1.ckpt> --prompt "a cat and a frog" --ae_tokens 2,5
@@ -7,6 +7,13 @@ Attend-and-Excite.
         --ckpt v2-1_512-ema-pruned.safetensors --prompt "a cat and a frog" --ae_tokens cat,frog
     python scripts/stable_txt2img.py --config configs/stable-diffusion/v2-inference-v.yaml \
         --ckpt v2-1_768-ema-pruned.safetensors --H 768 --W 768 --ae_tokens cat,frog --ae_attention_res 24
+
+    python scripts/stable_txt2img.py --config configs/sdxl/sd_xl_base-inference.yaml \
+        --ckpt sd_xl_base_1.0.safetensors --H 1024 --W 1024 --scale 5 --n_samples 1 --prompt "a cat and a frog" \
+        --original_size 1024,1024 --crop_top_left 0,0 --target_size 1024,1024 --precision fp16
+
+SDXL: --original_size / --crop_top_left / --target_size are its size conditioning (default: the image size, 0,0);
+its autoencoder decodes in float32 unless --decode_precision same.
 
 --ae_tokens words are read with the model's own tokenizer (OpenCLIP's for SD 2); without --ae_config an SD 2 model
 gets configs/guidance/attend_and_excite_sd2.yaml (softmax_end: eot).
@@ -31,6 +38,7 @@ from ldm.engine import add_distributed_args, load_model_for  # noqa: E402
 from ldm.engine.txt2img import run_from_file  # noqa: E402
 from ldm.precision import PRECISIONS  # noqa: E402
 from ldm.sampler_flags import add_sampler_args, sampler_from_flags  # noqa: E402
+from ldm.size_flags import add_size_args, size_conditioning  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -71,6 +79,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="torch.compile the UNet (the first step of each shape compiles: slower start, faster steps)",
     )
     inference.add_sampling_guidance_args(p)
+    add_size_args(p)
     return p
 
 
@@ -89,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         f=geometry.first_stage_factor, seed=opt.seed,
         fixed_code=opt.fixed_code, skip_grid=opt.skip_grid, skip_save=opt.skip_save, n_rows=opt.n_rows,
         precision=opt.precision, layout="sd", ae_tokens=opt.ae_tokens, save_attention=opt.save_attention,
-        extra_settings=vars(opt), guidance=opt.guidance,
+        extra_settings=vars(opt), size=size_conditioning(opt, geometry.family), negative_prompt=opt.negative_prompt,
+        decode_precision=opt.decode_precision, guidance=opt.guidance,
     )  # fmt: skip
     if opt.from_file:
         run_from_file(opt, options, opt.ckpt, "--ckpt")

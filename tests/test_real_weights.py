@@ -1,7 +1,8 @@
 """Released checkpoints load strictly and sample (skipped unless the files are present; nothing is downloaded).
 
 Point the tests at your copies with LDM_TEXT2IMG_CKPT / SD_V1_CKPT / SD_V2_CKPT (v2-1_512-ema-pruned or
-512-base-ema) / SD_V2_V_CKPT (v2-1_768-ema-pruned or 768-v-ema), or put them at the default paths below (a
+512-base-ema) / SD_V2_V_CKPT (v2-1_768-ema-pruned or 768-v-ema) / SDXL_CKPT
+(sd_xl_base_1.0.safetensors), or put them at the default paths below (a
 `.safetensors` file with the same stem is found too).
 """
 
@@ -33,6 +34,7 @@ CASES = {
         "models/ldm/stable-diffusion-v2/v2-1_768-ema-pruned.ckpt",
         "configs/stable-diffusion/v2-inference-v.yaml",
     ),
+    "sdxl": ("SDXL_CKPT", "models/sdxl/sd_xl_base_1.0.safetensors", "configs/sdxl/sd_xl_base-inference.yaml"),
 }
 
 

@@ -30,6 +30,7 @@ from ldm.engine.distributed import ProgressBoard
 from ldm.engine.items import WorkItem, item_generator, start_noise
 from ldm.guidance import get_method
 from ldm.guidance.attend_excite.config import AttendExciteConfig
+from ldm.models.diffusion.sampler_base import select_cond
 from ldm.outputs import save_image, save_json
 from ldm.precision import cast_model
 
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["EngineSettings", "EngineResult", "load_model_for", "sample_items", "run_items", "STATE_DIR"]
 
 STATE_DIR = ".engine"  # inside the output root: the settings record and the ranks' progress files
+# settings added after the first engine release, left out of the settings record at their defaults
+NEW_SETTINGS = {"guidance": None, "size": None, "negative_prompt": "", "decode_precision": "auto"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class EngineSettings:
     precision: str = "full"
     ae_config: AttendExciteConfig | None = None  # the schedule as written (scaled to the steps run here)
     guidance: Mapping[str, Any] | None = None  # other methods' settings by method name (as written)
+    size: Any = None  # SDXL's SizeConditioning
+    negative_prompt: str = ""
+    decode_precision: str = "auto"
 
     def method_config(self, method: str) -> Any:
         """The settings (as written) the items of ``method`` are sampled with; None for plain sampling."""
@@ -128,7 +134,8 @@ def sample_items(
     out = inference.sample_prompts(
         model, sampler, [it.prompt for it in items], settings.latent_shape, settings.steps, settings.scale,
         eta=settings.eta, generator=generators, x_T=x_T, ae_tokens=specs, log_tokens=False, guidance=method,
-        guidance_config=used,
+        guidance_config=used, size=settings.size, negative_prompt=settings.negative_prompt,
+        decode_precision=settings.decode_precision,
     )  # fmt: skip
     if len(items) == n:
         return out
@@ -136,7 +143,8 @@ def sample_items(
         for rec in out.guidance.records:
             rec["groups"] = [g for g in rec["groups"] if min(g["samples"]) < n]
     groups = out.token_groups[:n] if out.token_groups is not None else None
-    return inference.SampledBatch(out.images[:n], out.latents[:n], out.cond[:n], out.guidance, groups, out.report)
+    cond = select_cond(out.cond, slice(0, n))
+    return inference.SampledBatch(out.images[:n], out.latents[:n], cond, out.guidance, groups, out.report)
 
 
 def _check_settings(root: Path, record: dict) -> None:
@@ -190,8 +198,9 @@ def run_items(
     error: Exception | None = None
     if rank == 0:
         record = {k: v for k, v in dataclasses.asdict(settings).items() if k != "batch_size"}
-        if record.get("guidance") is None:  # runs without other methods keep the record they always had
-            record.pop("guidance", None)
+        for key, default in NEW_SETTINGS.items():  # runs that do not use them keep the record they always had
+            if record.get(key) == default:
+                record.pop(key, None)
         try:
             _check_settings(root, record | (run_record or {}))
             plan = [i for i, it in enumerate(items) if not it.path.is_file()]

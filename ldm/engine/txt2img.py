@@ -68,7 +68,8 @@ def run_from_file(
         latent_shape=(options.C, options.H // options.f, options.W // options.f), sampler=options.sampler,
         steps=options.steps, scale=options.scale, eta=options.eta, batch_size=max(1, opt.n_samples),
         precision=options.precision, ae_config=choice.config if method == "ae" else None,
-        guidance={method: choice.config} if method not in ("plain", "ae") else None,
+        guidance={method: choice.config} if method not in ("plain", "ae") else None, size=options.size,
+        negative_prompt=options.negative_prompt, decode_precision=options.decode_precision,
     )  # fmt: skip
     record = {"config": str(opt.config), "ckpt": str(ckpt), "embedding_path": opt.embedding_path,
               "seed": options.seed, "fixed_code": options.fixed_code}  # fmt: skip

@@ -1,10 +1,11 @@
-"""The explorer's logic, without a browser: one loaded model, its prompt chips, the A&E settings, and runs.
+"""The explorer's logic, without a browser: one loaded model, its prompt chips, the guidance settings, and runs.
 
 A run samples the same seed twice through :func:`ldm.inference.sample_prompts`, the scripts' one sampling routine:
-without Attend-and-Excite and with it. Both runs pass the selected words to the A&E object with an ``on_maps``
-callback, so each step's token maps come from the guidance pass itself (the run without A&E uses a schedule with no
-update and no refinement: the latent is never changed, and each step runs one truncated pass for its maps). The final
-maps are those ``--save_attention`` draws (one pass on the final latent at ``t = 1``).
+without guidance and with a registered guidance method (Attend-and-Excite by default; ``method=`` any other). Both
+runs pass the selected words to a guidance object with an ``on_maps`` callback, so each step's token maps come from
+the guidance pass itself (the run without guidance uses A&E with no update and no refinement: the latent is never
+changed, and each step runs one truncated pass for its maps). The final maps are those ``--save_attention`` draws
+(one pass on the final latent at ``t = 1``). Each step's loss of the method comes from its own records.
 """
 
 from __future__ import annotations
@@ -19,14 +20,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 from ldm import inference
-from ldm.ae_flags import AE_FIELDS, DEFAULT_AE_CONFIG, add_attend_excite_args, attend_excite_config, load_ae_config
+from ldm.ae_flags import (
+    AE_FIELDS,
+    DEFAULT_AE_CONFIG,
+    add_attend_excite_args,
+    attend_excite_config,
+    load_ae_config,
+    model_family,
+)
 from ldm.explorer.chips import Chip, prompt_chips
-from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
-from ldm.models.diffusion.guidance.attend_excite_maps import StepMaps, capture_token_maps
+from ldm.guidance import get_method, method_names
+from ldm.guidance.attend_excite.config import AttendExciteConfig, display_config
+from ldm.guidance.attend_excite.maps import capture_token_maps
+from ldm.guidance.engine import StepMaps
+from ldm.guidance.flags import add_guidance_args, guidance_from_args
+from ldm.models.description import describe_config
 from ldm.models.diffusion.samplers import SAMPLER_NAMES
 from ldm.sampler_flags import sampler_from_flags
 
@@ -67,6 +78,7 @@ class RunTrace:
     timesteps: list[int | float]  # per step: the sampler's timestep t (fractional for Euler)
     guided: list[bool]  # per step: the maps came from a guidance pass
     refinement: list[int]  # per step: refinement iterations spent
+    method_loss: list[float | None] = field(default_factory=list)  # per step: the method's own loss (guided steps)
 
     @property
     def max_attention(self) -> list[list[float]]:
@@ -88,9 +100,10 @@ class RunResult:
     labels: list[str]  # one per excited word
     plain: RunTrace
     excited: RunTrace
-    config: AttendExciteConfig  # the A&E config with its schedule scaled to the steps run
-    command: str  # the txt2img command that reproduces the run with A&E
+    config: Any  # the method's settings with its schedule scaled to the steps run
+    command: str  # the txt2img command that reproduces the run with guidance
     report: dict = field(default_factory=dict)  # the scripts' token report of the prompt
+    method: str = "ae"  # the registered guidance method of the guided run
 
     @property
     def steps(self) -> int:
@@ -117,6 +130,7 @@ def field_text(value: Any) -> str:
 def _flag_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="explorer", exit_on_error=False, add_help=False)
     add_attend_excite_args(parser, save_attention=False)
+    add_guidance_args(parser)
     return parser
 
 
@@ -142,9 +156,9 @@ class Explorer:
             (k for k, p in self.presets.items() if ae_config_path and p.resolve() == Path(ae_config_path).resolve()),
             "official",
         )
-        self.factor = inference.first_stage_factor(self.config_path)
-        cond = OmegaConf.select(OmegaConf.load(self.config_path), "model.params.cond_stage_config.target") or ""
-        self.script = "scripts/txt2img.py" if "BERT" in cond else "scripts/stable_txt2img.py"
+        self.description = describe_config(self.config_path)
+        self.factor = self.description.first_stage_factor
+        self.script = "scripts/txt2img.py" if self.description.family == "ldm" else "scripts/stable_txt2img.py"
 
     @classmethod
     def load(
@@ -163,6 +177,15 @@ class Explorer:
     def default_size(self) -> int:
         """The image side the model was trained for: latent size times the autoencoder's factor."""
         return int(self.model.image_size) * self.factor
+
+    def default_settings(self, seed: int = 42, steps: int | None = None, scale: float | None = None) -> Settings:
+        """The settings a page starts with: the model description's steps, scale and image side (ToyWorld: 25 steps,
+        scale 3; SDXL: scale 5; other models: 50 steps, scale 7.5), unless given."""
+        defaults = self.description.defaults
+        return Settings(
+            steps=steps or defaults.steps, scale=scale or defaults.scale, seed=seed,
+            H=defaults.image_side, W=defaults.image_side,
+        )  # fmt: skip
 
     def placeholders(self) -> list[str]:
         manager = getattr(self.model, "embedding_manager", None)
@@ -191,6 +214,31 @@ class Explorer:
         except argparse.ArgumentError as err:
             raise ValueError(str(err)) from err
         return attend_excite_config(args), changed
+
+    def methods(self) -> list[str]:
+        """The registered guidance methods the page offers (all but plain sampling, which every run shows)."""
+        return [name for name in method_names() if name != "plain"]
+
+    def method_fields(self, method: str) -> dict[str, str]:
+        """A method's settings for this model's family (its preset, else its defaults), in ``--g_<field>`` syntax."""
+        guidance = get_method(method)
+        config = guidance_from_args(_flag_parser().parse_args(["--guidance", method, "--ae_tokens", "x"]),
+                                    model_family(self.config_path)).config  # fmt: skip
+        return {name: field_text(getattr(config, name)) for name in guidance.field_names()}
+
+    def method_config(self, method: str, fields: dict[str, str]) -> tuple[Any, list[str]]:
+        """A method's settings with the page's fields on top, parsed as the ``--g_<field>`` flags are; and the flags
+        that differ from its preset (for the equivalent command). A&E: :meth:`ae_config` of the default preset."""
+        if method == "ae":
+            return self.ae_config(self.default_preset, fields)
+        base = self.method_fields(method)
+        changed = [a for name, value in fields.items() if str(value).strip() != base.get(name)
+                   for a in (f"--g_{name}", str(value).strip())]  # fmt: skip
+        try:
+            args = _flag_parser().parse_args(["--guidance", method, "--ae_tokens", "x", *changed])
+        except argparse.ArgumentError as err:
+            raise ValueError(str(err)) from err
+        return guidance_from_args(args, model_family(self.config_path)).config, changed
 
     def load_embedding(self, path: str | Path) -> list[str]:
         """Load an embeddings file (any supported format) into the model's embedding manager; its placeholders."""
@@ -221,12 +269,16 @@ class Explorer:
         prompt: str,
         spec: str,
         settings: Settings,
-        config: AttendExciteConfig,
+        config: Any,
         progress: Progress | None = None,
         ae_flags: Sequence[str] = (),
         preset: str = "official",
+        method: str = "ae",
     ) -> RunResult:
-        """Sample ``prompt`` from ``settings.seed`` without and with A&E on the ``spec`` words (``--ae_tokens``)."""
+        """Sample ``prompt`` from ``settings.seed`` without guidance and with the guidance ``method`` (its settings:
+        ``config``) on the ``spec`` words (``--ae_tokens``). ``ae_flags``: the flags that differ from the preset
+        (``--ae_<field>`` for A&E, ``--g_<field>`` for other methods), for the equivalent command."""
+        guidance = get_method(method)
         if not prompt.strip():
             raise ValueError("--prompt: type a prompt first")
         if not spec.strip():
@@ -238,30 +290,34 @@ class Explorer:
             raise ValueError(f"--ddim_steps {settings.steps}: need at least one step")
         latent_shape = self.check_size(settings.H, settings.W)
         groups, _, report = inference.resolve_batch_tokens(self.model, [prompt], spec)  # the CLI's errors
-        used, n_run = inference.schedule_for_run(config, settings.sampler, settings.steps, self.model.num_timesteps)
+        used, n_run = inference.schedule_for_run(config, settings.sampler, settings.steps, self.model.num_timesteps,
+                                                 method=guidance)  # fmt: skip
         # no update and no refinement at any step: the latent is never changed, the maps are still captured
-        watch_only = dataclasses.replace(used, max_iter_to_alter=0, thresholds={})
+        watch_only = dataclasses.replace(display_config(used), max_iter_to_alter=0, thresholds={})
+        short = "A&E" if guidance.name == "ae" else guidance.title
+        runs = (("without " + short, "ae", watch_only), ("with " + short, guidance.name, used))
         traces = []
-        for k, (name, cfg) in enumerate((("without A&E", watch_only), ("with A&E", used))):
+        for k, (name, run_method, cfg) in enumerate(runs):
 
             def report_step(step: int, name: str = name, k: int = k) -> None:
                 if progress is not None:
                     progress((k * n_run + step + 1) / (2 * n_run), f"{name}: step {step + 1}/{n_run}")
 
-            traces.append(self._one_run(prompt, spec, settings, cfg, latent_shape, groups[0], report_step))
+            traces.append(self._one_run(prompt, spec, settings, run_method, cfg, latent_shape, groups[0], report_step))
         table = dict(report[prompt]["tokens"])
         items = [s.strip() for s in spec.split(",") if s.strip()]
         labels = [item if not item.lstrip("-").isdigit() else f"{table[g[0]].removesuffix('</w>')} ({item})"
                   for item, g in zip(items, groups[0])]  # fmt: skip
-        command = self.command(prompt, spec, settings, preset, ae_flags)
-        return RunResult(prompt, spec, labels, traces[0], traces[1], used, command, report)
+        command = self.command(prompt, spec, settings, preset, ae_flags, guidance.name)
+        return RunResult(prompt, spec, labels, traces[0], traces[1], used, command, report, guidance.name)
 
     def _one_run(
         self,
         prompt: str,
         spec: str,
         settings: Settings,
-        config: AttendExciteConfig,
+        method: str,
+        config: Any,
         latent_shape: tuple[int, int, int],
         groups: tuple,
         on_step: Callable[[int], None],
@@ -278,13 +334,15 @@ class Explorer:
         with inference.sampling_scope(self.model):
             out = inference.sample_prompts(
                 self.model, sampler, [prompt], latent_shape, settings.steps, settings.scale, eta=settings.eta,
-                generator=generator, ae_tokens=spec, ae_config=config, on_maps=keep,
+                generator=generator, ae_tokens=spec, guidance=method, guidance_config=config, on_maps=keep,
             )  # fmt: skip
             t = torch.ones(1, dtype=torch.long, device=device)
-            final = capture_token_maps(self.model.model.diffusion_model, out.latents.float(), t, out.cond.float(),
-                                       [groups], config)[0]  # fmt: skip
+            final = capture_token_maps(self.model, out.latents.float(), t, out.cond.float(), [groups],
+                                       display_config(config))[0]  # fmt: skip
+        records = out.guidance.records if out.guidance is not None else []
         per_step = {r["step"]: sum(g.get("refinement", {}).get("iterations", 0) for g in r["groups"])
-                    for r in out.guidance.records}  # fmt: skip
+                    for r in records}  # fmt: skip
+        losses = {r["step"]: r["groups"][0]["loss"] for r in records if r["groups"] and "loss" in r["groups"][0]}
         return RunTrace(
             image=inference.to_pil(out.images[0]),
             maps=[s.maps[0] for s in steps],
@@ -292,10 +350,13 @@ class Explorer:
             timesteps=[s.t for s in steps],
             guided=[s.guided for s in steps],
             refinement=[per_step.get(s.step, 0) for s in steps],
+            method_loss=[losses.get(s.step) for s in steps],
         )
 
-    def command(self, prompt: str, spec: str, settings: Settings, preset: str, ae_flags: Sequence[str]) -> str:
-        """The txt2img command that makes the run with A&E (and its maps with ``--save_attention``)."""
+    def command(
+        self, prompt: str, spec: str, settings: Settings, preset: str, ae_flags: Sequence[str], method: str = "ae"
+    ) -> str:
+        """The txt2img command that makes the guided run (and its maps with ``--save_attention``)."""
         args = [self.script, "--config", repo_relative(self.config_path), "--ckpt", repo_relative(self.ckpt_path)]
         if self.embedding_path:
             args += ["--embedding_path", repo_relative(self.embedding_path)]
@@ -308,8 +369,11 @@ class Explorer:
             args += ["--ddim_eta", str(settings.eta)]
         if self.script.endswith("stable_txt2img.py"):
             args += ["--precision", "full", "--f", str(self.factor)]
-        args += ["--ae_tokens", spec, "--ae_config", repo_relative(self.presets[preset]), *ae_flags, "--save_attention"]
-        return "python " + shlex.join(args)
+        if method == "ae":
+            args += ["--ae_tokens", spec, "--ae_config", repo_relative(self.presets[preset]), *ae_flags]
+        else:
+            args += ["--guidance", method, "--ae_tokens", spec, *ae_flags]
+        return "python " + shlex.join([*args, "--save_attention"])
 
 
 def repo_relative(path: str | Path) -> str:

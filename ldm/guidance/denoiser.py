@@ -12,24 +12,12 @@ tensor (``unet(z, t, context=..., stop_after=...)``), as before the seam existed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["GuidanceDenoiser", "select_rows", "cross_attention_context"]
-
-
-def select_rows(cond: Any, rows: Sequence[int] | torch.Tensor) -> Any:
-    """The samples ``rows`` of a conditioning: a tensor ``[B, ...]``, a list of them, or a dict of either."""
-    if isinstance(cond, torch.Tensor):
-        return cond[rows]
-    if isinstance(cond, dict):
-        return {k: select_rows(v, rows) for k, v in cond.items()}
-    if isinstance(cond, (list, tuple)):
-        return [select_rows(c, rows) for c in cond]
-    raise TypeError(f"cannot select samples of a conditioning of type {type(cond).__name__}")
+__all__ = ["GuidanceDenoiser", "cross_attention_context"]
 
 
 def cross_attention_context(cond: Any) -> torch.Tensor:

@@ -17,10 +17,12 @@ behaviour); only the cost differs:
   loss group with its own refinement (gradients do not mix: the UNet treats samples independently); ``"shared"`` makes
   the batch one group whose maps are averaged over its samples.
 
-A method subclasses :class:`AttentionLossGuidance` and defines what differs: the maps it reads (``capture_spec``),
-its loss (``group_loss``), the maps a viewer shows (``view_maps``), and, where they differ from A&E's, its step size,
-update steps, thresholds and refinement target. Its config needs the fields ``max_iter_to_alter``, ``thresholds``,
-``max_refinement_steps``, ``loss_reduction`` and ``checkpoint_guidance`` (or overrides of the methods reading them).
+A method subclasses :class:`AttentionLossGuidance` and defines what differs: its loss (``group_loss``) and step size
+(``step_size``), and where they differ from A&E's, the maps it reads (``capture_spec``: cross-attention at
+``config.attention_res``), the maps a viewer shows (``view_maps``: A&E's smoothed token maps), its update steps,
+thresholds and refinement target. The config fields the loop reads, with their defaults when a config has no such
+field: ``attention_res``, ``max_iter_to_alter``, ``thresholds`` ({}), ``max_refinement_steps`` (0),
+``loss_reduction`` ("per_sample") and ``checkpoint_guidance`` (False).
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from typing import Any
 import torch
 
 from ldm.guidance.capture import CapturedMaps, CaptureSpec, capture_plan, new_store
-from ldm.guidance.denoiser import GuidanceDenoiser, cross_attention_context, select_rows
+from ldm.guidance.denoiser import GuidanceDenoiser, cross_attention_context
 from ldm.guidance.tokens import TokenGroup
+from ldm.models.diffusion.sampler_base import select_cond
 from ldm.modules.attention_control import register_attention_controller
 from ldm.modules.diffusionmodules.util import forced_checkpointing
 
@@ -145,8 +148,13 @@ class AttentionLossGuidance:
         raise NotImplementedError
 
     def view_maps(self, maps: CapturedMaps, group: LossGroup) -> torch.Tensor:
-        """The maps a viewer shows for one sample of ``group``: ``[K, r, r]``."""
-        raise NotImplementedError
+        """The maps a viewer shows for one sample of ``group``, one per token group: ``[K, r, r]`` (default: A&E's
+        smoothed token maps with the settings of the config's fields of the same names)."""
+        from ldm.guidance.attend_excite.config import display_config
+        from ldm.guidance.attend_excite.maps import group_token_maps
+
+        shown = display_config(self.config)
+        return group_token_maps(maps.cross[shown.attention_res], group.token_groups, shown, group.eot)
 
     def default_target(self) -> SampleTarget:
         """The target of every sample when none were given per sample."""
@@ -168,7 +176,7 @@ class AttentionLossGuidance:
 
     def threshold_at(self, step: int) -> float | None:
         """The refinement threshold of step ``step``, or None (no refinement)."""
-        return self.config.thresholds.get(step)
+        return getattr(self.config, "thresholds", {}).get(step)
 
     def refinement_target(self, threshold: float) -> float:
         """Refine while the group's refinement value is above this (A&E: the loss above ``1 - threshold``)."""
@@ -186,7 +194,7 @@ class AttentionLossGuidance:
         return self.targets[sample]
 
     def loss_groups(self, batch: int) -> list[LossGroup]:
-        if self.config.loss_reduction == "shared":
+        if getattr(self.config, "loss_reduction", "per_sample") == "shared":
             targets = {self.target_of(b) for b in range(batch)}
             if len(targets) != 1:
                 raise ValueError("loss_reduction 'shared' needs the same token indices for every sample")
@@ -200,7 +208,7 @@ class AttentionLossGuidance:
         rows = {s: r for r, s in enumerate(samples)}
         leaf = z[samples].detach().requires_grad_(True)  # [b, C, h, w]
         self.store.reset()
-        self.denoiser(leaf, t[samples], select_rows(cond, samples), stop_after)
+        self.denoiser(leaf, t[samples], select_cond(cond, samples), stop_after)
         maps = CapturedMaps.collect(self.store, self.capture_spec, len(samples))
         self.store.reset()
         self.num_forwards += 1
@@ -236,7 +244,7 @@ class AttentionLossGuidance:
         z = x.detach().clone()
         with (
             torch.enable_grad(),
-            forced_checkpointing(self.config.checkpoint_guidance),
+            forced_checkpointing(getattr(self.config, "checkpoint_guidance", False)),
             register_attention_controller(self.unet, self.store, layers=plan.layers),
         ):
             pending = groups
@@ -285,7 +293,7 @@ class AttentionLossGuidance:
         plan = capture_plan(self.unet, tuple(x.shape[-2:]), self.capture_spec)
         store = new_store(self.capture_spec)
         with register_attention_controller(self.unet, store, layers=plan.layers):
-            self.denoiser(x[samples], t[samples], select_rows(cond, samples), plan.stop_after)
+            self.denoiser(x[samples], t[samples], select_cond(cond, samples), plan.stop_after)
         maps = CapturedMaps.collect(store, self.capture_spec, len(samples))
         kept = {s: self.view_maps(maps.rows([r]), g).cpu() for r, (g, s) in
                 enumerate((g, s) for g in groups for s in g.samples)}  # fmt: skip
@@ -321,7 +329,7 @@ class AttentionLossGuidance:
             ref = rec["refinement"]
             ref["losses"].append(loss)
             # Reference loop: update, then stop once the value from *before* the update is <= target or at the limit.
-            if refine_value <= target or g.iterations >= self.config.max_refinement_steps:
+            if refine_value <= target or g.iterations >= getattr(self.config, "max_refinement_steps", 0):
                 ref.update(iterations=g.iterations, hit_max=refine_value > target)
                 g.phase = "final_next" if update else "done"
             else:

@@ -1,257 +1,38 @@
-"""Reading and writing textual-inversion embeddings in the formats other tools use.
+"""Textual-inversion embeddings in the formats other tools use: token ids, tokenizers, the embedding manager.
 
-Formats (all read with `torch.load(weights_only=True)` or safetensors; nothing else is ever unpickled):
-
-- `ti`: this project and rinongal/textual_inversion. `.pt`: `{"string_to_token": {p: 0-dim int64},
-  "string_to_param": nn.ParameterDict{p: [nv, D]}}` (the only class allowed beyond tensors and containers is
-  `torch.nn.ParameterDict`); `.safetensors`: `string_to_token.<p>` and `string_to_param.<p>` tensors.
-- `a1111`: AUTOMATIC1111 web UI. `.pt`: `{"string_to_token": {"*": int}, "string_to_param": {"*": [nv, D]},
-  "name": str, "step": int, "sd_checkpoint": str|None, "sd_checkpoint_name": str|None}`; `.safetensors`:
-  `{"emb_params": [nv, D]}`. The trigger word is `name` (or the file stem), not the `*` key.
-- `diffusers`: `learned_embeds.bin` / `.safetensors`: `{token: [D] or [nv, D]}`.
-
-The vector size tells the model family: 768 SD v1 (CLIP ViT-L/14), 1024 SD v2 (OpenCLIP ViT-H/14), 1280 LDM
-text2img-large (BERT). A file of the wrong size is refused with the family it fits named. Token ids are looked up
-with the model's own tokenizer when a model (or its config) is at hand, so other widths (ToyWorld 128, the tiny test
-models 32) work too; only without one is the tokenizer guessed from the width.
-
-Writing: every file is written atomically through :mod:`ldm.outputs` (umask permissions, nothing left behind on a
-full disk). ``.pt`` files are zip archives holding only ``<archive>/data.pkl``, ``<archive>/version`` and
-``<archive>/data/<n>`` (:func:`save_torch`): torch's writer adds ``.format_version``, ``.storage_alignment``,
-``byteorder`` and ``.data/serialization_id`` records, which AUTOMATIC1111's safe-unpickle check rejects; torch reads
-the archive without them (it defaults to little-endian, as written on every platform torch supports here).
+The formats themselves (TI, AUTOMATIC1111, diffusers, SDXL's clip_l/clip_g; reading, writing, what a file fits) are
+in :mod:`ldm.modules.embedding_files`, re-exported here. This module adds the token ids a file does not carry
+(looked up with the model's tokenizer, or the family's guessed from the vector widths) and the exchange with an
+``EmbeddingManager``.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import re
-import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ldm.outputs import atomic_write
-from ldm.util import safe_torch_load
+from ldm.models.description import families_for_vectors
+from ldm.modules.embedding_files import (  # noqa: F401  (this module is the public face of the formats)
+    FORMATS,
+    RENAME_HINT,
+    SDXL_TOWERS,
+    EmbeddingFileError,
+    Embeddings,
+    check_dim,
+    describe_widths,
+    family_of,
+    portable_pt_bytes,
+    read_embeddings,
+    save_torch,
+    write_embeddings,
+)
 
 logger = logging.getLogger(__name__)
-
-FAMILIES: dict[int, str] = {
-    768: "SD v1 (CLIP ViT-L/14 text encoder)",
-    1024: "SD v2 (OpenCLIP ViT-H/14 text encoder)",
-    1280: "LDM text2img-large (BERT text encoder)",
-}
-FORMATS = ("ti", "a1111", "diffusers")
-TORCH_SUFFIXES = (".pt", ".bin", ".ckpt", ".pth")
-# Exactly the classes the original TI files pickle besides tensors and builtin containers.
-ALLOWED_GLOBALS = [nn.ParameterDict]
-# The zip members a `.pt` may hold (AUTOMATIC1111's safe-unpickle allow-list): <archive>/data.pkl, <archive>/version,
-# <archive>/data/<n>.
-RENAME_HINT = "rename it (scripts/convert_embedding.py --placeholder, scripts/merge_embeddings.py --rename)"
-PORTABLE_MEMBER = re.compile(r"[^/]+/(data\.pkl|version|data/\d+)")
-
-
-class EmbeddingFileError(ValueError):
-    """An embeddings file cannot be read, has an unknown layout, or does not fit the model."""
-
-
-@dataclass
-class Embeddings:
-    """Placeholder vectors independent of the file format.
-
-    vectors: placeholder -> `[num_vectors, D]` float32. tokens: placeholder -> token id where the file says it
-    (TI files); foreign formats leave it empty. name: the A1111 trigger word, if any.
-    """
-
-    vectors: dict[str, torch.Tensor]
-    tokens: dict[str, int] = field(default_factory=dict)
-    source_format: str = "ti"
-    name: str | None = None
-
-    @property
-    def dim(self) -> int:
-        dims = {int(v.shape[-1]) for v in self.vectors.values()}
-        if len(dims) != 1:
-            raise EmbeddingFileError(f"placeholders have different vector sizes {sorted(dims)}")
-        return dims.pop()
-
-
-def family_of(dim: int) -> str:
-    return FAMILIES.get(int(dim), "no model family known by its size (768 SD v1, 1024 SD v2, 1280 LDM)")
-
-
-def check_dim(embeddings: Embeddings, expected_dim: int, source: str | os.PathLike) -> None:
-    """Raise `EmbeddingFileError` naming both families when the vector size does not fit the model."""
-    dim = embeddings.dim
-    if dim != expected_dim:
-        raise EmbeddingFileError(
-            f"Embeddings '{source}' have vectors of size {dim}, which fits {family_of(dim)}; this model needs size "
-            f"{expected_dim}"
-            + (f" ({FAMILIES[expected_dim]})" if expected_dim in FAMILIES else "")
-            + ". Use an embedding trained for this model."
-        )
-
-
-def _as_matrix(value: Any, where: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise EmbeddingFileError(f"{where} is a {type(value).__name__}, not a tensor")
-    value = value.detach().float().cpu()
-    if value.ndim == 1:
-        value = value[None]  # [D] -> [1, D]
-    if value.ndim != 2:
-        raise EmbeddingFileError(f"{where} has shape {tuple(value.shape)}; expected [D] or [num_vectors, D]")
-    return value.contiguous()
-
-
-def _torch_load(path: Path) -> Any:
-    with torch.serialization.safe_globals(ALLOWED_GLOBALS):  # the classes original TI files pickle, nothing else
-        return safe_torch_load(
-            path,
-            refused=f"Refused to load '{path}'",
-            refused_hint="Only tensors and an nn.ParameterDict are read; convert it in a trusted environment.",
-            corrupt=f"Embeddings file '{path}'",
-            corrupt_hint="Save or download it again.",
-            error=EmbeddingFileError,
-        )
-
-
-def _params_dict(value: Any) -> dict[str, Any]:
-    if isinstance(value, nn.ParameterDict):
-        return dict(value._parameters)  # as pickled by any torch version
-    if isinstance(value, dict):
-        return dict(value)
-    raise EmbeddingFileError(f"'string_to_param' is a {type(value).__name__}, not a dict")
-
-
-def read_embeddings(path: str | os.PathLike) -> Embeddings:
-    """Read any supported embeddings file (format detected from its content)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EmbeddingFileError(f"Embeddings file '{path}' does not exist.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            flat = load_file(str(path))
-        except Exception as err:
-            raise EmbeddingFileError(f"'{path}' is not a readable safetensors file ({err}).") from err
-        return _from_flat(flat, path)
-    if path.suffix not in TORCH_SUFFIXES:
-        raise EmbeddingFileError(f"'{path}': unknown extension; use .safetensors or one of {TORCH_SUFFIXES}")
-    obj = _torch_load(path)
-    if not isinstance(obj, dict):
-        raise EmbeddingFileError(f"'{path}' holds a {type(obj).__name__}, not a dict of embeddings")
-    if "string_to_param" in obj:
-        params = _params_dict(obj["string_to_param"])
-        vectors = {k: _as_matrix(v, f"'{path}' string_to_param[{k!r}]") for k, v in params.items()}
-        tokens = {k: int(torch.as_tensor(v).reshape(())) for k, v in dict(obj.get("string_to_token", {})).items()}
-        is_a1111 = "name" in obj or "step" in obj
-        return Embeddings(vectors, tokens, "a1111" if is_a1111 else "ti", obj.get("name") if is_a1111 else None)
-    return _diffusers(obj, path)
-
-
-def _from_flat(flat: dict[str, torch.Tensor], path: Path) -> Embeddings:
-    if "emb_params" in flat:
-        return Embeddings({"*": _as_matrix(flat["emb_params"], f"'{path}' emb_params")}, {}, "a1111", path.stem)
-    if any(k.startswith("string_to_param.") for k in flat):
-        prefix = "string_to_param."
-        vectors = {k[len(prefix) :]: _as_matrix(v, f"'{path}' {k}") for k, v in flat.items() if k.startswith(prefix)}
-        tokens = {k.split(".", 1)[1]: int(v.reshape(())) for k, v in flat.items() if k.startswith("string_to_token.")}
-        return Embeddings(vectors, tokens, "ti")
-    return _diffusers(flat, path)
-
-
-def _diffusers(obj: dict[str, Any], path: Path) -> Embeddings:
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors or len(tensors) != len(obj):
-        raise EmbeddingFileError(
-            f"'{path}' is not a known embeddings layout (keys {sorted(obj)[:10]}); expected TI "
-            "('string_to_param'), A1111 ('emb_params' or 'string_to_param' + 'name') or diffusers ({token: tensor})."
-        )
-    return Embeddings({k: _as_matrix(v, f"'{path}' [{k!r}]") for k, v in tensors.items()}, {}, "diffusers")
-
-
-def write_embeddings(embeddings: Embeddings, path: str | os.PathLike, fmt: str = "ti") -> Path:
-    """Write `embeddings` as `fmt` (ti | a1111 | diffusers); `.safetensors` or a torch suffix picks the container.
-
-    The write is atomic; the file gets the umask's permissions; its folder must exist (an error names it).
-    """
-    path = Path(path)
-    if fmt not in FORMATS:
-        raise EmbeddingFileError(f"unknown format '{fmt}'; choose one of {FORMATS}")
-    if not path.parent.is_dir():
-        raise EmbeddingFileError(
-            f"cannot write '{path}': the folder '{path.parent}' does not exist; create it first or choose another "
-            "output path"
-        )
-    safetensors = path.suffix == ".safetensors"
-    vectors = {k: v.detach().float().cpu().contiguous() for k, v in embeddings.vectors.items()}
-    if fmt == "ti":
-        missing = sorted(set(vectors) - set(embeddings.tokens))
-        if missing:
-            raise EmbeddingFileError(f"TI files need a token id for every placeholder; missing for {missing}")
-        tokens = {k: torch.tensor(embeddings.tokens[k], dtype=torch.int64) for k in vectors}
-        if safetensors:
-            flat = {f"string_to_token.{k}": t for k, t in tokens.items()}
-            flat.update({f"string_to_param.{k}": v for k, v in vectors.items()})
-            _save_safetensors(flat, path)
-        else:
-            params = nn.ParameterDict({k: nn.Parameter(v) for k, v in vectors.items()})
-            save_torch({"string_to_token": tokens, "string_to_param": params}, path)
-    elif fmt == "a1111":
-        if len(vectors) != 1:
-            raise EmbeddingFileError(f"A1111 files hold one embedding; got {sorted(vectors)}. Convert them one by one.")
-        (key, vector), name = next(iter(vectors.items())), embeddings.name or path.stem
-        if safetensors:
-            _save_safetensors({"emb_params": vector}, path)
-        else:
-            data = {"string_to_token": {"*": int(embeddings.tokens.get(key, 265))}, "string_to_param": {"*": vector},
-                    "name": name, "step": 0, "sd_checkpoint": None, "sd_checkpoint_name": None}  # fmt: skip
-            save_torch(data, path)
-    elif safetensors:
-        _save_safetensors(vectors, path)
-    else:
-        save_torch(vectors, path)
-    return path
-
-
-def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp))
-
-
-def portable_pt_bytes(obj: Any) -> bytes:
-    """``torch.save(obj)`` as a zip archive with only the members ``<archive>/data.pkl``, ``<archive>/version`` and
-    ``<archive>/data/<n>`` (stored, not compressed), which AUTOMATIC1111's safe-unpickle check accepts.
-
-    The dropped records (``.format_version``, ``.storage_alignment``, ``byteorder``, ``.data/serialization_id``)
-    are optional for ``torch.load``: without ``byteorder`` it reads little-endian data, which is what torch writes
-    on the little-endian machines it runs on (checked below).
-    """
-    import sys
-
-    if sys.byteorder != "little":
-        raise EmbeddingFileError("writing .pt embeddings needs a little-endian machine; write .safetensors instead")
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    out = io.BytesIO()
-    with zipfile.ZipFile(buffer) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
-        for info in src.infolist():
-            if PORTABLE_MEMBER.fullmatch(info.filename):
-                dst.writestr(zipfile.ZipInfo(info.filename, date_time=info.date_time), src.read(info))
-    return out.getvalue()
-
-
-def save_torch(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as a portable ``.pt`` (:func:`portable_pt_bytes`), atomically, with umask permissions."""
-    data = portable_pt_bytes(obj)
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def single_token_id(tokenizer: Any, word: str) -> int:
@@ -272,30 +53,43 @@ def single_token_id(tokenizer: Any, word: str) -> int:
     return int(ids[0])
 
 
-def tokenizer_for_dim(dim: int) -> Any:
-    """The tokenizer of the family a vector size belongs to (bundled files; nothing is downloaded)."""
-    from ldm.modules.encoders import modules as enc
+def tokenizer_for_widths(widths: dict[str, int]) -> Any:
+    """The tokenizer of the family vectors of these widths belong to (bundled files; nothing is downloaded)."""
+    from ldm.modules.encoders import base as enc
 
-    if dim == 1280:
+    families = families_for_vectors(widths)
+    if "ldm" in families:
         from transformers import BertTokenizerFast
 
         return BertTokenizerFast(str(enc.BERT_VOCAB_FILE))
-    if dim == 1024:  # SD v2: OpenCLIP's conventions over the same BPE vocabulary as CLIP
+    if "sd2" in families:  # SD v2: OpenCLIP's conventions over the same BPE vocabulary as CLIP
         from ldm.modules.encoders.openclip_tokenizer import OpenCLIPTokenizer
 
         return OpenCLIPTokenizer()
-    if dim == 768:
+    if "sd1" in families or "sdxl" in families:  # SDXL: CLIP-L's tokenizer (both towers share the BPE ids)
         from transformers import CLIPTokenizer
 
         return CLIPTokenizer(str(enc.CLIP_VOCAB_FILE), str(enc.CLIP_MERGES_FILE))
     raise EmbeddingFileError(
-        f"vectors of size {dim} fit {family_of(dim)}, so the tokenizer cannot be guessed from the size; give the "
-        "model's config (--config) so that its own tokenizer looks up the token ids"
+        f"{describe_widths(widths)}, so the tokenizer cannot be guessed from them; give the model's "
+        "config (--config) so that its own tokenizer looks up the token ids"
     )
 
 
+def tokenizer_for_dim(dim: int) -> Any:
+    """:func:`tokenizer_for_widths` of single-tower vectors of size ``dim``."""
+    return tokenizer_for_widths({"": int(dim)})
+
+
 def tokenizer_from_config(config_path: str | os.PathLike) -> tuple[Any, int]:
-    """The tokenizer and vector size of the text encoder a model config builds (``model.params.cond_stage_config``).
+    """The tokenizer and vector size of the text encoder a model config builds (SDXL: both widths added)."""
+    tokenizer, widths = tokenizer_and_widths(config_path)
+    return tokenizer, sum(widths.values())
+
+
+def tokenizer_and_widths(config_path: str | os.PathLike) -> tuple[Any, dict[str, int]]:
+    """The tokenizer of the text encoder a model config builds (``model.params.cond_stage_config``) and its
+    towers' vector widths (``{"": D}``, or SDXL's ``{"clip_l": .., "clip_g": ..}``).
 
     The encoder is built on the meta device: no memory for its weights, nothing loaded or downloaded.
     """
@@ -315,7 +109,15 @@ def tokenizer_from_config(config_path: str | os.PathLike) -> tuple[Any, int]:
     tokenizer = getattr(encoder, "tokenizer", None)
     if tokenizer is None:
         raise EmbeddingFileError(f"--config {config_path}: its text encoder {type(encoder).__name__} has no tokenizer")
-    return tokenizer, int(encoder.embedding_dim)
+    return tokenizer, tower_widths(encoder)
+
+
+def tower_widths(embedder: Any) -> dict[str, int]:
+    """A text encoder's placeholder widths per tower: ``{"": D}``, or SDXL's two (in the side-by-side order)."""
+    names = getattr(embedder, "tower_names", None)
+    if names:
+        return dict(zip(names, embedder.tower_widths, strict=True))
+    return {"": int(embedder.embedding_dim)}
 
 
 def with_token_ids(embeddings: Embeddings, tokenizer: Any | None = None) -> Embeddings:
@@ -324,17 +126,17 @@ def with_token_ids(embeddings: Embeddings, tokenizer: Any | None = None) -> Embe
     missing = [k for k in embeddings.vectors if k not in embeddings.tokens]
     if not missing:
         return embeddings
-    tokenizer = tokenizer or tokenizer_for_dim(embeddings.dim)
+    tokenizer = tokenizer or tokenizer_for_widths(embeddings.widths)
     tokens = dict(embeddings.tokens)
     tokens.update({k: single_token_id(tokenizer, k) for k in missing})
-    return Embeddings(dict(embeddings.vectors), tokens, embeddings.source_format, embeddings.name)
+    return Embeddings(dict(embeddings.vectors), tokens, embeddings.source_format, embeddings.name, embeddings.towers)
 
 
 def renamed(embeddings: Embeddings, mapping: dict[str, str]) -> Embeddings:
     """Rename placeholders (their token ids are dropped, to be looked up again for the new strings)."""
     vectors = {mapping.get(k, k): v for k, v in embeddings.vectors.items()}
     tokens = {k: t for k, t in embeddings.tokens.items() if k not in mapping}
-    return Embeddings(vectors, tokens, embeddings.source_format, embeddings.name)
+    return Embeddings(vectors, tokens, embeddings.source_format, embeddings.name, embeddings.towers)
 
 
 def load_into_manager(manager: Any, path: str | os.PathLike, placeholder: str | None = None, tokenizer: Any = None):
@@ -344,7 +146,7 @@ def load_into_manager(manager: Any, path: str | os.PathLike, placeholder: str | 
     token ids are looked up with `tokenizer` (the model's), so a string that is not one token is an error.
     """
     embeddings = read_embeddings(path)
-    check_dim(embeddings, manager.token_dim, path)
+    check_dim(embeddings, manager.tower_widths, path)
     if placeholder is not None:
         if len(embeddings.vectors) != 1:
             raise EmbeddingFileError(f"'{path}' holds {sorted(embeddings.vectors)}; a placeholder renames one only")
@@ -361,8 +163,10 @@ def load_into_manager(manager: Any, path: str | os.PathLike, placeholder: str | 
 
 def manager_embeddings(manager: Any) -> Embeddings:
     """The placeholders of an `EmbeddingManager` as `Embeddings` (for export)."""
+    widths = manager.tower_widths
     return Embeddings(
         {k: v.detach().float().cpu() for k, v in manager.string_to_param_dict.items()},
         {k: int(t) for k, t in manager.string_to_token_dict.items()},
         "ti",
+        towers=tuple(widths.items()) if list(widths) != [""] else None,
     )

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ldm.data.personalized_tokens import per_img_token_list
+from ldm.modules.embedding_interop import tower_widths
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class EmbeddingManager(nn.Module):
         initializer_words = list(initializer_words or [])
 
         self.token_dim = embedder.embedding_dim
+        # tower name -> width of its part of each vector ({"": D}; SDXL: clip_l and clip_g side by side)
+        self.tower_widths = tower_widths(embedder)
         self.tokenizer = _tokenizer_of(embedder)  # the model's own: looks up the token ids of loaded files
         self.progressive_words = progressive_words
         self.progress_step = 0
@@ -190,7 +193,10 @@ class EmbeddingManager(nn.Module):
         """
         from ldm.modules.embedding_interop import manager_embeddings, write_embeddings
 
-        write_embeddings(manager_embeddings(self), Path(path), fmt="ti")
+        embeddings = manager_embeddings(self)
+        # SDXL, one placeholder: the clip_l/clip_g file every SDXL tool reads; else this project's TI layout
+        fmt = "sdxl" if embeddings.towers and len(embeddings.vectors) == 1 else "ti"
+        write_embeddings(embeddings, Path(path), fmt=fmt)
 
     def load(self, path: str | os.PathLike) -> None:
         """Replace the placeholders and vectors with those of an embeddings file (``initial_embeddings`` is kept).
@@ -207,7 +213,7 @@ class EmbeddingManager(nn.Module):
                 f"Embeddings file '{path}' does not exist (embedding_manager_ckpt / --embedding_path)"
             )
         embeddings = read_embeddings(path)
-        check_dim(embeddings, self.token_dim, path)
+        check_dim(embeddings, self.tower_widths, path)
         embeddings = with_token_ids(embeddings, self.tokenizer)
         device = self._device()
         self.string_to_token_dict = {

@@ -8,14 +8,13 @@ learned absolute positions. ``state_dict`` names match the original (``token_emb
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from ldm.modules.embedding_manager import EmbeddingManager
+from ldm.modules.encoders.base import TokenSplice
 
 DEFAULT_DIM_HEAD = 64
 
@@ -188,7 +187,7 @@ class TransformerWrapper(nn.Module):
         x: torch.Tensor,
         return_embeddings: bool = False,
         mask: torch.Tensor | None = None,
-        embedding_manager: EmbeddingManager | None = None,
+        embedding_manager: TokenSplice | None = None,
     ) -> torch.Tensor:
         """Token ids ``[B, N]`` -> ``[B, N, dim]`` (``return_embeddings``) or logits ``[B, N, num_tokens]``.
 

@@ -36,22 +36,24 @@ def rel_path(path: str | Path) -> str:
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
 
 
-def markers(toy: str) -> tuple[str, str]:
-    """The comment lines around toy ``toy``'s section of the results file."""
-    return f"<!-- toyworld{toy} results: begin -->", f"<!-- toyworld{toy} results: end -->"
+def markers(toy: str, kind: str = "results") -> tuple[str, str]:
+    """The comment lines around toy ``toy``'s section of the results file (``kind``: "results", the toy's main
+    evaluation, or another section of the toy such as "methods")."""
+    return f"<!-- toyworld{toy} {kind}: begin -->", f"<!-- toyworld{toy} {kind}: end -->"
 
 
-def merge_section(text: str, toy: str, section: str) -> str:
+def merge_section(text: str, toy: str, section: str, kind: str = "results") -> str:
     """``text`` (a results file, possibly empty) with toy ``toy``'s section replaced by ``section`` (or appended);
-    the other toys' sections and anything outside the markers are kept, and sections stay in toy order."""
-    begin, end = markers(toy)
+    the other toys' sections and anything outside the markers are kept, and the main sections stay in toy order
+    (other kinds of section are appended at the end when new)."""
+    begin, end = markers(toy, kind)
     block = f"{begin}\n{section.strip()}\n{end}"
     if begin in text and end in text:
         before, rest = text.split(begin, 1)
         return before + block + rest.split(end, 1)[1]
     if not text.strip():
         return "# ToyWorld results\n\n" + block + "\n"
-    later = [t for t in sorted(TOYS) if t > toy and markers(t)[0] in text]
+    later = [t for t in sorted(TOYS) if t > toy and markers(t)[0] in text] if kind == "results" else []
     if later:  # insert before the first later toy's section
         at = text.index(markers(later[0])[0])
         return text[:at] + block + "\n\n" + text[at:]
@@ -107,10 +109,10 @@ def results_section(
     return "\n".join(lines)
 
 
-def write_results(path: str | Path, toy: str, section: str) -> Path:
-    """Replace toy ``toy``'s section of the results file ``path`` (created when missing) with ``section``."""
+def write_results(path: str | Path, toy: str, section: str, kind: str = "results") -> Path:
+    """Replace toy ``toy``'s section (of ``kind``) of the results file ``path`` (created when missing)."""
     path = Path(path)
-    return save_text(merge_section(path.read_text() if path.is_file() else "", toy, section), path)
+    return save_text(merge_section(path.read_text() if path.is_file() else "", toy, section, kind), path)
 
 
 def draw_plot(rows: Sequence[Row], path: Path, title: str = "ToyWorld") -> None:

@@ -68,19 +68,21 @@ def sample_images(
     ae_tokens: Sequence[str] | str | None = None,
     ae_config=None,
     progress: bool = False,
+    guidance: str = "ae",
 ) -> torch.Tensor:
     """Images ``[N, 3, H, W]`` in [0, 1] for prompt ``prompts[i]`` from seed ``seeds[i]``.
 
-    ``ae_tokens``: Attend-and-Excite token spec (``"circle,square"``), one for all prompts or one per prompt; None or
-    "" samples without A&E. ``ae_config``: an ``AttendExciteConfig`` (default: the ToyWorld preset `AE_CONFIG`); its
-    schedule is rescaled to the steps the sampler runs. Sample i draws x_T (as ``start_noise``) and then any step
-    noise from ``Generator().manual_seed(seeds[i])``.
+    ``ae_tokens``: the guidance method's token spec (``"circle,square"``), one for all prompts or one per prompt;
+    None or "" samples without guidance. ``guidance``: the registered method (default Attend-and-Excite);
+    ``ae_config``: its settings (default for A&E: the ToyWorld preset `AE_CONFIG`), the schedule rescaled to the
+    steps the sampler runs. Sample i draws x_T (as ``start_noise``) and then any step noise from
+    ``Generator().manual_seed(seeds[i])``.
     """
     from tqdm import tqdm
 
     from ldm.ae_flags import load_ae_config
+    from ldm.guidance import get_method
     from ldm.inference import sample_prompts
-    from ldm.models.diffusion.guidance.attend_excite_config import scale_schedule
     from ldm.models.diffusion.samplers import make_sampler, steps_run
 
     settings = settings or SampleSettings()
@@ -95,9 +97,11 @@ def sample_images(
     device = next(model.parameters()).device
     sampler = make_sampler(model, settings.sampler)
     ae_used = None
+    method = get_method(guidance)
     if any(ae_tokens):
-        n_run = steps_run(settings.sampler, settings.steps, model.num_timesteps)
-        ae_used = scale_schedule(ae_config or load_ae_config(AE_CONFIG), n_run)
+        if ae_config is None:
+            ae_config = load_ae_config(AE_CONFIG) if method.name == "ae" else method.config_class()
+        ae_used = method.for_steps(ae_config, steps_run(settings.sampler, settings.steps, model.num_timesteps))
     out = []
     starts = range(0, len(prompts), settings.batch_size)
     for lo in tqdm(starts, desc="sampling", disable=not progress):
@@ -110,7 +114,8 @@ def sample_images(
             raise ValueError("one A&E token spec per batch: group prompts with the same spec together")
         images = sample_prompts(
             model, sampler, batch, shape, settings.steps, settings.scale, x_T=x_t, generator=generators,
-            ae_tokens=specs[0] if ae_used is not None else "", ae_config=ae_used,
+            ae_tokens=specs[0] if ae_used is not None else "", guidance=method if ae_used is not None else None,
+            guidance_config=ae_used,
         ).images  # fmt: skip
         out.append(images)
     return torch.cat(out)

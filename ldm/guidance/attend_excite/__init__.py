@@ -30,6 +30,10 @@ METHOD = GuidanceMethod(
     config_class=AttendExciteConfig,
     build=build,
     needs_tokens=True,
-    presets={"default": PRESETS / "attend_and_excite.yaml", "sd2": PRESETS / "attend_and_excite_sd2.yaml"},
+    presets={
+        "default": PRESETS / "attend_and_excite.yaml",
+        "sd2": PRESETS / "attend_and_excite_sd2.yaml",
+        "sdxl": PRESETS / "attend_and_excite_sdxl.yaml",
+    },
     for_steps=scale_schedule,
 )

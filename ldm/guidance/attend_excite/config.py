@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
 
 import numpy as np
@@ -74,6 +74,15 @@ class AttendExciteConfig:
         object.__setattr__(self, "thresholds", {int(k): float(v) for k, v in dict(self.thresholds).items()})
         object.__setattr__(self, "token_indices", normalize_token_indices(self.token_indices))
         object.__setattr__(self, "scale_range", tuple(float(s) for s in self.scale_range))
+
+
+def display_config(config: object) -> AttendExciteConfig:
+    """The A&E map settings (side, softmax, smoothing) that show any method's token maps: its own where it has
+    fields of the same names, else A&E's defaults."""
+    if isinstance(config, AttendExciteConfig):
+        return config
+    names = [f.name for f in fields(AttendExciteConfig) if f.name != "token_indices"]
+    return AttendExciteConfig(**{name: getattr(config, name) for name in names if hasattr(config, name)})
 
 
 def normalize_token_indices(indices: Sequence[int | Sequence[int]]) -> tuple[TokenGroup, ...]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ldm.guidance.attend_excite.config import AttendExciteConfig, normalize_token_indices, step_size
-from ldm.guidance.attend_excite.maps import attend_excite_loss, group_token_maps, max_attention_per_token
+from ldm.guidance.attend_excite.maps import attend_excite_loss, max_attention_per_token
 from ldm.guidance.capture import CapturedMaps
 from ldm.guidance.engine import AttentionLossGuidance, GroupLoss, LossGroup, SampleTarget, StepMaps
 
@@ -77,9 +77,6 @@ class AttendAndExcite(AttentionLossGuidance):
         scores = max_attention_per_token(maps.cross[self.config.attention_res], group.token_groups, self.config,
                                          group.eot)  # fmt: skip  # [K] m_k
         return GroupLoss(attend_excite_loss(scores), scores)
-
-    def view_maps(self, maps: CapturedMaps, group: LossGroup) -> torch.Tensor:
-        return group_token_maps(maps.cross[self.config.attention_res], group.token_groups, self.config, group.eot)
 
     def step_size(self, step: int, num_steps: int) -> float:
         return step_size(self.config, step, num_steps)

@@ -8,6 +8,7 @@ placeholder vectors, and everything else is frozen unless `unfreeze_model`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -136,6 +137,17 @@ class LatentDiffusion(DDPM):
                 c = c.mode()
             return c
         return self.cond_stage_model(c)
+
+    def prompt_conditioning(self, prompts: Sequence[str], image_hw: tuple[int, int] | None = None, size: Any = None):
+        """The prompts' conditioning for sampling images of ``image_hw`` (``[B, 77, D]`` here; SDXL adds its size
+        conditioning ``size``, which other families ignore)."""
+        return self.get_learned_conditioning(list(prompts))
+
+    def unconditional_conditioning(
+        self, n: int, image_hw: tuple[int, int] | None = None, size: Any = None, negative_prompts: Any = None
+    ):
+        """Classifier-free guidance's ``uc`` for ``n`` samples: the empty prompt (or ``negative_prompts``)."""
+        return self.get_learned_conditioning(list(negative_prompts) if negative_prompts else n * [""])
 
     # --- first stage -----------------------------------------------------------------------------------------
     def encode_first_stage(self, x: torch.Tensor) -> DiagonalGaussianDistribution:

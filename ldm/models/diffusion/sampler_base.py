@@ -43,6 +43,18 @@ def batch_size_of(conditioning: Any) -> int | None:
     return conditioning.shape[0]
 
 
+def select_cond(conditioning: Any, rows: slice | torch.Tensor | list[int]) -> Any:
+    """The rows ``rows`` of every tensor in a conditioning: a tensor ``[B, ...]``, a list of them, or a dict of
+    tensors / lists of tensors (SDXL's ``{"c_crossattn": [..], "c_adm": [..]}``)."""
+    if conditioning is None:
+        return None
+    if isinstance(conditioning, dict):
+        return {k: select_cond(v, rows) for k, v in conditioning.items()}
+    if isinstance(conditioning, (list, tuple)):
+        return [select_cond(v, rows) for v in conditioning]
+    return conditioning[rows]
+
+
 # One generator for the batch, or one per sample (the distributed engine: an image's noise depends on its own seed
 # only, whatever batch it is in).
 Generators = torch.Generator | Sequence[torch.Generator] | None

@@ -40,6 +40,17 @@ __all__ = [
 ]
 
 
+def _level_depths(transformer_depth: int | Sequence[int], levels: int) -> list[int]:
+    """Transformer blocks per level (an int for every level, or one per level as SDXL's [0, 2, 10]); the middle block
+    uses the last level's depth (as sgm)."""
+    if isinstance(transformer_depth, int):
+        return [transformer_depth] * levels
+    depths = [int(d) for d in transformer_depth]
+    if len(depths) != levels:
+        raise ValueError(f"UNetModel: transformer_depth {depths} needs one depth per level of channel_mult ({levels})")
+    return depths
+
+
 class UNetModel(nn.Module):
     """The LDM denoiser ``eps_theta(x_t, t, c)`` (Rombach et al. 2022, eq. 2): an ADM UNet with cross-attention.
 
@@ -48,6 +59,10 @@ class UNetModel(nn.Module):
     level; ``middle_block`` = ResBlock, attention, ResBlock; ``output_blocks`` = per level in reverse
     ``num_res_blocks + 1`` x (ResBlock on the skip concatenation [+ attention]) with an Upsample closing each level but
     the first. Attention is a ``SpatialTransformer`` when ``use_spatial_transformer`` else an ``AttentionBlock``.
+
+    SDXL (sgm's ``UNetModel``, same keys): ``transformer_depth`` per level (``[0, 2, 10]``; the middle block takes the
+    last), ``num_classes: sequential`` with ``adm_in_channels``: ``y`` ``[B, adm_in_channels]`` goes through
+    ``label_emb`` (Linear, SiLU, Linear) and is added to the time embedding.
     """
 
     def __init__(
@@ -62,7 +77,7 @@ class UNetModel(nn.Module):
         channel_mult: Sequence[int] = (1, 2, 4, 8),
         conv_resample: bool = True,
         dims: int = 2,
-        num_classes: int | None = None,
+        num_classes: int | str | None = None,
         use_checkpoint: bool = False,
         use_fp16: bool = False,
         num_heads: int = -1,
@@ -72,14 +87,20 @@ class UNetModel(nn.Module):
         resblock_updown: bool = False,
         use_new_attention_order: bool = False,
         use_spatial_transformer: bool = False,
-        transformer_depth: int = 1,
+        transformer_depth: int | Sequence[int] = 1,
         context_dim: int | None = None,
         n_embed: int | None = None,
         legacy: bool = True,
         use_sdpa: bool = True,
         use_linear_in_transformer: bool = False,
+        adm_in_channels: int | None = None,
     ) -> None:
         super().__init__()
+        depths = _level_depths(transformer_depth, len(channel_mult))
+        if num_classes == "sequential" and adm_in_channels is None:
+            raise ValueError("UNetModel: num_classes 'sequential' needs adm_in_channels (the width of the vector y)")
+        if isinstance(num_classes, str) and num_classes != "sequential":
+            raise ValueError(f"UNetModel: num_classes must be an int, 'sequential' or None, got {num_classes!r}")
         if use_spatial_transformer and context_dim is None:
             raise ValueError("UNetModel: use_spatial_transformer=True needs context_dim (the text embedding width)")
         if context_dim is not None and not use_spatial_transformer:
@@ -96,12 +117,15 @@ class UNetModel(nn.Module):
         self.attention_resolutions = list(attention_resolutions)
         self.channel_mult = list(channel_mult)
         self.num_classes = num_classes
+        self.context_dim = context_dim
+        self.adm_in_channels = adm_in_channels
+        self.transformer_depth = depths
         self.use_checkpoint = use_checkpoint
         # As the reference: use_fp16 names the compute dtype and converts no weights (convert_to_fp16 does).
         self.dtype = torch.float16 if use_fp16 else torch.float32
         self.predict_codebook_ids = n_embed is not None
 
-        def attention(ch: int, block_heads: int) -> nn.Module:
+        def attention(ch: int, block_heads: int, depth: int = depths[-1]) -> nn.Module:
             # Head rule of the original: a fixed head count, or a fixed head width; legacy configs mix the two.
             # ``block_heads`` (num_heads_upsample on the decoder side) only reaches AttentionBlock, as in the original.
             heads = num_heads if num_head_channels == -1 else ch // num_head_channels
@@ -110,7 +134,7 @@ class UNetModel(nn.Module):
                 dim_head = ch // heads if use_spatial_transformer else num_head_channels
             if use_spatial_transformer:  # the original passes no dropout to the transformer
                 return SpatialTransformer(
-                    ch, heads, dim_head, depth=transformer_depth, context_dim=context_dim,
+                    ch, heads, dim_head, depth=depth, context_dim=context_dim,
                     use_checkpoint=use_checkpoint, use_linear=use_linear_in_transformer,
                 )  # fmt: skip
             return AttentionBlock(ch, block_heads, dim_head, use_checkpoint, use_new_attention_order)
@@ -125,7 +149,13 @@ class UNetModel(nn.Module):
         self.time_embed = nn.Sequential(
             linear(model_channels, time_embed_dim), nn.SiLU(), linear(time_embed_dim, time_embed_dim)
         )
-        if num_classes is not None:
+        if num_classes == "sequential":  # a conditioning vector y [B, adm_in_channels] (SDXL: pooled text + sizes)
+            self.label_emb = nn.Sequential(
+                nn.Sequential(
+                    linear(adm_in_channels, time_embed_dim), nn.SiLU(), linear(time_embed_dim, time_embed_dim)
+                )
+            )
+        elif num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, time_embed_dim)
 
         self.attention_block_ds: dict[str, int] = {}
@@ -138,7 +168,7 @@ class UNetModel(nn.Module):
                 layers = [resblock(ch, mult * model_channels)]
                 ch = mult * model_channels
                 if ds in self.attention_resolutions:
-                    layers.append(attention(ch, num_heads))
+                    layers.append(attention(ch, num_heads, depths[level]))
                 self._add(self.input_blocks, "input_blocks", layers, ds)
                 skip_chans.append(ch)
             if level != len(self.channel_mult) - 1:
@@ -148,7 +178,7 @@ class UNetModel(nn.Module):
                 ds *= 2
 
         self.middle_block = TimestepEmbedSequential(resblock(ch, ch), attention(ch, num_heads), resblock(ch, ch))
-        if use_spatial_transformer:
+        if use_spatial_transformer and depths[-1] > 0:
             self.attention_block_ds["middle_block"] = ds
 
         self.output_blocks = nn.ModuleList([])
@@ -157,7 +187,7 @@ class UNetModel(nn.Module):
                 layers = [resblock(ch + skip_chans.pop(), model_channels * mult)]
                 ch = model_channels * mult
                 if ds in self.attention_resolutions:
-                    layers.append(attention(ch, num_heads_upsample))
+                    layers.append(attention(ch, num_heads_upsample, depths[level]))
                 block_ds = ds
                 if level and i == num_res_blocks:
                     up = resblock(ch, ch, up=True) if resblock_updown else Upsample(ch, conv_resample, dims, ch)
@@ -176,7 +206,7 @@ class UNetModel(nn.Module):
 
     def _add(self, blocks: nn.ModuleList, prefix: str, layers: list[nn.Module], ds: int) -> None:
         name = f"{prefix}.{len(blocks)}"
-        if any(isinstance(layer, SpatialTransformer) for layer in layers):
+        if any(isinstance(layer, SpatialTransformer) and len(layer.transformer_blocks) for layer in layers):
             self.attention_block_ds[name] = ds
         blocks.append(TimestepEmbedSequential(*layers))
 
@@ -236,7 +266,7 @@ class UNetModel(nn.Module):
         t_emb = timestep_embedding(timesteps, self.model_channels).to(embed_dtype)  # [B, model_channels]
         emb = self.time_embed(t_emb)  # [B, 4*model_channels]
         if self.num_classes is not None:
-            emb = emb + self.label_emb(y)
+            emb = emb + self.label_emb(y.to(embed_dtype) if y.is_floating_point() else y)  # [B, 4*model_channels]
         if context is not None and context.is_floating_point():
             context = context.to(torso_dtype)
         h = x.type(torso_dtype)

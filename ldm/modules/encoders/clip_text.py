@@ -94,8 +94,9 @@ class CLIPEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
+    def forward(self, x: torch.Tensor, num_layers: int | None = None) -> torch.Tensor:
+        """The output of the first ``num_layers`` layers (all of them by default)."""
+        for layer in self.layers[:num_layers]:
             x = layer(x)
         return x
 
@@ -122,8 +123,13 @@ class CLIPTextTransformer(nn.Module):
         )
         self.final_layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
-    def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        return self.final_layer_norm(self.encoder(self.embeddings(inputs_embeds)))
+    def forward(self, inputs_embeds: torch.Tensor, hidden_layer: int | None = None) -> torch.Tensor:
+        """The last hidden state after ``final_layer_norm``; or with ``hidden_layer`` i the output of encoder layer i
+        (transformers' ``hidden_states[i]``: 0 is the embeddings), without the final LayerNorm."""
+        x = self.embeddings(inputs_embeds)
+        if hidden_layer is not None:
+            return self.encoder(x, num_layers=hidden_layer)
+        return self.final_layer_norm(self.encoder(x))
 
 
 class CLIPTextTower(nn.Module):
@@ -155,14 +161,23 @@ class CLIPTextTower(nn.Module):
         )
 
     @property
+    def num_layers(self) -> int:
+        return len(self.text_model.encoder.layers)
+
+    @property
     def token_embedding(self) -> nn.Embedding:
         return self.text_model.embeddings.token_embedding
 
     def forward(
-        self, input_ids: torch.Tensor | None = None, *, inputs_embeds: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        hidden_layer: int | None = None,
     ) -> torch.Tensor:
         """Last hidden state ``[B, N, D]`` for token ids ``[B, N]`` or for token embeddings ``[B, N, D]``
-        (before the position embedding, which is added here)."""
+        (before the position embedding, which is added here); ``hidden_layer`` i: the output of layer i instead,
+        without the final LayerNorm (SDXL uses layer 11 of CLIP ViT-L's 12)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -172,4 +187,4 @@ class CLIPTextTower(nn.Module):
                 f"sequence length {inputs_embeds.shape[1]} exceeds max_position_embeddings "
                 f"{self.max_position_embeddings}"
             )
-        return self.text_model(inputs_embeds)
+        return self.text_model(inputs_embeds, hidden_layer=hidden_layer)

@@ -1,6 +1,7 @@
-"""Text encoders for the conditioning stage: ``BERTEmbedder`` (LDM text2img-large) and ``FrozenCLIPEmbedder`` (SD v1).
+"""Text encoders for the conditioning stage: ``BERTEmbedder`` (LDM text2img-large) and ``FrozenCLIPEmbedder`` (SD v1,
+SDXL's first tower); SD 2's ``FrozenOpenCLIPEmbedder`` (``openclip.py``) is importable from here too.
 
-Both share one API (see ``docs/architecture.md``): ``tokenizer``, ``max_length``, ``embedding_dim``,
+All share one API (``base.py``, see ``docs/architecture.md``): ``tokenizer``, ``max_length``, ``embedding_dim``,
 ``tokenize(texts) -> [B, 77]``, ``token_embedding(ids)``, ``encode_ids(ids, embedding_manager=None) -> [B, 77, D]``,
 ``encode(texts, embedding_manager=None)`` (= ``forward``) and ``single_token_id(word)``.
 
@@ -14,170 +15,38 @@ parameters.
 
 from __future__ import annotations
 
-import html
 import logging
-import re
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import nn
 
-from ldm.errors import MissingFileError
+from ldm.modules.encoders.base import (  # noqa: F401  (the shared API, importable from here as before)
+    _CHECKED_PROMPTS,
+    BERT_VOCAB_FILE,
+    CLIP_L_VERSION,
+    CLIP_MERGES_FILE,
+    CLIP_VOCAB_FILE,
+    COND_PARAMS_KEY,
+    MAX_CHECKED_PROMPTS,
+    TOKENIZER_DIR,
+    AbstractEncoder,
+    TokenSplice,
+    _as_list,
+    _id_tensor,
+    _require_file,
+    _TextEncoder,
+    clean_clip_text,
+    warn_prompt_problems,
+)
 from ldm.modules.encoders.clip_text import CLIPTextTower
+from ldm.modules.encoders.openclip import FrozenOpenCLIPEmbedder  # noqa: F401  (the released SD 2 configs name it here)
 from ldm.modules.x_transformer import Encoder, TransformerWrapper
-from ldm.util import repo_path
-
-if TYPE_CHECKING:
-    from ldm.modules.embedding_manager import EmbeddingManager
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer_files"
-BERT_VOCAB_FILE = TOKENIZER_DIR / "bert-base-uncased" / "vocab.txt"
-CLIP_VOCAB_FILE = TOKENIZER_DIR / "clip" / "vocab.json"
-CLIP_MERGES_FILE = TOKENIZER_DIR / "clip" / "merges.txt"
-CLIP_L_VERSION = "openai/clip-vit-large-patch14"
-COND_PARAMS_KEY = "model.params.cond_stage_config.params"
-
-
-def _require_file(path: str | Path | None, default: Path, what: str, key: str) -> str:
-    """The file ``path`` (a relative path may be relative to the repository, as in the shipped configs)."""
-    path = repo_path(path) if path else default
-    if not path.is_file():
-        raise MissingFileError(
-            f"{what} '{path}' not found. Provide it (scripts/build_tokenizer_files.py rebuilds the bundled copies) "
-            f"or point the config key '{COND_PARAMS_KEY}.{key}' at your copy."
-        )
-    return str(path)
-
-
-def clean_clip_text(text: str) -> str:
-    """Text cleaning of the original CLIP tokenizer, minus ftfy.
-
-    OpenAI's tokenizer runs ``ftfy.fix_text`` then ``html.unescape`` twice, and collapses whitespace; lower-casing
-    is done by the tokenizer's normaliser. ftfy is not a dependency, so mojibake and curly quotes are not repaired
-    here: ids can differ from the original on such text (ordinary text, and HTML entities, agree).
-    """
-    text = html.unescape(html.unescape(text))
-    return re.sub(r"\s+", " ", text).strip()
-
-
-# Prompts already checked by `warn_prompt_problems` (a bounded memory, so a training loop that tokenizes the same
-# captions every step logs each problem once): logging state only.
-_CHECKED_PROMPTS: OrderedDict[tuple[int, str], None] = OrderedDict()
-MAX_CHECKED_PROMPTS = 4096
-
-
-def warn_prompt_problems(tokenizer: Any, texts: Sequence[str], max_length: int) -> None:
-    """Log a warning, once per prompt, when the tokenizer drops tokens (truncation to ``max_length``) or maps part
-    of the prompt to the unknown token (emoji, CJK on BERT). Only logs; the token ids are not touched."""
-    unk = getattr(tokenizer, "unk_token_id", None)
-    framing = {getattr(tokenizer, a, None) for a in ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id")}
-    for text in texts:
-        key = (id(tokenizer), text)
-        if key in _CHECKED_PROMPTS:
-            continue
-        _CHECKED_PROMPTS[key] = None
-        if len(_CHECKED_PROMPTS) > MAX_CHECKED_PROMPTS:
-            _CHECKED_PROMPTS.popitem(last=False)
-        try:
-            enc = tokenizer(text, truncation=False, verbose=False, return_offsets_mapping=True)
-        except NotImplementedError:  # slow tokenizers have no offsets
-            enc = tokenizer(text, truncation=False, verbose=False)
-        ids = enc["input_ids"]
-        if len(ids) > max_length:
-            logger.warning(
-                "Prompt %r is %d tokens long; the text encoder keeps %d, so the last %d tokens are dropped",
-                text, len(ids), max_length, len(ids) - max_length,
-            )  # fmt: skip
-        if unk is None or unk in framing or unk not in ids:
-            continue
-        offsets = enc.get("offset_mapping")
-        spans = [text[a:b] for i, (a, b) in zip(ids, offsets, strict=True) if i == unk] if offsets else []
-        shown = f" ({', '.join(repr(s) for s in spans)})" if spans else ""
-        logger.warning(
-            "Prompt %r: %d part(s)%s are not in the tokenizer's vocabulary and become %s; they carry no meaning",
-            text, ids.count(unk), shown, tokenizer.unk_token,
-        )  # fmt: skip
-
-
-def _as_list(texts: str | Sequence[str]) -> list[str]:
-    return [texts] if isinstance(texts, str) else list(texts)
-
-
-def _id_tensor(ids: list[list[int]]) -> torch.Tensor:
-    # explicit CPU: tokenizing also works inside a `with torch.device("meta")` block
-    return torch.tensor(ids, dtype=torch.int64, device="cpu")
-
-
-class AbstractEncoder(nn.Module):
-    def encode(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
-
-
-class _TextEncoder(AbstractEncoder):
-    """The shared text-encoder API; subclasses define ``tokenizer``, ``_token_ids``, ``token_embedding`` and
-    ``encode_ids``."""
-
-    max_length: int
-    embedding_dim: int
-
-    @property
-    def tokenizer(self) -> Any:
-        raise NotImplementedError
-
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def _token_ids(self, texts: list[str]) -> torch.Tensor:
-        """Token ids ``[B, max_length]`` on the CPU."""
-        raise NotImplementedError
-
-    def _prepared(self, text: str) -> str:
-        """The text as the tokenizer gets it (CLIP cleans it first)."""
-        return text
-
-    def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
-        """Texts -> padded/truncated token ids ``[B, max_length]`` on the parameters' device.
-
-        A prompt that is truncated or has parts the tokenizer does not know is logged once (a warning).
-        """
-        texts = _as_list(texts)
-        warn_prompt_problems(self.tokenizer, [self._prepared(t) for t in texts], self.max_length)
-        return self._token_ids(texts).to(self._device())
-
-    def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def encode_ids(self, ids: torch.Tensor, embedding_manager: EmbeddingManager | None = None) -> torch.Tensor:
-        raise NotImplementedError
-
-    def encode(self, texts: str | Sequence[str], embedding_manager: EmbeddingManager | None = None) -> torch.Tensor:
-        """Texts -> conditioning ``[B, max_length, embedding_dim]``."""
-        return self.encode_ids(self.tokenize(texts), embedding_manager=embedding_manager)
-
-    def forward(self, text: str | Sequence[str], embedding_manager: EmbeddingManager | None = None) -> torch.Tensor:
-        return self.encode(text, embedding_manager=embedding_manager)
-
-    def single_token_id(self, word: str) -> int:
-        """The id of ``word`` if it is exactly one token (besides start/end/padding); ``ValueError`` otherwise."""
-        ids = self._token_ids([word])[0].tolist()
-        tok = self.tokenizer
-        framing = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.cls_token_id, tok.sep_token_id}
-        content = [i for i in ids if i not in framing]
-        if content == [tok.unk_token_id]:
-            raise ValueError(f"'{word}' is not in the {type(self).__name__} vocabulary (it maps to the unknown token)")
-        if len(content) != 1:
-            pieces = self.tokenizer.convert_ids_to_tokens(content)
-            raise ValueError(
-                f"'{word}' is not a single token for {type(self).__name__}: it tokenises to {len(content)} "
-                f"tokens {pieces}. Placeholder strings and initializer words must be one token each; "
-                "choose another string (e.g. '*' or a short common word)."
-            )
-        return content[0]
+CLIP_LAYERS = ("last", "hidden")
 
 
 class BERTTokenizer(AbstractEncoder):
@@ -255,6 +124,12 @@ class BERTEmbedder(_TextEncoder):
             emb_dropout=embedding_dropout,
         )
 
+    layer_used = "last"
+
+    @property
+    def num_layers(self) -> int:
+        return self.transformer.attn_layers.depth
+
     @property
     def tokenizer(self) -> Any:
         if not self.use_tknz_fn:
@@ -269,12 +144,12 @@ class BERTEmbedder(_TextEncoder):
     def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
         return self.transformer.token_emb(ids)  # [..., D], no positional term
 
-    def encode_ids(self, ids: torch.Tensor, embedding_manager: EmbeddingManager | None = None) -> torch.Tensor:
+    def encode_ids(self, ids: torch.Tensor, embedding_manager: TokenSplice | None = None) -> torch.Tensor:
         ids = ids.to(self._device())
         return self.transformer(ids, return_embeddings=True, embedding_manager=embedding_manager)  # [B, N, D]
 
     def forward(
-        self, text: str | Sequence[str] | torch.Tensor, embedding_manager: EmbeddingManager | None = None
+        self, text: str | Sequence[str] | torch.Tensor, embedding_manager: TokenSplice | None = None
     ) -> torch.Tensor:
         if isinstance(text, torch.Tensor):
             return self.encode_ids(text, embedding_manager=embedding_manager)
@@ -283,6 +158,10 @@ class BERTEmbedder(_TextEncoder):
 
 class FrozenCLIPEmbedder(_TextEncoder):
     """SD v1's text encoder: the CLIP ViT-L/14 BPE tokenizer and text tower (last hidden state, ``[B, 77, 768]``).
+
+    ``layer="hidden"`` with ``layer_idx`` i returns the output of block i without the final LayerNorm instead
+    (transformers' ``hidden_states[i]``; SDXL's first tower: i = 11 of 12), as the sgm reference's options of the
+    same names.
 
     The tower is built from the size parameters (CLIP-L by default) and gets its weights from the LDM checkpoint
     (``cond_stage_model.transformer.text_model.*``); ``version`` is only checked, never downloaded.
@@ -302,9 +181,19 @@ class FrozenCLIPEmbedder(_TextEncoder):
         vocab_size: int = 49408,
         layer_norm_eps: float = 1e-5,
         hidden_act: str = "quick_gelu",
+        layer: str = "last",
+        layer_idx: int | None = None,
     ) -> None:
         super().__init__()
         from transformers import CLIPTokenizer
+
+        if layer not in CLIP_LAYERS:
+            raise ValueError(f"FrozenCLIPEmbedder: layer must be one of {CLIP_LAYERS}, got {layer!r}")
+        if layer == "hidden" and (layer_idx is None or not 0 <= abs(layer_idx) <= num_hidden_layers):
+            raise ValueError(
+                f"FrozenCLIPEmbedder: layer 'hidden' needs layer_idx in -{num_hidden_layers}..{num_hidden_layers}, "
+                f"got {layer_idx}"
+            )
 
         if version != CLIP_L_VERSION:
             logger.warning(
@@ -317,6 +206,9 @@ class FrozenCLIPEmbedder(_TextEncoder):
         self._tokenizer = CLIPTokenizer(vocab, merges, model_max_length=max_length)
         self.max_length = max_length
         self.embedding_dim = hidden_size
+        self.layer = layer
+        # transformers' hidden_states index: layer_idx 11 = the output of block 11 (of 12), no final LayerNorm
+        self.layer_idx = None if layer == "last" else layer_idx % (num_hidden_layers + 1)
         self.transformer = CLIPTextTower(
             vocab_size=vocab_size,
             hidden_size=hidden_size,
@@ -331,6 +223,14 @@ class FrozenCLIPEmbedder(_TextEncoder):
     @property
     def tokenizer(self) -> Any:
         return self._tokenizer
+
+    @property
+    def num_layers(self) -> int:
+        return self.transformer.num_layers
+
+    @property
+    def layer_used(self) -> str:
+        return "last" if self.layer_idx is None else f"hidden:{self.layer_idx}"
 
     def freeze(self) -> None:
         self.transformer = self.transformer.eval()
@@ -348,18 +248,9 @@ class FrozenCLIPEmbedder(_TextEncoder):
     def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
         return self.transformer.token_embedding(ids)  # [..., D], no positional term
 
-    def encode_ids(self, ids: torch.Tensor, embedding_manager: EmbeddingManager | None = None) -> torch.Tensor:
+    def encode_ids(self, ids: torch.Tensor, embedding_manager: TokenSplice | None = None) -> torch.Tensor:
         ids = ids.to(self._device())
         emb = self.token_embedding(ids)  # [B, N, D]
         if embedding_manager is not None:
             ids, emb = embedding_manager(ids, emb)
-        return self.transformer(inputs_embeds=emb)  # [B, N, D]
-
-
-def __getattr__(name: str) -> Any:
-    """``FrozenOpenCLIPEmbedder`` (SD 2.x) lives in ``openclip.py``; the released configs name it here."""
-    if name == "FrozenOpenCLIPEmbedder":
-        from ldm.modules.encoders.openclip import FrozenOpenCLIPEmbedder
-
-        return FrozenOpenCLIPEmbedder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return self.transformer(inputs_embeds=emb, hidden_layer=self.layer_idx)  # [B, N, D]

@@ -16,17 +16,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.modules.encoders.modules import _TextEncoder
+from ldm.modules.encoders.base import TokenSplice, _TextEncoder
 from ldm.modules.encoders.openclip_tokenizer import OpenCLIPTokenizer
-
-if TYPE_CHECKING:
-    from ldm.modules.embedding_manager import EmbeddingManager
 
 logger = logging.getLogger(__name__)
 
@@ -112,14 +109,29 @@ class OpenCLIPTextTower(nn.Module):
 
     def forward(self, token_embeddings: torch.Tensor, skip_last: int = 0) -> torch.Tensor:
         """Token embeddings ``[B, N, W]`` (no positional term) -> ``ln_final`` of block ``layers - skip_last``."""
+        return self.ln_final(self.hidden_states(token_embeddings, skip_last)[-1])
+
+    def hidden_states(self, token_embeddings: torch.Tensor, skip_last: int = 0) -> list[torch.Tensor]:
+        """The outputs ``[B, N, W]`` of the blocks ``layers - skip_last`` and ``layers`` (no ``ln_final``); only the
+        first when ``skip_last`` is 0."""
         n = token_embeddings.shape[1]
         if n > self.context_length:
             raise ValueError(f"sequence length {n} exceeds the tower's context_length {self.context_length}")
         x = token_embeddings + self.positional_embedding[:n]  # [B, N, W]
         blocks = self.transformer.resblocks
-        for block in blocks[: len(blocks) - skip_last]:
+        states = []
+        for i, block in enumerate(blocks):
+            if i == len(blocks) - skip_last:
+                states.append(x)
             x = block(x)
-        return self.ln_final(x)
+        states.append(x)
+        return states[:1] if skip_last == 0 else [states[0], states[-1]]
+
+    def pooled(self, last: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """CLIP's text feature: ``ln_final`` of the last block's output at the end token (the highest id of each row,
+        its first occurrence), times ``text_projection``: ``[B, N, W]`` -> ``[B, embed_dim]``."""
+        rows = torch.arange(last.shape[0], device=last.device)
+        return self.ln_final(last)[rows, ids.argmax(dim=-1)] @ self.text_projection  # [B, embed_dim]
 
 
 class FrozenOpenCLIPEmbedder(_TextEncoder):
@@ -154,8 +166,12 @@ class FrozenOpenCLIPEmbedder(_TextEncoder):
         layer_norm_eps: float = 1e-5,
         vocab_file: str | Path | None = None,
         merges_file: str | Path | None = None,
+        legacy: bool = True,
+        always_return_pooled: bool = False,
     ) -> None:
         super().__init__()
+        if always_return_pooled and legacy:
+            raise ValueError("FrozenOpenCLIPEmbedder: always_return_pooled needs legacy: False (as the sgm reference)")
         if layer not in LAYERS:
             raise ValueError(
                 f"FrozenOpenCLIPEmbedder: layer must be one of {LAYERS} (cond_stage_config.params.layer), got {layer!r}"
@@ -168,6 +184,8 @@ class FrozenOpenCLIPEmbedder(_TextEncoder):
         self.embedding_dim = width
         self.layer = layer
         self.layer_idx = LAYERS.index(layer)  # blocks skipped at the end
+        self.legacy = legacy  # False: the penultimate layer without ln_final (SDXL's bigG, sgm's legacy=False)
+        self.return_pooled = always_return_pooled
         self.model = OpenCLIPTextTower(
             width, layers, heads, max_length, vocab_size, embed_dim, mlp_ratio, layer_norm_eps
         )
@@ -177,6 +195,14 @@ class FrozenOpenCLIPEmbedder(_TextEncoder):
     @property
     def tokenizer(self) -> OpenCLIPTokenizer:
         return self._tokenizer
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.transformer.resblocks)
+
+    @property
+    def layer_used(self) -> str:
+        return self.layer
 
     def freeze(self) -> None:
         self.model = self.model.eval()
@@ -189,12 +215,21 @@ class FrozenOpenCLIPEmbedder(_TextEncoder):
     def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.token_embedding(ids)  # [..., W], no positional term
 
-    def encode_ids(self, ids: torch.Tensor, embedding_manager: EmbeddingManager | None = None) -> torch.Tensor:
+    def encode_ids(self, ids: torch.Tensor, embedding_manager: TokenSplice | None = None) -> torch.Tensor:
         ids = ids.to(self._device())
         emb = self.token_embedding(ids)  # [B, N, W]
         if embedding_manager is not None:
             ids, emb = embedding_manager(ids, emb)
-        return self.model(emb, skip_last=self.layer_idx)  # [B, N, W]
+        if self.legacy:
+            return self.model(emb, skip_last=self.layer_idx)  # [B, N, W]
+        return self.encode_with_pooled(ids, emb)[0]
+
+    def encode_with_pooled(self, ids: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``legacy: False`` (SDXL): the chosen layer's hidden state without ``ln_final`` ``[B, N, W]`` and the pooled
+        text feature ``[B, embed_dim]`` (:meth:`OpenCLIPTextTower.pooled` of the last layer), from token ids and
+        their (possibly spliced) token embeddings."""
+        states = self.model.hidden_states(emb, skip_last=self.layer_idx)
+        return states[0], self.model.pooled(states[-1], ids)
 
     def single_token_id(self, word: str) -> int:
         """The id of ``word`` if it is exactly one BPE token; ``ValueError`` naming the pieces otherwise."""
@@ -208,7 +243,7 @@ class FrozenOpenCLIPEmbedder(_TextEncoder):
             )
         return int(content[0])
 
-    def forward(self, text: str | Sequence[str], embedding_manager: EmbeddingManager | None = None) -> torch.Tensor:
+    def forward(self, text: str | Sequence[str], embedding_manager: TokenSplice | None = None) -> torch.Tensor:
         return self.encode(text, embedding_manager=embedding_manager)
 
     def extra_repr(self) -> str:
