@@ -172,7 +172,8 @@ def check_sampling_flags(
 
         choice = guidance_from_args(opt, model_family(opt.config))  # the method's flag errors come before loading
         ae_res = getattr(choice.config, "attention_res", None) if choice.active else None
-        res_flag = "--ae_attention_res" if choice.name == "ae" else "--g_attention_res"
+        given_g = hasattr(opt, "g_attention_res")  # the flag the user typed is the one the error names
+        res_flag = "--ae_attention_res" if choice.name == "ae" and not given_g else "--g_attention_res"
     counts = [("--batch_size", opt.batch_size)] if getattr(opt, "batch_size", None) is not None else []
     geometry = check_sampling(
         opt.config, H=getattr(opt, "H", None), W=getattr(opt, "W", None), steps=getattr(opt, steps_flag.lstrip("-")),

@@ -160,10 +160,16 @@ def section(rows: Sequence[SamplerRow], plot_name: str) -> str:
     lines = [
         "## Samplers: success against time (two subjects, all present)",
         "",
-        "Made by one command per row group (toy, sampler, steps), e.g.",
+        "Made by one command per (toy, sampler, steps); each writes its two rows (plain, A&E) to"
+        " `docs/results_samplers.json` (with the exact command) and rebuilds this section and its plot:",
         "",
         "```",
-        "nice -n 5 python scripts/evaluate_toyworld.py --toy 2 --sampler dpmpp_2m --steps 20 --sampler_rows",
+        "for toy in 1 2; do",
+        '  for run in "ddim 50" "ddim 25" "dpmpp_2m 10" "dpmpp_2m 15" "dpmpp_2m 20" "euler_a 20"; do',
+        "    set -- $run",
+        "    nice -n 5 python scripts/evaluate_toyworld.py --toy $toy --sampler $1 --steps $2 --sampler_rows",
+        "  done",
+        "done",
         "```",
         "",
         "Benchmark (i) of the sections above (two-subject prompts, one fixed seed each, the same pairs for every row),",
