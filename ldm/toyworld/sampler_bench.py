@@ -160,8 +160,8 @@ def section(rows: Sequence[SamplerRow], plot_name: str) -> str:
     lines = [
         "## Samplers: success against time (two subjects, all present)",
         "",
-        "Made by one command per (toy, sampler, steps); each writes its two rows (plain, A&E) to"
-        " `docs/results_samplers.json` (with the exact command) and rebuilds this section and its plot:",
+        "Made by one command per (toy, sampler, steps); each writes its two rows (plain, A&E) to",
+        "`docs/results_samplers.json` (with the exact command) and rebuilds this section and its plot:",
         "",
         "```",
         "for toy in 1 2; do",
@@ -241,7 +241,8 @@ def draw_plot(rows: Sequence[SamplerRow], path: Path) -> None:
         x0, y0 = margin + k * (pw + margin), margin
         t_max = max(r.seconds for r in mine) * 1.1
         d.rectangle([x0, y0, x0 + pw, y0 + ph], outline=(0, 0, 0))
-        d.text((x0, y0 - 40), f"ToyWorld {toy}: all subjects present vs CPU seconds per image", fill=(0, 0, 0))
+        title = f"ToyWorld {toy}: all subjects present vs CPU seconds per image (grey: plain, blue: A&E)"
+        d.text((x0, y0 - 40), title, fill=(0, 0, 0))
         for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
             y = y0 + ph - int(ph * frac)
             d.line([x0, y, x0 + pw, y], fill=(225, 225, 225))
