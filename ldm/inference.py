@@ -35,9 +35,9 @@ from ldm.guidance.flags import GuidanceChoice, add_guidance_args, guidance_from_
 from ldm.guidance.tokens import describe_groups, format_token_table, resolve_ae_tokens
 from ldm.guidance.tokens import prompt_tokens as read_prompt_tokens
 from ldm.guidance.visualize import render_attention
-from ldm.models.description import describe_model
+from ldm.models.description import CONFIGS_WITH_TOKENS, describe_config, describe_model
 from ldm.models.diffusion import samplers
-from ldm.models.diffusion.sampler_base import Generators
+from ldm.models.diffusion.sampler_base import Generators, select_cond
 from ldm.outputs import RunFolder
 from ldm.precision import precision_scope
 from ldm.util import load_yaml
@@ -75,9 +75,10 @@ def load_model(
     config = load_yaml(config_file, "--config")
     model_config = config.model if "model" in config else config
     if embedding_file and OmegaConf.select(model_config, "params.personalization_config") is None:
+        example = CONFIGS_WITH_TOKENS.get(describe_config(config_file).family, CONFIGS_WITH_TOKENS["ldm"])
         raise UserError(
             f"--embedding_path given, but --config {config_path} builds no embedding manager; use a config with "
-            "personalization_config (e.g. configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml)"
+            f"personalization_config (e.g. {example})"
         )
     model = load_model_from_config(config, str(ckpt_file), strict=True)
     if embedding_file:
@@ -328,8 +329,10 @@ def run_txt2img(
     """Sample every batch of prompts ``n_iter`` times and write the outputs; returns the settings written.
 
     ``guidance``: the method and its settings (an ``AttendExciteConfig`` alone: A&E, used when ``opts.ae_tokens``).
-    Everything is written through :class:`ldm.outputs.RunFolder`: inside ``opts.outdir``, atomically, numbered after
-    what the folder already holds (samples, grids and ``settings-NNNN.json``), so a rerun keeps the earlier record.
+    Everything is written through :class:`ldm.outputs.RunFolder`: inside ``opts.outdir``, atomically, under numbers
+    claimed exclusively after what the folder already holds (samples, grids and ``settings-NNNN.json``), so a rerun
+    keeps the earlier record and two runs into one folder at once keep all of each other's; ``samples`` in the
+    settings lists the numbers this run wrote.
     """
     if not isinstance(guidance, GuidanceChoice):
         guidance = GuidanceChoice(get_method(opts.method if opts.method != "plain" else "ae"), guidance)
@@ -356,6 +359,7 @@ def run_txt2img(
         settings["guidance"] = {"method": method.name, "settings": dataclasses.asdict(used), "steps_run": n_run}
     base_count = out_folder.next_sample_index()
     settings["first_sample"] = base_count
+    written: list[int] = []  # the numbers this run claimed (another run into the same folder takes others)
     all_samples: list[torch.Tensor] = []
     with sampling_scope(model, opts.precision):
         for _ in tqdm(range(opts.n_iter), desc="Sampling"):
@@ -369,20 +373,25 @@ def run_txt2img(
                 settings["prompts"].update(out.report)
                 for k, image in enumerate(out.images):
                     if not opts.skip_save:
-                        out_folder.save_image(to_pil(image), out_folder.sample_path(base_count))
+                        base_count = out_folder.save_sample(to_pil(image), base_count, opts.save_attention)
                     if opts.save_attention:
                         shown = display_config(used)
-                        picture = attention_picture(model, out.latents[k : k + 1], out.cond[k : k + 1],
-                                                    out.token_groups[k], prompts[k], image, shown)  # fmt: skip
-                        out_folder.save_image(picture, out_folder.attention_path(base_count))
+                        cond_k = select_cond(out.cond, slice(k, k + 1))  # a tensor, or SDXL's dict
+                        picture = attention_picture(model, out.latents[k : k + 1], cond_k, out.token_groups[k],
+                                                    prompts[k], image, shown)  # fmt: skip
+                        base_count = out_folder.save_attention(picture, base_count)
+                    if not opts.skip_save or opts.save_attention:
+                        written.append(base_count)
                     base_count += 1
                 all_samples.append(out.images)
     if not opts.skip_grid and all_samples:
         grid = make_grid(torch.cat(all_samples), nrow=opts.n_rows or batch_size)
-        grid_path = out_folder.save_image(to_pil(grid), out_folder.grid_path(batches[0][0]))
+        grid_path = out_folder.save_grid(to_pil(grid), batches[0][0])
         settings["grid"] = grid_path.name
+    if written:
+        settings["first_sample"], settings["samples"] = written[0], written
     settings["extra"] = opts.extra_settings
-    out_folder.save_json(settings, out_folder.settings_path())
+    out_folder.save_settings(settings)
     logger.info("Samples are in %s", opts.outdir)
     return settings
 

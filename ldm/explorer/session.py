@@ -40,6 +40,7 @@ from ldm.guidance.flags import add_guidance_args, guidance_from_args
 from ldm.models.description import describe_config
 from ldm.models.diffusion.samplers import SAMPLER_NAMES
 from ldm.sampler_flags import sampler_from_flags
+from ldm.validation import check_scale
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +289,7 @@ class Explorer:
         sampler_from_flags(argparse.Namespace(sampler=settings.sampler, ddim_eta=settings.eta))  # eta: DDIM only
         if settings.steps < 1:
             raise ValueError(f"--ddim_steps {settings.steps}: need at least one step")
+        check_scale(settings.scale)  # NaN / infinity: refused; 0: a warning that the prompt is ignored
         latent_shape = self.check_size(settings.H, settings.W)
         groups, _, report = inference.resolve_batch_tokens(self.model, [prompt], spec)  # the CLI's errors
         used, n_run = inference.schedule_for_run(config, settings.sampler, settings.steps, self.model.num_timesteps,
@@ -337,8 +339,8 @@ class Explorer:
                 generator=generator, ae_tokens=spec, guidance=method, guidance_config=config, on_maps=keep,
             )  # fmt: skip
             t = torch.ones(1, dtype=torch.long, device=device)
-            final = capture_token_maps(self.model, out.latents.float(), t, out.cond.float(), [groups],
-                                       display_config(config))[0]  # fmt: skip
+            cond = out.cond.float() if isinstance(out.cond, torch.Tensor) else out.cond  # SDXL: a dict
+            final = capture_token_maps(self.model, out.latents.float(), t, cond, [groups], display_config(config))[0]
         records = out.guidance.records if out.guidance is not None else []
         per_step = {r["step"]: sum(g.get("refinement", {}).get("iterations", 0) for g in r["groups"])
                     for r in records}  # fmt: skip

@@ -108,6 +108,8 @@ def sample_images(
         batch = list(prompts[lo : lo + settings.batch_size])
         specs = ae_tokens[lo : lo + settings.batch_size]
         n = len(batch)
+        # each image's generator draws its x_T (as start_noise) and goes on to the sampler: a method that draws more
+        # noise (INITNO's fresh rounds) draws it from the image's own seed, whatever the batch
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds[lo : lo + n]]
         x_t = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)  # [n, C, h, w]
         if ae_used is not None and (len(set(specs)) != 1 or not specs[0]):
@@ -157,7 +159,8 @@ def judge(
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, labels: Sequence[str] | None = None) -> Path:
-    """Write ``images`` ``[N, 3, H, W]`` in [0, 1] as one PNG grid (``labels``: a short text under each image)."""
+    """Write ``images`` ``[N, 3, H, W]`` in [0, 1] as one PNG grid (``labels``: a short text under each image);
+    returns the path written (an earlier grid of other content at ``path`` stays: this one is ``<name>-0001.png``)."""
     from PIL import Image, ImageDraw
 
     n, _, h, w = images.shape
@@ -173,6 +176,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, labels: Seq
         grid.paste(Image.fromarray(arr), (x0, y0))
         if labels:
             draw.text((x0 + 1, y0 + h), labels[k][:12], fill=(0, 0, 0))
-    from ldm.outputs import save_image
+    from ldm.outputs import image_writer, save_record
 
-    return save_image(grid, path)  # atomic: a full disk leaves no partial file
+    # atomic (a full disk leaves no partial file); a rerun's grid of another content is <name>-0001.png
+    return save_record(image_writer(grid, path), path, keep_same=True)

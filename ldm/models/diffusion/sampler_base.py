@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ldm.guidance.base import LatentGuidance
+from ldm.guidance.base import LatentGuidance, prepare_start_noise
 from ldm.models.diffusion.guidance.cfg import guided_eps
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,12 @@ class DiffusionSampler:
         """The loop's first latent z from the start noise x_T ~ N(0, I) (identity: DDPM-space samplers)."""
         return x_T
 
+    def timestep_tensor(self, step: float, batch: int, integral: bool) -> torch.Tensor:
+        """t [B] for the model: long, or float32 in a run with fractional timesteps."""
+        if integral:
+            return torch.full((batch,), int(step), device=self.device, dtype=torch.long)
+        return torch.full((batch,), float(step), device=self.device, dtype=torch.float32)
+
     def noised(self, x0: torch.Tensor, ts: torch.Tensor, i: int) -> torch.Tensor:
         """x0 noised to the level of step ``i`` (the mask's known region): DDPM eq. 4 at ``ts``."""
         return self.model.q_sample(x0, ts)
@@ -190,7 +196,8 @@ class DiffusionSampler:
         the step noise of DDPM and of DDIM with eta > 0.
 
         `intermediates` holds `x_inter` and `pred_x0` every `log_every_t` steps; both start with x_T, as in the
-        original. `latent_guidance` (e.g. Attend-and-Excite) edits the latent at the start of every step.
+        original. `latent_guidance` (e.g. Attend-and-Excite) edits the latent at the start of every step; its optional
+        `prepare_start` hook may replace x_T first (`ldm.guidance.base.prepare_start_noise`).
         """
         if quantize_x0:
             raise NotImplementedError("quantize_x0 needs a VQ first stage, which this project does not include")
@@ -208,17 +215,17 @@ class DiffusionSampler:
             generator,
         )
         x = x_T.to(self.device) if x_T is not None else noise_like((batch_size, *shape), self.device, generator)
-        x = self.start_latent(x)
-        step_fn = self.make_step(timesteps, options)
-        intermediates: dict[str, list[torch.Tensor]] = {"x_inter": [x], "pred_x0": [x]}
         total = len(timesteps)
         integral = all(float(step).is_integer() for step in timesteps)
+        if latent_guidance is not None and total:  # a method may replace the start noise (INITNO optimises it)
+            first = self.timestep_tensor(timesteps[0], x.shape[0], integral)
+            x = prepare_start_noise(latent_guidance, x, first, total, conditioning, generator)
+        x = self.start_latent(x)  # the noise x_T -> the loop's first latent z
+        step_fn = self.make_step(timesteps, options)
+        intermediates: dict[str, list[torch.Tensor]] = {"x_inter": [x], "pred_x0": [x]}
         for i, step in enumerate(tqdm(timesteps, desc=f"{self.name} sampler", total=total, disable=not verbose)):
             index = total - i - 1
-            if integral:
-                ts = torch.full((x.shape[0],), int(step), device=self.device, dtype=torch.long)
-            else:  # fractional timesteps: float t [B] for the model
-                ts = torch.full((x.shape[0],), float(step), device=self.device, dtype=torch.float32)
+            ts = self.timestep_tensor(step, x.shape[0], integral)
             if mask is not None:
                 x = self.noised(x0, ts, i) * mask + (1.0 - mask) * x
             if latent_guidance is not None:
