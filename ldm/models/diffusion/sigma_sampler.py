@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ldm.models.description import describe_model
 from ldm.models.diffusion.sampler_base import DiffusionSampler, StepOptions
 from ldm.models.diffusion.sigma_schedule import SigmaRun, sigma_run
 
@@ -27,7 +28,8 @@ class SigmaSampler(DiffusionSampler):
 
     Args:
         spacing: timestep spacing ("linspace", diffusers' default for these samplers and SD 1.x/2.x configs;
-            "leading"; "trailing").
+            "leading"; "trailing"; "sgm", SDXL's reference discretization). None: the model's
+            (``ModelDescription.sigma_spacing``: "sgm" for SDXL, "linspace" for the others).
         karras: the run's noise levels are Karras et al.'s (rho 7) instead of the spaced timesteps' own.
     """
 
@@ -35,10 +37,10 @@ class SigmaSampler(DiffusionSampler):
     start_in_sigma_space = False  # Euler: the start latent is x = sigma_max * noise (diffusers, k-diffusion)
 
     def __init__(
-        self, model: Any, schedule: str = "linear", spacing: str = "linspace", karras: bool = False, **kwargs: Any
+        self, model: Any, schedule: str = "linear", spacing: str | None = None, karras: bool = False, **kwargs: Any
     ) -> None:
         super().__init__(model, schedule, **kwargs)
-        self.spacing = spacing
+        self.spacing = spacing or describe_model(model).sigma_spacing
         self.karras = karras
         self.run: SigmaRun | None = None
 
@@ -54,7 +56,8 @@ class SigmaSampler(DiffusionSampler):
 
     def start_latent(self, x_T: torch.Tensor) -> torch.Tensor:
         """z from x_T ~ N(0, I). Euler family: x = s * x_T with s = sigma_max ("linspace"/"trailing"; "leading":
-        sqrt(sigma_max^2 + 1), as diffusers' ``init_noise_sigma``), i.e. z = s x_T / sqrt(1 + sigma_max^2)."""
+        sqrt(sigma_max^2 + 1), as diffusers' ``init_noise_sigma``; "sgm": sqrt(sigma_max^2 + 1), as sgm's
+        ``prepare_sampling_loop``), i.e. z = s x_T / sqrt(1 + sigma_max^2)."""
         if not self.start_in_sigma_space:
             return x_T
         sigma = self.run.sigmas[0]

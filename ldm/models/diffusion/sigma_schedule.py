@@ -9,7 +9,10 @@ the half-log-SNR lambda = log(alpha / sigma_vp) = -log(sigma) (DPM-Solver, Lu et
 (numpy float64 arithmetic on the float32 schedule, like diffusers, so timesteps and sigmas agree with theirs):
 
 - timestep spacing (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2):
-  "linspace" (the default of diffusers' Euler, DPM-Solver and UniPC schedulers), "leading", "trailing";
+  "linspace" (the default of diffusers' Euler, DPM-Solver and UniPC schedulers), "leading", "trailing"; and "sgm",
+  the discretization of SDXL's reference code (Stability-AI/generative-models, ``LegacyDDPMDiscretization``):
+  t_i = floor((T - 1) - i T / N), i = 0..N-1, integer timesteps whose sigmas are the training ones. It is "trailing"
+  when N divides T; otherwise floor and diffusers' rounding part ways at some steps (N = 30, T = 1000: 7 differ);
 - ``rounded``: DPM-Solver/UniPC round the timesteps to integers (N + 1 points, the last dropped); Euler keeps
   fractional ones (N points) and interpolates sigma linearly in t between training steps;
 - ``karras``: N noise levels sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SPACINGS = ("linspace", "leading", "trailing")
+SPACINGS = ("linspace", "leading", "trailing", "sgm")
 KARRAS_RHO = 7.0
 
 
@@ -74,6 +77,8 @@ def spaced_timesteps(spacing: str, num_steps: int, num_train: int, rounded: bool
         ratio = num_train // n
         steps = (np.arange(0, n) * ratio).round()[::-1].astype(np.float64) + steps_offset
         return steps[:-1].copy() if rounded else steps
+    if spacing == "sgm":  # generate_roughly_equally_spaced_steps of sgm, descending
+        return np.floor(np.linspace(num_train - 1, 0, num_steps, endpoint=False))
     ratio = num_train / num_steps  # trailing
     return np.arange(num_train, 0, -ratio).round().astype(np.float64) - 1
 
