@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ldm import inference  # noqa: E402
+from ldm import inference, txt2img_run  # noqa: E402
 from ldm.engine import add_distributed_args, load_model_for  # noqa: E402
 from ldm.engine.txt2img import run_from_file  # noqa: E402
 from ldm.precision import PRECISIONS  # noqa: E402
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         opt.ckpt = "models/ldm/text2img-large/model.ckpt"
         opt.outdir = "outputs/txt2img-samples-laion400m"
     geometry = inference.check_sampling_flags(opt, ckpt_flag="--ckpt")  # before anything is loaded
-    options = inference.SamplingOptions(
+    options = txt2img_run.SamplingOptions(
         outdir=opt.outdir, sampler=sampler_from_flags(opt), steps=opt.ddim_steps,
         eta=opt.ddim_eta, scale=opt.scale, n_iter=opt.n_iter, H=opt.H, W=opt.W, C=geometry.channels,
         f=geometry.first_stage_factor, seed=opt.seed,
@@ -104,12 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     if opt.from_file:
         run_from_file(opt, options, opt.ckpt, "--ckpt")
         return
-    batches = inference.read_prompts(opt.prompt, None, opt.n_samples)
+    batches = txt2img_run.read_prompts(opt.prompt, None, opt.n_samples)
     device = inference.pick_device(opt.device)
     model = load_model_for(
         device, opt.config, opt.ckpt, opt.embedding_path, opt.precision, "--ckpt", compile_unet=opt.compile
     )
-    inference.run_txt2img(model, batches, options, inference.guidance_choice(opt, model_config=opt.config))
+    txt2img_run.run_txt2img(model, batches, options, inference.guidance_choice(opt, model_config=opt.config))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from ldm.explorer import callbacks
 from ldm.explorer.chips import prompt_chips, selection_for, spec_for
 from ldm.explorer.plot import BAND, PALETTE, run_plot
 from ldm.explorer.session import Explorer, Settings
+from ldm.guidance.attend_excite.maps import capture_token_maps
 from ldm.models.diffusion.guidance.tokens import resolve_ae_tokens
 from ldm.modules.embedding_manager import EmbeddingManager
 from ldm.util import instantiate_from_config
@@ -154,7 +155,7 @@ def test_run_is_the_scripts_sampling(explorer):
         assert result.excited.refinement[step] == rec.get("refinement", {}).get("iterations", 0)
     groups, _, _ = inference.resolve_batch_tokens(model, [PROMPT], "*,dog")
     t = torch.ones(1, dtype=torch.long)
-    final = inference.capture_token_maps(model.model.diffusion_model, excited.latents, t, excited.cond, groups, used)
+    final = capture_token_maps(model.model.diffusion_model, excited.latents, t, excited.cond, groups, used)
     assert torch.allclose(result.excited.final_maps, final[0], atol=1e-6)
 
 

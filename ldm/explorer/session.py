@@ -36,7 +36,7 @@ from ldm.guidance import get_method, method_names
 from ldm.guidance.attend_excite.config import AttendExciteConfig, display_config
 from ldm.guidance.attend_excite.maps import capture_token_maps
 from ldm.guidance.engine import StepMaps
-from ldm.guidance.flags import add_guidance_args, guidance_from_args
+from ldm.guidance.flags import add_guidance_args, guidance_from_args, settings_text
 from ldm.models.description import describe_config
 from ldm.models.diffusion.samplers import SAMPLER_NAMES
 from ldm.sampler_flags import sampler_from_flags
@@ -116,16 +116,8 @@ class RunResult:
 
 
 def field_text(value: Any) -> str:
-    """An ``AttendExciteConfig`` value in its ``--ae_<field>`` flag syntax."""
-    if isinstance(value, dict):
-        return ",".join(f"{k}:{v}" for k, v in value.items())
-    if isinstance(value, (tuple, list)):
-        return ",".join(str(v) for v in value)
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
+    """A settings value in its ``--ae_<field>`` / ``--g_<field>`` flag syntax."""
+    return settings_text(value)
 
 
 def _flag_parser() -> argparse.ArgumentParser:

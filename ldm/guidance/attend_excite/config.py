@@ -7,13 +7,13 @@ turns a schedule written for one step count into the steps of a run (through its
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
 
 import numpy as np
 
+from ldm.guidance.schedule import linspace_step_size, rescale_step, rescale_thresholds, step_at  # noqa: F401
 from ldm.guidance.tokens import TokenGroup
 
 LOSS_REDUCTIONS = ("per_sample", "shared")
@@ -103,11 +103,6 @@ def schedule_fractions(config: AttendExciteConfig) -> tuple[Fraction, dict[Fract
     return Fraction(config.max_iter_to_alter, base), {Fraction(i, base): thr for i, thr in config.thresholds.items()}
 
 
-def step_at(fraction: Fraction, num_steps: int) -> int:
-    """The step of a run of ``num_steps`` steps at ``fraction`` of it: floor(fraction * N + 1/2), exactly."""
-    return math.floor(fraction * num_steps + Fraction(1, 2))
-
-
 def scale_schedule(config: AttendExciteConfig, num_steps: int) -> AttendExciteConfig:
     """The schedule (:func:`schedule_fractions`) in absolute steps of a run of ``num_steps`` steps (:func:`step_at`).
 
@@ -119,15 +114,12 @@ def scale_schedule(config: AttendExciteConfig, num_steps: int) -> AttendExciteCo
     """
     if config.schedule_steps is None:
         return config
-    alter, fractions = schedule_fractions(config)
-    thresholds: dict[int, float] = {}
-    for fraction, thr in fractions.items():
-        new = step_at(fraction, num_steps)
-        thresholds[new] = max(thr, thresholds.get(new, -math.inf))
-    return replace(config, thresholds=thresholds, max_iter_to_alter=step_at(alter, num_steps), schedule_steps=None)
+    base = config.schedule_steps
+    thresholds = rescale_thresholds(config.thresholds, base, num_steps)
+    alter = rescale_step(config.max_iter_to_alter, base, num_steps)
+    return replace(config, thresholds=thresholds, max_iter_to_alter=alter, schedule_steps=None)
 
 
 def step_size(config: AttendExciteConfig, step: int, num_steps: int) -> float:
     """alpha_i = scale_factor * sqrt(linspace(scale_range[0], scale_range[1], num_steps)[i]) (float64 like numpy)."""
-    scale_range = np.linspace(config.scale_range[0], config.scale_range[1], num_steps)
-    return float(config.scale_factor * np.sqrt(scale_range[step]))
+    return linspace_step_size(config.scale_factor, config.scale_range, step, num_steps)

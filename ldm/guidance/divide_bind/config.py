@@ -4,12 +4,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from ldm.guidance.attend_excite.config import SOFTMAX_ENDS, normalize_token_indices
 from ldm.guidance.divide_bind.pairs import parse_pair_spec
+from ldm.guidance.schedule import rescale_step, rescale_thresholds
 from ldm.guidance.tokens import TokenGroup
 
 __all__ = ["DivideBindConfig", "scale_schedule"]
@@ -104,12 +104,7 @@ def scale_schedule(config: DivideBindConfig, num_steps: int) -> DivideBindConfig
     if base is None:
         return config
 
-    def rescale(i: int) -> int:
-        return int(math.floor(i * num_steps / base + 0.5))
-
-    thresholds: dict[int, float] = {}
-    for step, thr in config.thresholds.items():
-        thresholds[rescale(step)] = max(thr, thresholds.get(rescale(step), -math.inf))
-    weights = {rescale(step): w for step, w in sorted(config.bind_weights.items())}
-    return replace(config, thresholds=thresholds, bind_weights=weights,
-                   max_iter_to_alter=rescale(config.max_iter_to_alter), schedule_steps=None)  # fmt: skip
+    thresholds = rescale_thresholds(config.thresholds, base, num_steps)
+    weights = {rescale_step(step, base, num_steps): w for step, w in sorted(config.bind_weights.items())}
+    alter = rescale_step(config.max_iter_to_alter, base, num_steps)
+    return replace(config, thresholds=thresholds, bind_weights=weights, max_iter_to_alter=alter, schedule_steps=None)
