@@ -37,8 +37,9 @@ def subject_prompts(n: int, k: int, seed: int) -> tuple[list[str], list[str]]:
 
 
 def colour_and_shape_specs(prompts: list[str]) -> list[str]:
-    """A&E specs that excite every colour word and every shape word (or "*") a prompt names, in order."""
-    return [",".join(w for c, s in parse_caption(p, {"*": "*"}) for w in ((c, s) if c else (s,))) for p in prompts]
+    """A&E specs that excite every colour word and every shape word (or "*", "@") a prompt names, in order."""
+    return [",".join(w for c, s in parse_caption(p, {"*": "*", "@": "@"}) for w in ((c, s) if c else (s,)))
+            for p in prompts]  # fmt: skip
 
 
 def placeholder_prompts(n: int, seed: int) -> tuple[list[str], list[str]]:
