@@ -16,17 +16,18 @@ folder and config, and the trainer's logger and callbacks are built by `ldm/trai
 from __future__ import annotations
 
 import datetime
+import errno
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ldm.outputs import claim_folder, write_error
 from omegaconf import OmegaConf
 
 from ldm.callbacks import ImageLogger
 from ldm.data.datamodule import DataModuleFromConfig, WrappedDataset
-from ldm.outputs import claim_folder
 from ldm.training.flags import get_parser, gpus_to_trainer, split_overrides, trainer_options
 from ldm.training.run_config import (
     RUN_DIR_ENV,
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("main")
+DISK_FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 @dataclass
@@ -113,11 +115,25 @@ def run(argv: list[str] | None = None) -> RunResult:
     logger.info("Run %s in %s", run_name, logdir)
     install_checkpoint_signal(trainer, ckptdir)
     if opt.train:
-        trainer.fit(model, data, ckpt_path=resume_ckpt, weights_only=True)  # resume unpickles nothing but tensors
+        try:
+            trainer.fit(model, data, ckpt_path=resume_ckpt, weights_only=True)  # resume unpickles nothing but tensors
+        except OSError as err:
+            converted = disk_error(err, f"a checkpoint or log in {logdir}")
+            if converted is err:
+                raise
+            raise converted from err
     has_test = "test" in getattr(data, "dataset_configs", {})
     if not opt.no_test and has_test and not trainer.interrupted:
         trainer.test(model, data)
     return RunResult(trainer, model, logdir)
+
+
+def disk_error(err: OSError, where: str | os.PathLike) -> OSError:
+    """A full disk or a read-only folder met by Lightning's own writers (checkpoints, logs) as one
+    :class:`ldm.outputs.OutputError` naming the file (or ``where``), like our writers'; other errors unchanged."""
+    if err.errno not in DISK_FULL_OR_READ_ONLY:
+        return err
+    return write_error(err, err.filename or where) or err
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,9 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite  # noqa: E402
-from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig, scale_schedule  # noqa: E402
-from ldm.models.diffusion.guidance.attend_excite_maps import blocks_at_resolution, max_attention_per_token  # noqa: E402
+from ldm.guidance.attend_excite.config import AttendExciteConfig, scale_schedule  # noqa: E402
+from ldm.guidance.attend_excite.maps import max_attention_per_token  # noqa: E402
+from ldm.guidance.attend_excite.method import AttendAndExcite  # noqa: E402
+from ldm.guidance.capture import blocks_at_resolution  # noqa: E402
 from ldm.modules.attention_control import AttentionStore, register_attention_controller  # noqa: E402
 
 INDICES = (2, 5)

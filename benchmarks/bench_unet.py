@@ -147,8 +147,8 @@ def saved_activation_bytes(fn, params: list[torch.Tensor]) -> tuple[float, int]:
 
 
 def checkpointing_section(unet: torch.nn.Module, size: int, ctx_dim: int, repeats: int) -> None:
-    from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite
-    from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
+    from ldm.guidance.attend_excite.config import AttendExciteConfig
+    from ldm.guidance.attend_excite.method import AttendAndExcite
 
     gen = torch.Generator().manual_seed(0)
     x, c = torch.randn(1, 4, size, size, generator=gen), torch.randn(1, 77, ctx_dim, generator=gen)

@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from ldm.guidance.attend_excite.config import AttendExciteConfig  # noqa: E402
+from ldm.guidance.attend_excite.method import AttendAndExcite  # noqa: E402
 from ldm.models.diffusion.ddim import DDIMSampler  # noqa: E402
-from ldm.models.diffusion.guidance.attend_and_excite import AttendAndExcite  # noqa: E402
-from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig  # noqa: E402
 from ldm.models.diffusion.posterior_cache import PosteriorCache  # noqa: E402
 from ldm.util import instantiate_from_config  # noqa: E402
 

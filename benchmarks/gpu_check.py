@@ -37,7 +37,7 @@ from common import peak_memory, timed  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from ldm import inference  # noqa: E402
-from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig  # noqa: E402
+from ldm.guidance.attend_excite.config import AttendExciteConfig  # noqa: E402
 from ldm.modules.attention import CrossAttention  # noqa: E402
 from ldm.outputs import save_json  # noqa: E402
 from ldm.precision import cast_model  # noqa: E402

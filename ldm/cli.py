@@ -3,7 +3,8 @@
 Every script's ``if __name__ == "__main__":`` (and ``main.py``'s) is ``run_cli(main)``:
 
 - a user error (see :func:`is_user_error`) prints ``error: <message>`` on stderr and exits with status 2
-  (argparse's status for a bad command line);
+  (argparse's status for a bad command line); a :class:`ldm.errors.RunError` (another process of the run died or
+  went silent) prints its one line too, with status 1;
 - ``--debug`` on the command line (taken out before ``main`` sees it) or ``LDM_DEBUG=1`` in the environment prints
   the traceback first;
 - any other exception is a bug: Python prints its traceback and the status is 1;
@@ -19,11 +20,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ldm.errors import UserError
+from ldm.errors import RunError, UserError
 
-__all__ = ["USER_ERROR_STATUS", "DEBUG_ENV", "is_user_error", "run_cli", "split_debug_flag"]
+__all__ = ["USER_ERROR_STATUS", "RUN_ERROR_STATUS", "DEBUG_ENV", "is_user_error", "run_cli", "split_debug_flag"]
 
 USER_ERROR_STATUS = 2
+RUN_ERROR_STATUS = 1
 DEBUG_ENV = "LDM_DEBUG"
 _REPO = Path(__file__).resolve().parents[1]
 _PROJECT_SOURCES = (_REPO / "ldm", _REPO / "scripts", _REPO / "main.py")
@@ -33,7 +35,7 @@ _BOOL_WORDS = (*_TRUE, "0", "false", "no", "off", "n", "f")
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     """:class:`UserError` and the project's other error types whose messages are meant for the user."""
-    types: list[type[BaseException]] = [UserError]
+    types: list[type[BaseException]] = [UserError, RunError]
     for module, name in (
         ("ldm.outputs", "OutputError"),  # full disk, a path outside the output folder
         ("ldm.modules.embedding_interop", "EmbeddingFileError"),
@@ -123,5 +125,5 @@ def run_cli(
         if debug:
             traceback.print_exc()
         sys.stderr.write(f"error: {_message(err)}\n")
-        sys.exit(USER_ERROR_STATUS)
+        sys.exit(RUN_ERROR_STATUS if isinstance(err, RunError) else USER_ERROR_STATUS)
     sys.exit(result if isinstance(result, int) else 0)

@@ -4,13 +4,16 @@
 command-line wrapper :func:`ldm.cli.run_cli` prints it as ``error: <message>`` (no traceback) and exits with
 status 2; anything else is a bug and keeps its traceback.
 
+:class:`RunError` marks a run that cannot go on for a reason outside this process (another process of the run died or
+went silent); it is printed the same way, one line, with exit status 1.
+
 ``UserError`` is a ``ValueError`` and :class:`MissingFileError` also a ``FileNotFoundError``, so code (and tests)
 that catch the built-in types keep working. This module imports nothing from the project (no import cycles).
 """
 
 from __future__ import annotations
 
-__all__ = ["UserError", "MissingFileError"]
+__all__ = ["UserError", "MissingFileError", "RunError"]
 
 
 class UserError(ValueError):
@@ -19,3 +22,8 @@ class UserError(ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file named by a flag or a config does not exist."""
+
+
+class RunError(RuntimeError):
+    """The run stopped for a reason outside this process (another rank died or went silent); the message says what
+    happened, what was kept and how to go on."""

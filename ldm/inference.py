@@ -338,8 +338,10 @@ def run_txt2img(
     """Sample every batch of prompts ``n_iter`` times and write the outputs; returns the settings written.
 
     ``guidance``: the method and its settings (an ``AttendExciteConfig`` alone: A&E, used when ``opts.ae_tokens``).
-    Everything is written through :class:`ldm.outputs.RunFolder`: inside ``opts.outdir``, atomically, numbered after
-    what the folder already holds (samples, grids and ``settings-NNNN.json``), so a rerun keeps the earlier record.
+    Everything is written through :class:`ldm.outputs.RunFolder`: inside ``opts.outdir``, atomically, under numbers
+    claimed exclusively after what the folder already holds (samples, grids and ``settings-NNNN.json``), so a rerun
+    keeps the earlier record and two runs into one folder at once keep all of each other's; ``samples`` in the
+    settings lists the numbers this run wrote.
     """
     if not isinstance(guidance, GuidanceChoice):
         guidance = GuidanceChoice(get_method(opts.method if opts.method != "plain" else "ae"), guidance)
@@ -366,6 +368,7 @@ def run_txt2img(
         settings["guidance"] = {"method": method.name, "settings": dataclasses.asdict(used), "steps_run": n_run}
     base_count = out_folder.next_sample_index()
     settings["first_sample"] = base_count
+    written: list[int] = []  # the numbers this run claimed (another run into the same folder takes others)
     all_samples: list[torch.Tensor] = []
     with sampling_scope(model, opts.precision):
         for _ in tqdm(range(opts.n_iter), desc="Sampling"):
@@ -379,20 +382,24 @@ def run_txt2img(
                 settings["prompts"].update(out.report)
                 for k, image in enumerate(out.images):
                     if not opts.skip_save:
-                        out_folder.save_image(to_pil(image), out_folder.sample_path(base_count))
+                        base_count = out_folder.save_sample(to_pil(image), base_count, opts.save_attention)
                     if opts.save_attention:
                         shown = display_config(used)
                         picture = attention_picture(model, out.latents[k : k + 1], out.cond[k : k + 1],
                                                     out.token_groups[k], prompts[k], image, shown)  # fmt: skip
-                        out_folder.save_image(picture, out_folder.attention_path(base_count))
+                        base_count = out_folder.save_attention(picture, base_count)
+                    if not opts.skip_save or opts.save_attention:
+                        written.append(base_count)
                     base_count += 1
                 all_samples.append(out.images)
     if not opts.skip_grid and all_samples:
         grid = make_grid(torch.cat(all_samples), nrow=opts.n_rows or batch_size)
-        grid_path = out_folder.save_image(to_pil(grid), out_folder.grid_path(batches[0][0]))
+        grid_path = out_folder.save_grid(to_pil(grid), batches[0][0])
         settings["grid"] = grid_path.name
+    if written:
+        settings["first_sample"], settings["samples"] = written[0], written
     settings["extra"] = opts.extra_settings
-    out_folder.save_json(settings, out_folder.settings_path())
+    out_folder.save_settings(settings)
     logger.info("Samples are in %s", opts.outdir)
     return settings
 

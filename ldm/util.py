@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import pickle
 import re
 import zipfile
 from collections.abc import Mapping
@@ -180,25 +179,69 @@ def describe_read_error(err: BaseException) -> str:
     return text.split(". ")[0].rstrip(".")
 
 
+# Pickle opcodes that look up or call a global: what torch's weights_only unpickler refuses in an unsafe file.
+_GLOBAL_OPS = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4"}
+_MAX_PICKLES = 8  # a legacy torch file holds a few pickles (magic number, version, system info, the object) in a row
+
+
+def holds_pickled_objects(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a well-formed pickle that builds objects: the ``data.pkl`` of a torch zip archive, or the
+    pickles at the start of a legacy torch file, parse completely (``pickletools``; nothing is executed) and look up
+    globals. A refusal of such a file means unsafe content; of anything else (random bytes, a damaged archive) that
+    the file is corrupt."""
+    import io
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return False
+                stream: Any = io.BytesIO(archive.read(name))
+        else:
+            stream = open(path, "rb")  # noqa: SIM115 - closed below
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return False
+    found = False
+    with stream:
+        for _ in range(_MAX_PICKLES):
+            try:
+                ops = [op.name for op, _, _ in pickletools.genops(stream)]  # up to and including STOP
+            except Exception:  # noqa: BLE001 - an unknown opcode, a truncated stream: not (or no more) pickle
+                return found
+            found |= bool(_GLOBAL_OPS.intersection(ops))
+            if found:
+                return True
+    return found
+
+
 def safe_torch_load(
     path: Path, refused: str, refused_hint: str, corrupt: str, corrupt_hint: str, error: type[Exception], **kwargs: Any
 ) -> Any:
     """``torch.load(path, weights_only=True)``; a refused pickle or a truncated/corrupt file becomes one ``error``.
+
+    A file the unpickler rejects is "refused" (unsafe) only when it is a well-formed pickle that builds objects
+    (:func:`holds_pickled_objects`); random bytes and damaged archives are "corrupt".
 
     ``refused`` / ``corrupt`` open the two messages ("Refused to load 'x.ckpt'", "Checkpoint 'x.ckpt'"); the hints say
     how to fix each case. ``kwargs`` go to ``torch.load`` (e.g. ``mmap=True``).
     """
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, **kwargs)
-    except pickle.UnpicklingError as err:
-        raise error(
-            f"{refused}: it contains objects other than tensors, which could run code when unpickled "
-            f"({describe_unpickling_error(err)}). {refused_hint}"
-        ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         if kwargs.get("mmap") and "mmap" in str(err):  # a legacy (non-zip) file cannot be mapped: read it
             return safe_torch_load(path, refused, refused_hint, corrupt, corrupt_hint, error)
         raise error(f"{corrupt} is truncated or corrupt ({describe_read_error(err)}). {corrupt_hint}") from err
+    except Exception as err:  # noqa: BLE001 - the unpickler's refusal, or whatever random bytes make it raise
+        if not holds_pickled_objects(path):  # random bytes, a damaged archive: corrupt, not malicious
+            raise error(
+                f"{corrupt} is corrupt: it is not a torch file (no readable pickle in it). {corrupt_hint}"
+            ) from err
+        raise error(
+            f"{refused}: it contains objects other than tensors, which could run code when unpickled "
+            f"({describe_unpickling_error(err)}). {refused_hint}"
+        ) from err
 
 
 def check_checkpoint_file(path: str | os.PathLike, flag: str = "--resume") -> None:

@@ -6,7 +6,7 @@ One place for every script that samples (txt2img, stable_txt2img, the evaluation
 - ``--H``/``--W`` are multiples of the model's total downsampling, the first stage's factor ``f`` times the UNet's
   ``2^(levels - 1)``, and at least that large; the error suggests the nearest valid sizes;
 - ``--n_samples``, ``--n_iter`` and the step count of every sampler (DDIM, PLMS and DDPM alike) are in
-  ``1..timesteps``; a negative ``--scale`` warns;
+  ``1..timesteps``; a NaN or infinite ``--scale`` is refused, a negative one or 0 (the prompt is ignored) warns;
 - with ``--ae_tokens``, the A&E ``attention_res`` is a side of the cross-attention maps at that image size.
 
 Every failure is a :class:`ldm.errors.UserError` naming the flag and how to fix it.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ModelGeometry", "model_geometry", "check_files", "nearest_sizes", "check_image_size", "check_count",
-    "attention_sides", "check_attention_res", "check_sampling", "check_sampling_flags",
+    "attention_sides", "check_attention_res", "check_sampling", "check_sampling_flags", "check_scale",
 ]  # fmt: skip
 
 # What a model config fixes about the sampling flags is its description (``ldm.models.description``); the old name
@@ -117,6 +118,27 @@ def check_attention_res(res: int, H: int, W: int, geometry: ModelGeometry, flag:
     )
 
 
+def check_scale(scale: float, flag: str = "--scale") -> float:
+    """The classifier-free guidance scale: NaN and infinity are refused (every image would be black); 0 warns that
+    the prompt is ignored (only the unconditional prediction is left), a negative scale that it pushes away from it."""
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise UserError(
+            f"{flag} {scale}: the guidance scale must be a finite number (NaN or infinity makes every image black); "
+            "use e.g. 7.5 (Stable Diffusion), 5 (LDM) or 3 (ToyWorld)"
+        )
+    if scale == 0:
+        logger.warning(
+            "%s 0 ignores the prompt: classifier-free guidance at scale 0 keeps only the unconditional prediction; "
+            "use 1 for the conditional model alone, more to follow the prompt more closely", flag
+        )  # fmt: skip
+    elif scale < 0:
+        logger.warning(
+            "%s %g is negative: classifier-free guidance then pushes the images away from the prompt", flag, scale
+        )
+    return scale
+
+
 def check_sampling(
     config_path: str | os.PathLike,
     *,
@@ -145,10 +167,8 @@ def check_sampling(
     for flag, value in (("--n_samples", n_samples), ("--n_iter", n_iter), *counts):
         check_count(flag, value)
     check_count(steps_flag, steps, geometry.timesteps, " (the number of diffusion timesteps of the model)")
-    if scale is not None and scale < 0:
-        logger.warning(
-            "--scale %g is negative: classifier-free guidance then pushes the images away from the prompt", scale
-        )
+    if scale is not None:
+        check_scale(scale)
     if ae_attention_res is not None:
         check_attention_res(ae_attention_res, H, W, geometry, flag=attention_res_flag)
     return geometry
@@ -172,7 +192,8 @@ def check_sampling_flags(
 
         choice = guidance_from_args(opt, model_family(opt.config))  # the method's flag errors come before loading
         ae_res = getattr(choice.config, "attention_res", None) if choice.active else None
-        res_flag = "--ae_attention_res" if choice.name == "ae" else "--g_attention_res"
+        given_g = hasattr(opt, "g_attention_res")  # the flag the user typed is the one the error names
+        res_flag = "--ae_attention_res" if choice.name == "ae" and not given_g else "--g_attention_res"
     counts = [("--batch_size", opt.batch_size)] if getattr(opt, "batch_size", None) is not None else []
     geometry = check_sampling(
         opt.config, H=getattr(opt, "H", None), W=getattr(opt, "W", None), steps=getattr(opt, steps_flag.lstrip("-")),

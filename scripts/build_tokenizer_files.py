@@ -98,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     clip_dir = args.out_dir / "clip"
     bpe_gz = clip_dir / "bpe_simple_vocab_16e6.txt.gz"
     if not bpe_gz.is_file():
-        sys.exit(f"missing {bpe_gz}: copy clip/bpe_simple_vocab_16e6.txt.gz from the openai-clip==1.0.1 sdist there")
+        raise FileNotFoundError(  # run_cli: one "error: ..." line
+            f"missing {bpe_gz}: copy clip/bpe_simple_vocab_16e6.txt.gz from the openai-clip==1.0.1 sdist there"
+        )
     if sha256(bpe_gz) != CLIP_BPE_SHA256:
-        sys.exit(f"{bpe_gz}: sha256 {sha256(bpe_gz)} != expected {CLIP_BPE_SHA256}")
+        raise ValueError(f"{bpe_gz}: sha256 {sha256(bpe_gz)} != expected {CLIP_BPE_SHA256}; copy the file again")
     vocab_text, merges_text = clip_file_texts(bpe_gz)
     targets = {clip_dir / "vocab.json": vocab_text, clip_dir / "merges.txt": merges_text}
     if args.bert_vocab_json is not None:

@@ -22,17 +22,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
+from ldm.models.description import describe_config  # noqa: E402
 from ldm.modules.embedding_interop import (  # noqa: E402
     FORMATS,
     EmbeddingFileError,
     check_dim,
+    check_family,
     read_embeddings,
     renamed,
     tokenizer_and_widths,
     with_token_ids,
     write_embeddings,
 )
-from ldm.outputs import OutputError  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -56,6 +57,7 @@ def convert(argv: list[str] | None = None) -> Path:
     if opt.config is not None:
         tokenizer, widths = tokenizer_and_widths(opt.config)
         check_dim(embeddings, widths, opt.input)
+        check_family(embeddings, describe_config(opt.config).family, opt.input)
     if opt.expect_dim is not None:
         check_dim(embeddings, opt.expect_dim, opt.input)
     if opt.placeholder is not None:
@@ -76,12 +78,9 @@ def convert(argv: list[str] | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Convert; a bad file or flag is raised for :func:`ldm.cli.run_cli` to print as one ``error: ...`` line."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        convert(argv)
-    except (EmbeddingFileError, OutputError) as err:
-        logging.getLogger(__name__).error("%s", err)
-        return 2
+    convert(argv)
     return 0
 
 

@@ -24,7 +24,8 @@ instead; its images go to ``images/with_<NAME>/``. Each generated folder gets a 
 and what the guidance did.
 
 Writes ``clip_raw_metrics.json`` (per prompt and image), ``clip_aggregated_metrics.json`` (per category) and
-``clip_metrics.md`` (the table, also printed) to ``--out_dir``.
+``clip_metrics.md`` (the table, also printed) to ``--out_dir``. A rerun never replaces them (nor a folder's
+``settings.json`` that differs): its records are numbered, ``clip_raw_metrics-0001.json`` and so on.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from ldm.outputs import ensure_folder, json_text, record_number, save_record, text_writer  # noqa: E402
 
 from ldm import engine, inference  # noqa: E402
 from ldm.evaluation import metrics  # noqa: E402
@@ -53,7 +55,6 @@ from ldm.evaluation.evaluators import (  # noqa: E402
     read_prompt_file,
 )
 from ldm.evaluation.generate import add_size_args, guidance_summary, latent_shape, read_guidance_records  # noqa: E402
-from ldm.outputs import save_json, save_text  # noqa: E402
 from ldm.precision import PRECISIONS  # noqa: E402
 
 logger = logging.getLogger("evaluate_attend_excite")
@@ -156,7 +157,7 @@ def generate_all(args: argparse.Namespace, prompts: list[tuple[str, str]]) -> tu
     args.ae_tokens = spec
     labels = labels_for(choice.name)
     texts = [p for _, p in prompts]
-    root = Path(args.out_dir) / "images"
+    root = ensure_folder(Path(args.out_dir) / "images", "--out_dir")  # a file in the way: one error line
     items = engine.make_items(
         root, texts, args.n_samples, list(labels), args.seed,
         path_of=lambda p, i, m: Path(labels[m]) / p / f"{i:04}.png",  # the folder is named exactly like the prompt
@@ -186,7 +187,7 @@ def generate_all(args: argparse.Namespace, prompts: list[tuple[str, str]]) -> tu
         guidance=None if choice.name == "ae" else {choice.name: choice.config},
     )  # fmt: skip
     record = {k: settings[k] for k in ("ckpt_path", "config", "embedding_path", "seed")}
-    result = engine.run_items(fabric, model, items, engine_settings, root, record)
+    result = engine.run_items(fabric, model, items, engine_settings, root, record, args.rank_timeout)
     if not result.is_rank_zero:
         return None
     for _, prompt in prompts:
@@ -201,7 +202,8 @@ def generate_all(args: argparse.Namespace, prompts: list[tuple[str, str]]) -> tu
                 guided = used_record | done
             key = "attend_and_excite" if method in ("plain", "ae") else "guidance"
             folder_record = {"prompt": prompt, "method": label, **settings, key: guided}
-            save_json(folder_record, root / label / prompt / "settings.json", root)
+            save_record(text_writer(json_text(folder_record)), root / label / prompt / "settings.json", root,
+                        keep_same=True)  # fmt: skip
     del model
     if fabric.device.type == "cuda":
         torch.cuda.empty_cache()
@@ -242,16 +244,18 @@ def main(argv: list[str] | None = None) -> dict:
         aggregated[label] = aggregate(results)
 
     table = markdown_table(aggregated)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_folder(args.out_dir, "--out_dir")
     meta = {"clip_model": str(clip_folder), "templates": args.templates, "prompts": args.prompts}
     if generation is not None:
         meta["generation"] = generation
-    save_text(json.dumps({**meta, "methods": raw}, indent=2) + "\n", out_dir / "clip_raw_metrics.json")
-    save_text(json.dumps({**meta, "methods": aggregated}, indent=2) + "\n", out_dir / "clip_aggregated_metrics.json")
-    save_text(table, out_dir / "clip_metrics.md")
+    raw_file = save_record(text_writer(json.dumps({**meta, "methods": raw}, indent=2) + "\n"),
+                           out_dir / "clip_raw_metrics.json")  # fmt: skip
+    number = record_number(raw_file, out_dir / "clip_raw_metrics.json")  # the other two get the same number
+    aggregated_file = save_record(text_writer(json.dumps({**meta, "methods": aggregated}, indent=2) + "\n"),
+                                  out_dir / "clip_aggregated_metrics.json", number=number)  # fmt: skip
+    table_file = save_record(text_writer(table), out_dir / "clip_metrics.md", number=number)
     print(table)
-    print(f"wrote {out_dir / 'clip_raw_metrics.json'}, clip_aggregated_metrics.json and clip_metrics.md")
+    print(f"wrote {raw_file}, {aggregated_file.name} and {table_file.name}")
     return {"raw": raw, "aggregated": aggregated, "table": table}
 
 

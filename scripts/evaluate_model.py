@@ -11,7 +11,10 @@ Generates ``--n_samples`` images of ``--prompt`` (DDIM, eta 0, CFG ``--scale``),
         --embedding_path logs/<run>/checkpoints/embeddings.pt --data_dir datasets/cat_statue \\
         --clip_model /models/clip-vit-base-patch32 --out_dir outputs/eval/cat_statue
 
-With ``--gen_dir DIR`` the images in DIR are scored instead (no diffusion model is loaded).
+With ``--gen_dir DIR`` the images in DIR are scored instead (no diffusion model is loaded). The images go to
+``--out_dir/samples`` (a rerun with the same settings keeps them and makes only the missing ones); with ``--no_save``
+to a temporary folder inside ``--out_dir`` that is removed after scoring: nothing else is ever deleted. A rerun never
+replaces an earlier ``clip_similarity.json``: its record is ``clip_similarity-0001.json``, ``-0002`` ...
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ import json
 import logging
 import shutil
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from ldm.outputs import ensure_folder, save_record, text_writer  # noqa: E402
 
 from ldm import engine, inference  # noqa: E402
 from ldm.errors import UserError  # noqa: E402
@@ -35,7 +41,6 @@ from ldm.evaluation.clip import CLIPFeatureExtractor, resolve_clip_folder  # noq
 from ldm.evaluation.evaluators import evaluate_inversion, strip_placeholder  # noqa: E402
 from ldm.evaluation.generate import add_size_args, latent_shape  # noqa: E402
 from ldm.evaluation.images import image_folder_files, load_images  # noqa: E402
-from ldm.outputs import save_text  # noqa: E402
 from ldm.precision import PRECISIONS  # noqa: E402
 
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml"
@@ -66,7 +71,8 @@ def get_parser() -> argparse.ArgumentParser:
         help="resize training images to NxN (bicubic) as the TI dataset does; 0 keeps their size (default 256)",
     )
     p.add_argument("--gen_dir", help="score the images in this folder instead of generating")
-    p.add_argument("--no_save", action="store_true", help="delete out_dir/samples after scoring")
+    p.add_argument("--no_save", action="store_true",
+                   help="keep no images: sample into a temporary folder in out_dir, removed after scoring")  # fmt: skip
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     engine.add_distributed_args(p)
     tokens_help = "sample with Attend-and-Excite on these words/positions (e.g. '*'); empty: plain sampling"
@@ -75,13 +81,31 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def generate_samples(args: argparse.Namespace, samples: Path) -> list[Path] | None:
-    """The ``--n_samples`` images of ``--prompt`` as ``samples/NNNN.png``, on the engine (one process per device;
-    images that exist are kept). Returns their paths on rank 0 once every rank is done, None on the other ranks."""
+def generate_samples(args: argparse.Namespace, out_dir: Path) -> tuple[list[Path], Path] | None:
+    """The ``--n_samples`` images of ``--prompt`` as ``NNNN.png`` in ``out_dir/samples`` (with ``--no_save``: in a
+    new temporary folder ``out_dir/.samples-*``), on the engine (one process per device; images that exist are kept).
+    Returns their paths and the folder on rank 0 once every rank is done, None on the other ranks."""
+    options = engine.distributed_options(args)
+    fabric = engine.launch(options)
+    samples: Path | str | None = out_dir / "samples"
+    if args.no_save:  # rank 0 makes the folder, every rank writes into it
+        made = tempfile.mkdtemp(prefix=".samples-", dir=out_dir) if fabric.global_rank == 0 else None
+        samples = engine.broadcast_plan(fabric, made)
+    samples = Path(samples)
+    try:
+        return _generate(args, fabric, options, samples)
+    except BaseException:
+        if args.no_save and fabric.global_rank == 0:  # the temporary folder this run made goes with it
+            shutil.rmtree(samples, ignore_errors=True)
+        raise
+
+
+def _generate(
+    args: argparse.Namespace, fabric: Any, options: engine.DistributedOptions, samples: Path
+) -> tuple[list[Path], Path] | None:
     choice = inference.guidance_choice(args)
     items = engine.make_items(samples, [args.prompt], args.n_samples, [choice.name], args.seed,
                               path_of=lambda p, i, m: f"{i:04}.png", ae_tokens_of=lambda p: args.ae_tokens)  # fmt: skip
-    fabric = engine.launch(engine.distributed_options(args))
     model = engine.load_model_for(fabric.device, args.config, args.ckpt_path, args.embedding_path, args.precision,
                            "--ckpt_path")  # fmt: skip
     shape = latent_shape(model, inference.first_stage_factor(args.config), args.H, args.W)
@@ -92,11 +116,11 @@ def generate_samples(args: argparse.Namespace, samples: Path) -> list[Path] | No
     )  # fmt: skip
     record = {"prompt": args.prompt, "config": args.config, "ckpt_path": args.ckpt_path,
               "embedding_path": args.embedding_path, "seed": args.seed}  # fmt: skip
-    result = engine.run_items(fabric, model, items, settings, samples, record)
+    result = engine.run_items(fabric, model, items, settings, samples, record, options.rank_timeout)
     del model
     if fabric.device.type == "cuda":
         torch.cuda.empty_cache()
-    return [it.path for it in items] if result.is_rank_zero else None
+    return ([it.path for it in items], samples) if result.is_rank_zero else None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -119,13 +143,16 @@ def main(argv: list[str] | None = None) -> dict:
         if args.placeholder in args.prompt and not args.embedding_path:
             raise UserError(f"--prompt contains {args.placeholder!r} but no --embedding_path was given")
         inference.check_sampling_flags(args, ckpt_flag="--ckpt_path")  # before the model is loaded
-        samples = out_dir / "samples"
-        paths = generate_samples(args, samples)
-        if paths is None:  # a rank other than 0 of a multi-process run: rank 0 scores
+        ensure_folder(out_dir, "--out_dir")
+        done = generate_samples(args, out_dir)
+        if done is None:  # a rank other than 0 of a multi-process run: rank 0 scores
             return {}
-        generated = load_images(paths)
-        if args.no_save:
-            shutil.rmtree(samples)
+        paths, samples = done
+        try:
+            generated = load_images(paths)
+        finally:
+            if args.no_save:  # the temporary folder this run made, nothing else
+                shutil.rmtree(samples)
     source = load_images(source_files, size=args.data_size or None)
     extractor = CLIPFeatureExtractor.from_pretrained(clip_folder, device=device, batch_size=args.batch_size)
     result = evaluate_inversion(extractor, generated, source, args.prompt, args.placeholder)
@@ -144,9 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
             "image_size": None if args.gen_dir else list(generated[0].shape[-2:]),
         }
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_file = out_dir / "clip_similarity.json"
-    save_text(json.dumps(result, indent=2) + "\n", out_file)
+    ensure_folder(out_dir, "--out_dir")
+    out_file = save_record(text_writer(json.dumps(result, indent=2) + "\n"), out_dir / "clip_similarity.json")
     print(f"image similarity (reconstruction): {result['image_similarity']:.4f}")
     print(f"text similarity  (editability, {result['text']!r}): {result['text_similarity']:.4f}")
     print(f"wrote {out_file}")

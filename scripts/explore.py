@@ -55,20 +55,27 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ldm.errors import UserError
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     opt = get_parser().parse_args(argv)
     try:
         import gradio  # noqa: F401
     except ImportError:
-        sys.exit('scripts/explore.py needs Gradio: pip install -e ".[app]"')
-    from ldm.explorer.app import build_app, launch
+        raise UserError('scripts/explore.py needs Gradio: pip install -e ".[app]"') from None
+    from ldm.explorer.app import build_app, check_port, launch
     from ldm.explorer.session import Explorer
+    from ldm.validation import check_scale
+
+    check_port(opt.host, opt.port)  # before the model loads: a busy port is one error line, with a free one named
+    if opt.scale is not None:
+        check_scale(opt.scale)
 
     toyworld = opt.config is None
     config = opt.config or str(REPO / TOYWORLD_CONFIG)
     if opt.ckpt is None and not toyworld:
-        sys.exit("--ckpt is required with --config (the checkpoint of that model)")
+        raise UserError("--ckpt is required with --config (the checkpoint of that model)")
     ckpt = opt.ckpt or str(REPO / TOYWORLD_CKPT)
     from ldm.models.description import describe_config
 

@@ -22,17 +22,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
+from ldm.models.description import describe_config  # noqa: E402
 from ldm.modules.embedding_interop import (  # noqa: E402
     EmbeddingFileError,
     Embeddings,
     check_dim,
+    check_family,
     read_embeddings,
     single_token_id,
     tokenizer_and_widths,
     tokenizer_for_widths,
     write_embeddings,
 )
-from ldm.outputs import OutputError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 SD_DIM, SD2_DIM, LDM_DIM = 768, 1024, 1280
@@ -63,16 +64,19 @@ def parse_renames(values: list[str]) -> list[tuple[str, str]]:
 
 
 def merge(
-    paths: list[str], renames: list[tuple[str, str]], expected: int | dict[str, int], tokenizer: Any = None
-) -> Embeddings:
+    paths: list[str], renames: list[tuple[str, str]], expected: int | dict[str, int], tokenizer: Any = None,
+    family: str | None = None,
+) -> Embeddings:  # fmt: skip
+    """The files' placeholders in one set (``family``: the model family, recorded; a file of another is refused)."""
     widths = {"": expected} if isinstance(expected, int) else dict(expected)
     tokenizer = tokenizer or tokenizer_for_widths(widths)
     pending = list(renames)
     towers = tuple(widths.items()) if list(widths) != [""] else None
-    merged = Embeddings({}, {}, "ti", towers=towers)
+    merged = Embeddings({}, {}, "ti", towers=towers, family=family)
     for path in paths:
         embeddings = read_embeddings(path)
         check_dim(embeddings, widths, path)
+        check_family(embeddings, family, path)
         for key, vector in embeddings.vectors.items():
             token = embeddings.tokens.get(key)
             if key in merged.vectors:
@@ -96,15 +100,14 @@ def merge(
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     opt = get_parser().parse_args(argv)
-    try:
-        tokenizer, widths = tokenizer_and_widths(opt.config) if opt.config else (None, None)
-        family_widths = SDXL_WIDTHS if opt.sdxl else SD2_DIM if opt.stable_diffusion_2 else None
-        widths = widths or family_widths or (SD_DIM if opt.stable_diffusion else LDM_DIM)
-        merged = merge(opt.manager_ckpts, parse_renames(opt.rename), widths, tokenizer)
-        write_embeddings(merged, opt.output_path, "ti")
-    except (EmbeddingFileError, OutputError) as err:
-        logger.error("%s", err)
-        return 2
+    # a bad file or flag is raised for ldm.cli.run_cli to print as one "error: ..." line
+    tokenizer, widths = tokenizer_and_widths(opt.config) if opt.config else (None, None)
+    family_widths = SDXL_WIDTHS if opt.sdxl else SD2_DIM if opt.stable_diffusion_2 else None
+    widths = widths or family_widths or (SD_DIM if opt.stable_diffusion else LDM_DIM)
+    flag_family = "sdxl" if opt.sdxl else "sd2" if opt.stable_diffusion_2 else "sd1" if opt.stable_diffusion else "ldm"
+    family = describe_config(opt.config).family if opt.config else flag_family
+    merged = merge(opt.manager_ckpts, parse_renames(opt.rename), widths, tokenizer, family)
+    write_embeddings(merged, opt.output_path, "ti")
     logger.info("Merged %s into %s", sorted(merged.vectors), opt.output_path)
     return 0
 

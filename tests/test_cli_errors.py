@@ -3,6 +3,7 @@ config files, resume checkpoints and relative config paths are checked before an
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import logging
@@ -10,7 +11,9 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import GOLDEN_WEIGHTS, REPO, require_fixture
@@ -419,3 +422,155 @@ def test_main_finds_a_shipped_configs_data_from_another_folder(tmp_path, monkeyp
     config = main.load_config(opt.base, [])
     main.apply_inversion_flags(config, opt)
     assert config.data.params.train.params.data_root == str(REPO / "data/toyworld/heldout")
+
+
+# ------------------------------------------------------------------------------------------------ issue 20
+
+
+def one_error_line(capsys, main, argv, status: int = 2) -> str:
+    """Run ``main`` through run_cli: exactly one ``error:`` line, no traceback, exit ``status``."""
+    with pytest.raises(SystemExit) as info:
+        run_cli(main, argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert info.value.code == status and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_scale_is_refused_before_loading(tmp_path, no_model_loading, value):
+    with pytest.raises(UserError, match=rf"--scale {value}: the guidance scale must be a finite number"):
+        load_script("txt2img").main(toy_argv(tmp_path, f"--scale={value}"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_scale_zero_warns_that_the_prompt_is_ignored(caplog):
+    from ldm.validation import check_sampling
+
+    with caplog.at_level(logging.WARNING, logger="ldm.validation"):
+        check_sampling(REPO / TOY_CONFIG, H=64, W=64, steps=2, scale=0.0)
+    assert "--scale 0 ignores the prompt" in caplog.text
+
+
+def test_explorer_refuses_a_busy_port_and_a_non_finite_scale(capsys, no_model_loading):
+    import socket
+
+    pytest.importorskip("gradio")
+    explore = load_script("explore")
+    with socket.socket() as busy:  # another program listening on the port
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = one_error_line(capsys, explore.main, ["--port", str(port)])
+        match = re.fullmatch(rf"error: --port {port}: the port is in use on 127.0.0.1 \(another program listens on "
+                             r"it\); use --port (\d+)", line)  # fmt: skip
+        assert match, line
+        with socket.socket() as suggested:  # the suggestion is free
+            suggested.bind(("127.0.0.1", int(match.group(1))))
+    line = one_error_line(capsys, explore.main, ["--scale", "nan", "--port", str(port)])
+    assert line.startswith("error: --scale nan: the guidance scale must be a finite number")
+
+
+def test_corrupt_and_unsafe_embedding_files_get_different_messages(tmp_path, capsys):
+    """50 MB of random bytes is a corrupt file, not a malicious one; a file that pickles code is refused as unsafe
+    (and nothing runs). convert_embedding.py and merge_embeddings.py print ``error:`` like every script."""
+    from ldm.modules.embedding_interop import read_embeddings
+
+    convert = load_script("convert_embedding").main
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).bytes(50 * 2**20))
+    line = one_error_line(capsys, convert, ["--input", str(noise), "--output", str(tmp_path / "out.pt")])
+    assert line == (f"error: Embeddings file '{noise}' is corrupt: it is not a torch file (no readable pickle in it). "
+                    "Save or download it again.")  # fmt: skip
+    for seed in range(40):  # random bytes make torch's unpickler raise many error types: all are "corrupt"
+        (tmp_path / "small.pt").write_bytes(np.random.default_rng(seed).bytes(4096))
+        with pytest.raises(ValueError, match="is corrupt"):
+            read_embeddings(tmp_path / "small.pt")
+    marker = tmp_path / "pwned"
+    torch.save({"string_to_param": {"*": _RunsCode(str(marker))}}, tmp_path / "evil.pt")
+    line = one_error_line(capsys, convert, ["--input", str(tmp_path / "evil.pt"), "--output", str(tmp_path / "o.pt")])
+    assert line.startswith(f"error: Refused to load '{tmp_path / 'evil.pt'}': it contains objects other than tensors")
+    assert not marker.exists() and not (tmp_path / "out.pt").exists() and not (tmp_path / "o.pt").exists()
+    merge = load_script("merge_embeddings").main
+    line = one_error_line(capsys, merge, ["--manager_ckpts", str(noise), "--output_path", str(tmp_path / "m.pt")])
+    assert line.startswith(f"error: Embeddings file '{noise}' is corrupt")
+
+
+@pytest.mark.parametrize("writer", ["safetensors", "lightning"])
+def test_full_disk_during_inversion_is_one_error_line(tmp_path, capsys, caplog, monkeypatch, writer):
+    """A full disk during an inversion, met by the embedding writer's safetensors twin (safetensors raises its own
+    error type) or by Lightning's checkpoint writer: one ``error:`` line naming the file or the run, no traceback
+    (the callbacks' own failed saves on the way out are one warning each), no partial file."""
+    import lightning_fabric.plugins.io.torch_io as torch_io
+    import safetensors.torch
+    from inversion_helpers import inversion_argv, make_images
+    from safetensors import SafetensorError
+
+    import main
+
+    def safetensors_full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"part")  # a few bytes, then the disk is full (safetensors 0.8's message)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    def checkpoint_full(checkpoint, filepath):
+        raise OSError(errno.ENOSPC, "No space left on device")  # fsspec's write: no file name in the error
+
+    if writer == "safetensors":
+        monkeypatch.setattr(safetensors.torch, "save_file", safetensors_full)
+    else:
+        monkeypatch.setattr(torch_io, "_atomic_save", checkpoint_full)
+    monkeypatch.delenv("LDM_DEBUG", raising=False)
+    argv = inversion_argv(make_images(tmp_path / "data", count=2), tmp_path / "logs") + [
+        "lightning.modelcheckpoint.params.every_n_train_steps=2",
+        "lightning.callbacks.image_logger.params.disabled=true",
+    ]
+    with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as info:
+        run_cli(main.main, argv, debug_flags=("--debug", "-d"), keep_debug_flag=True)
+    err = capsys.readouterr().err
+    (run,) = (tmp_path / "logs").iterdir()
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    where = (
+        run / "checkpoints" / "embeddings.safetensors" if writer == "safetensors" else f"a checkpoint or log in {run}"
+    )
+    assert info.value.code == 2 and lines == [f"error: [Errno 28] no space left on device while writing {where}"], err
+    assert "Traceback" not in err and not any(r.exc_info for r in caplog.records), caplog.text
+    from ldm.modules.embedding_interop import read_embeddings
+
+    files = sorted((run / "checkpoints").iterdir())
+    assert not [p for p in files if p.name.startswith(".") or p.suffix == ".ckpt"]  # no temporary or partial file
+    for path in files:  # what was written before the disk filled up is complete
+        assert read_embeddings(path).vectors
+    assert writer == "lightning" or all(p.suffix == ".pt" for p in files)  # the failed twins are not there
+
+
+@pytest.mark.parametrize("name", ["x.txt", "x", "x.PT"])
+def test_embedding_output_no_reader_accepts_is_refused(tmp_path, capsys, name):
+    """convert_embedding.py --output x.txt used to write a file its own reader refuses; merge_embeddings.py too."""
+    from ldm.modules import embedding_interop as ei
+
+    source = ei.write_embeddings(ei.Embeddings({"*": torch.randn(1, 768)}, {"*": 265}), tmp_path / "e.pt")
+    convert = load_script("convert_embedding").main
+    line = one_error_line(capsys, convert, ["--input", str(source), "--output", str(tmp_path / name)])
+    assert line == (f"error: cannot write '{tmp_path / name}': no reader accepts the extension '{Path(name).suffix}'; "
+                    "end the name in .safetensors or one of .pt, .bin, .ckpt, .pth")  # fmt: skip
+    merge = load_script("merge_embeddings").main
+    line = one_error_line(capsys, merge, ["--manager_ckpts", str(source), "-sd", "--output_path", str(tmp_path / name)])
+    assert "no reader accepts the extension" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.pt"]  # nothing written
+
+
+def test_a_toyworld1_embedding_is_refused_by_toyworld2(tmp_path, capsys):
+    """Both toys' text encoders are 128 wide; ToyWorld 1's is BERT, ToyWorld 2's CLIP. An embedding learned on the
+    first, given to the second, used to load silently; it is one error line naming both families."""
+    from ldm import inference
+
+    toy1 = inference.load_model(REPO / TOY_CONFIG, REPO / TOY_WEIGHTS)
+    toy1.embedding_manager.save(tmp_path / "toy1.pt")
+    argv = ["--config", str(REPO / "configs/toyworld2/txt2img-inference.yaml"), "--ckpt_path",
+            str(REPO / "models/toyworld2/txt2img.safetensors"), "--embedding_path", str(tmp_path / "toy1.pt"),
+            "--prompt", "a photo of *", "--outdir", str(tmp_path / "out"), "--n_samples", "1", "--ddim_steps", "1",
+            "--H", "64", "--W", "64"]  # fmt: skip
+    line = one_error_line(capsys, load_script("txt2img").main, argv)
+    assert line.startswith(f"error: Embeddings '{tmp_path / 'toy1.pt'}' were learned for LDM text2img-large (BERT "
+                           "text encoder); this model is SD v1 (CLIP ViT-L/14 text encoder)")  # fmt: skip
+    assert "same size (128)" in line and not (tmp_path / "out" / "samples").exists()

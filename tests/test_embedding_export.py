@@ -3,7 +3,6 @@ safe-unpickle check allows, umask permissions, the model's own tokenizer for any
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import re
@@ -124,6 +123,17 @@ def test_manager_and_training_writer_files_pass_the_check(tmp_path):
         back = ei.read_embeddings(path)
         assert torch.equal(back.vectors["*"], manager.string_to_param_dict["*"].detach())
         assert back.tokens == {"*": embedder.single_token_id("*")}
+    # A resumed run reaching step 7 again: the step's earlier files stay, its own are numbered (both twins alike);
+    # embeddings.pt, the latest, is replaced.
+    first = {p.name: p.read_bytes() for p in paths if "gs-" in p.name}
+    manager.string_to_param_dict["*"].data += 1.0
+    again = EmbeddingWriter(tmp_path).write(Module(), global_step=7)
+    assert sorted(p.name for p in again) == sorted(
+        ["embeddings.pt", "embeddings.safetensors", "embeddings_gs-7-0001.pt", "embeddings_gs-7-0001.safetensors"]
+    )
+    assert all((tmp_path / name).read_bytes() == content for name, content in first.items())
+    assert torch.equal(ei.read_embeddings(tmp_path / "embeddings.pt").vectors["*"], manager.string_to_param_dict["*"])
+    assert passes_a1111_check(tmp_path / "embeddings_gs-7-0001.pt")
 
 
 # ---------------------------------------------------------------- permissions
@@ -199,18 +209,15 @@ def test_convert_with_the_models_config(tmp_path, caplog):
 
     torch.save({"sks": _vectors(seed=1)[0]}, tmp_path / "learned_embeds.bin")
     args = ["--input", str(tmp_path / "learned_embeds.bin"), "--to", "ti"]
-    with caplog.at_level(logging.ERROR):
-        assert convert_main([*args, "--output", str(tmp_path / "ti.pt")]) == 2  # width 32: no family to guess
-    assert "vectors of size 32" in caplog.text and "give the model's config (--config)" in caplog.text
+    with pytest.raises(ei.EmbeddingFileError, match=r"vectors of size 32.*give the model's config \(--config\)"):
+        convert_main([*args, "--output", str(tmp_path / "ti.pt")])  # width 32: no family to guess
     assert convert_main([*args, "--output", str(tmp_path / "ti.pt"), "--config", str(SD_CONFIG)]) == 0
     back = ei.read_embeddings(tmp_path / "ti.pt")
     assert back.tokens == {"sks": CLIP_SKS} and passes_a1111_check(tmp_path / "ti.pt")
-    caplog.clear()
     save_file({"emb_params": _vectors(768)}, str(tmp_path / "wide.safetensors"))
-    with caplog.at_level(logging.ERROR):
-        wide = ["--input", str(tmp_path / "wide.safetensors"), "--output", str(tmp_path / "w.pt")]
-        assert convert_main([*wide, "--config", str(SD_CONFIG)]) == 2
-    assert "size 768" in caplog.text and "needs size 32" in caplog.text
+    wide = ["--input", str(tmp_path / "wide.safetensors"), "--output", str(tmp_path / "w.pt")]
+    with pytest.raises(ei.EmbeddingFileError, match="size 768.*needs size 32"):
+        convert_main([*wide, "--config", str(SD_CONFIG)])
 
 
 def test_convert_into_a_missing_folder_is_a_clear_error(tmp_path, caplog):
@@ -218,9 +225,8 @@ def test_convert_into_a_missing_folder_is_a_clear_error(tmp_path, caplog):
 
     ei.write_embeddings(ei.Embeddings({"*": _vectors(768)}, {"*": CLIP_STAR}), tmp_path / "e.pt", "ti")
     target = tmp_path / "no" / "such" / "folder" / "out.safetensors"
-    with caplog.at_level(logging.ERROR):
-        assert convert_main(["--input", str(tmp_path / "e.pt"), "--output", str(target), "--to", "a1111"]) == 2
-    assert f"the folder '{target.parent}' does not exist" in caplog.text
+    with pytest.raises(ei.EmbeddingFileError, match=f"the folder '{re.escape(str(target.parent))}' does not exist"):
+        convert_main(["--input", str(tmp_path / "e.pt"), "--output", str(target), "--to", "a1111"])
     assert not (tmp_path / "no").exists()
 
 
@@ -232,3 +238,45 @@ def test_merge_with_the_models_config(tmp_path):
     inputs = ["--manager_ckpts", str(tmp_path / "0.bin"), str(tmp_path / "1.bin"), "--config", str(SD_CONFIG)]
     assert merge_main([*inputs, "--output_path", str(tmp_path / "m.pt")]) == 0
     assert ei.read_embeddings(tmp_path / "m.pt").tokens == {"sks": CLIP_SKS, "*": CLIP_STAR}
+
+
+# ---------------------------------------------------------------- the text encoder's family, not the width
+
+
+def test_an_embedding_of_another_text_encoder_is_refused_at_the_same_width(tmp_path):
+    """The tiny LDM (BERT) and the tiny SD (CLIP) are both 32 wide: the file records the family it was learned with,
+    and loading, converting or merging it for the other family is refused naming both."""
+    from ldm import inference
+
+    require_fixture(GOLDEN_WEIGHTS["ldm"])
+    require_fixture(GOLDEN_WEIGHTS["sd"])
+    bert = inference.load_model(REPO / "configs/tests/golden_tiny_ldm.yaml", GOLDEN_WEIGHTS["ldm"])
+    clip = inference.load_model(SD_CONFIG, GOLDEN_WEIGHTS["sd"])
+    assert bert.embedding_manager.token_dim == clip.embedding_manager.token_dim == 32
+    refused = (r"were learned for LDM text2img-large \(BERT text encoder\); this model is SD v1 \(CLIP ViT-L/14 "
+               r"text encoder\)\. .*even at the same size \(32\)")  # fmt: skip
+    for suffix in (".pt", ".safetensors"):
+        path = tmp_path / f"bert{suffix}"
+        bert.embedding_manager.save(path)
+        assert ei.read_embeddings(path).family == "ldm"
+        with pytest.raises(ei.EmbeddingFileError, match=refused):
+            clip.embedding_manager.load(path)
+        with pytest.raises(ei.EmbeddingFileError, match=refused):
+            ei.load_into_manager(clip.embedding_manager, path)
+    assert passes_a1111_check(tmp_path / "bert.pt")  # the recorded family is a plain string
+    from scripts.convert_embedding import main as convert_main
+    from scripts.merge_embeddings import main as merge_main
+
+    with pytest.raises(ei.EmbeddingFileError, match=refused):
+        convert_main(["--input", str(tmp_path / "bert.pt"), "--output", str(tmp_path / "c.pt"), "--config",
+                      str(SD_CONFIG)])  # fmt: skip
+    with pytest.raises(ei.EmbeddingFileError, match=refused):
+        merge_main(["--manager_ckpts", str(tmp_path / "bert.pt"), "--config", str(SD_CONFIG), "--output_path",
+                    str(tmp_path / "m.pt")])  # fmt: skip
+    # The family goes along through conversion; a file that records none (a foreign one) is judged by size alone.
+    assert convert_main(["--input", str(tmp_path / "bert.safetensors"), "--output", str(tmp_path / "a.safetensors"),
+                         "--to", "a1111"]) == 0  # fmt: skip
+    assert ei.read_embeddings(tmp_path / "a.safetensors").family == "ldm"
+    save_file({"emb_params": _vectors(32)}, str(tmp_path / "foreign.safetensors"))
+    clip.embedding_manager.load(tmp_path / "foreign.safetensors")
+    assert ei.manager_embeddings(clip.embedding_manager).family == "sd1"

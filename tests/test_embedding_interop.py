@@ -103,10 +103,8 @@ def test_convert_script_and_load_into_manager(tmp_path):
     rc = convert_main(["--input", str(tmp_path / "learned_embeds.bin"), "--output", str(tmp_path / "ti.pt"),
                        "--to", "a1111", "--name", "cat-toy"])  # fmt: skip
     assert rc == 0 and ei.read_embeddings(tmp_path / "ti.pt").name == "cat-toy"
-    assert (
+    with pytest.raises(ei.EmbeddingFileError, match="size 32"):
         convert_main(["--input", str(tmp_path / "ti.pt"), "--output", str(tmp_path / "x.pt"), "--expect_dim", "768"])
-        == 2
-    )
 
     from ldm.modules.embedding_manager import EmbeddingManager
     from ldm.modules.encoders.modules import FrozenCLIPEmbedder
@@ -127,9 +125,11 @@ def test_merge_script_rename_and_clash(tmp_path):
     for i in range(2):
         ei.write_embeddings(ei.Embeddings({"*": _vectors(seed=i)}, {"*": CLIP_STAR}), tmp_path / f"{i}.pt", "ti")
     inputs = ["--manager_ckpts", str(tmp_path / "0.pt"), str(tmp_path / "1.pt"), "-sd"]
-    assert merge_main([*inputs, "--output_path", str(tmp_path / "m.pt")]) == 2  # clash, no rename: error
+    with pytest.raises(ei.EmbeddingFileError, match="already used by an earlier file"):  # clash, no rename
+        merge_main([*inputs, "--output_path", str(tmp_path / "m.pt")])
     assert merge_main([*inputs, "--output_path", str(tmp_path / "m.pt"), "--rename", "*=@"]) == 0
     merged = ei.read_embeddings(tmp_path / "m.pt")
     assert set(merged.vectors) == {"*", "@"}
     assert torch.equal(merged.vectors["@"], _vectors(seed=1)) and merged.tokens["*"] == CLIP_STAR
-    assert merge_main([*inputs[:-1], "--output_path", str(tmp_path / "l.pt")]) == 2  # 768 files for an LDM merge
+    with pytest.raises(ei.EmbeddingFileError, match="size 768"):  # 768 files for an LDM merge
+        merge_main([*inputs[:-1], "--output_path", str(tmp_path / "l.pt")])

@@ -142,9 +142,10 @@ def test_save_load_round_trip(tmp_path, suffix: str) -> None:
         source.string_to_param_dict["*"].normal_()
     path = tmp_path / f"embeddings{suffix}"
     source.save(path)
-    if suffix == ".pt":  # the original format: two keys, 0-dim int64 tokens, an nn.ParameterDict
+    if suffix == ".pt":  # the original format: its two keys, 0-dim int64 tokens, an nn.ParameterDict
         raw = torch.load(path, weights_only=False)
-        assert set(raw) == {"string_to_token", "string_to_param"}
+        # and the model family this project records (a string the original's loader, A1111's and diffusers' ignore)
+        assert set(raw) == {"string_to_token", "string_to_param", "family"} and raw["family"] == "sd1"
         assert isinstance(raw["string_to_param"], torch.nn.ParameterDict)
         assert raw["string_to_token"]["*"].shape == () and raw["string_to_token"]["*"].dtype == torch.int64
     target = EmbeddingManager(clip, ["*"], ["painting"])

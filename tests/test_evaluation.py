@@ -537,6 +537,36 @@ def test_evaluate_model_generates_with_tiny_ldm(tmp_path, clip_dir):
     assert saved["n_generated"] == 2 and saved["image_size"] == [32, 32] and saved["ddim_steps"] == 3
 
 
+def test_evaluate_model_no_save_and_reruns_lose_nothing(tmp_path, clip_dir):
+    """--no_save into an --out_dir whose samples/ holds earlier images and a user's files: they all stay (the run
+    samples into its own temporary folder and removes only that); a rerun keeps the first clip_similarity.json."""
+    require_fixture(GOLDEN_WEIGHTS["ldm"])
+    config = REPO / "configs" / "tests" / "golden_tiny_ldm.yaml"
+    rng = np.random.default_rng(5)
+    for i in range(2):
+        write_png(tmp_path / "src" / f"{i}.png", rng)
+    out = tmp_path / "out"
+    mine = {out / "samples" / "0000.png": b"an earlier image", out / "samples" / "notes.txt": b"the user's notes",
+            out / "my-results.json": b"{}"}  # fmt: skip
+    for path, content in mine.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    argv = ["--prompt", "a photo of a cat", "--ckpt_path", str(GOLDEN_WEIGHTS["ldm"]), "--config", str(config),
+            "--data_dir", str(tmp_path / "src"), "--clip_model", str(clip_dir), "--out_dir", str(out),
+            "--ddim_steps", "2", "--data_size", "0", "--no_save", *TINY_GEN]  # fmt: skip
+    script = load_script("evaluate_model")
+    first = script.main(argv)
+    assert all(path.read_bytes() == content for path, content in mine.items())  # the user's files survive
+    assert sorted(p.name for p in out.iterdir()) == ["clip_similarity.json", "my-results.json", "samples"]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["0000.png", "notes.txt"]  # nothing added there
+    record = (out / "clip_similarity.json").read_text()
+    assert json.loads(record) == json.loads(json.dumps(first)) and first["n_generated"] == 2
+    second = script.main(argv)  # the same run again: its record is numbered, the first one stays as it was
+    assert (out / "clip_similarity.json").read_text() == record
+    assert json.loads((out / "clip_similarity-0001.json").read_text()) == json.loads(json.dumps(second))
+    assert not [p for p in out.iterdir() if p.name.startswith(".samples-")]  # the temporary folders are gone
+
+
 def test_evaluate_attend_excite_generates_with_tiny_sd(tmp_path, clip_dir):
     """--generate on the tiny SD model: both methods' images, A&E really guiding (with its flags), and the
     metrics equal to those recomputed from the saved images."""

@@ -199,6 +199,9 @@ def test_errors_are_the_scripts_messages(explorer, tmp_path):
         callbacks.run(explorer, PROMPT, "dog", SETTINGS, "official", fields | {"thresholds": "ten"})
     with pytest.raises(ValueError, match="select at least one word"):
         callbacks.run(explorer, PROMPT, " ", SETTINGS, "official", fields)
+    for bad in (float("nan"), float("inf"), -float("inf")):  # used to give black images
+        with pytest.raises(ValueError, match=r"--scale (nan|inf|-inf): the guidance scale must be a finite number"):
+            callbacks.run(explorer, PROMPT, "dog", dataclasses.replace(SETTINGS, scale=bad), "official", fields)
     before = explorer.placeholders()
     wrong = _embeddings(tmp_path, "wide.pt", width=48, vectors=1)
     with pytest.raises(ValueError, match="48") as err:

@@ -222,3 +222,26 @@ def test_the_guidance_pass_keeps_the_vector_y():
         grad = torch.autograd.grad(loss, leaf)[0]
         expected.append(leaf.detach() - 20.0 * grad)
     assert torch.allclose(ours, torch.cat(expected), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ae_tokens", "circle", "--g_attention_res", "32"], "--g_attention_res 32: at --H 64 --W 64 this model's"),
+        (["--ae_tokens", "circle", "--ae_attention_res", "32"], "--ae_attention_res 32: at --H 64 --W 64"),
+        (["--ae_tokens", "circle", "--guidance", "plain", "--g_attention_res", "8"],
+         "attention_res is not a setting of guidance method 'plain'"),
+        (["--ae_tokens", "circle", "--guidance_config", "{yaml}", "--ae_config", "configs/guidance/seed_fork.yaml"],
+         "--guidance_config and --ae_config both give A&E settings"),
+        (["--ae_tokens", "circle", "--guidance_config", "{yaml}", "--guidance", "plain"],
+         "holds settings of 'ae', but --guidance is 'plain'"),
+    ],
+)  # fmt: skip
+def test_bad_guidance_flags_are_one_line_before_loading(tmp_path, flags, message):
+    yaml = tmp_path / "g.yaml"
+    yaml.write_text("guidance:\n  target: ldm.guidance.attend_excite.config.AttendExciteConfig\n  params: {}\n")
+    toy = ["--config", str(REPO / "configs/toyworld2/txt2img-inference.yaml"), "--H", "64", "--W", "64",
+           "--ckpt", str(tmp_path / "never-read.safetensors"), "--outdir", str(tmp_path / "out")]  # fmt: skip
+    (tmp_path / "never-read.safetensors").write_bytes(b"")  # the checks come before any file is read
+    with pytest.raises(UserError, match=message):
+        load_script("stable_txt2img").main([*toy, *(f.replace("{yaml}", str(yaml)) for f in flags)])

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import GOLDEN_WEIGHTS, REPO, require_fixture
+from ldm.outputs import OutputError
 from omegaconf import OmegaConf
 from PIL import Image
 
 from ldm import inference
 from ldm.ae_flags import DEFAULT_AE_CONFIG, load_ae_config
-from ldm.outputs import OutputError
 
 SD_CONFIG = REPO / "configs/tests/golden_tiny_sd.yaml"
 LDM_CONFIG = REPO / "configs/tests/golden_tiny_ldm.yaml"
@@ -274,3 +274,15 @@ def test_other_writers_are_atomic_with_umask_permissions(tmp_path, monkeypatch, 
     with pytest.raises(OutputError, match="no space left on device while writing"):
         write(tmp_path / "full")
     assert files_under(tmp_path / "full") == []  # no 0-byte or partial file
+
+
+@pytest.mark.parametrize("write", [_write_image_logger, _write_setup_configs])
+def test_a_rerun_never_replaces_the_run_folders_records(tmp_path, write):
+    """The same configs name (two starts of a run in one second) or the same logged step (a resumed run) again: the
+    earlier file stays, the new one is numbered."""
+    path = write(tmp_path)
+    before = path.read_bytes()
+    write(tmp_path)
+    assert path.read_bytes() == before
+    numbered = path.with_name(f"{path.stem}-0001{path.suffix}")
+    assert numbered.is_file() and numbered.read_bytes()

@@ -45,8 +45,12 @@ def test_item_seed_is_sha256_of_seed_prompt_index():
 
 def test_items_layout_and_seeds(tmp_path):
     stems = prompt_stems(["a cat", "a/cat", "a dog"])
-    assert stems["a dog"] == "a-dog" and stems["a cat"] != stems["a/cat"]  # a collision: both get a hash
-    assert all(stems[p].startswith("a-cat-") for p in ("a cat", "a/cat"))
+    assert stems["a dog"] == "a-dog" and stems["a cat"] == "a-cat"  # a collision: the newcomer gets the hash
+    assert stems["a/cat"] == "a-cat-" + hashlib.sha256(b"a/cat").hexdigest()[:8]
+    # Names once given stay: "A/Cat" collides (case-insensitively) with both and gets its own hash; "a cat" recorded
+    # under another name keeps it.
+    again = prompt_stems(["A/Cat", "a/cat", "a cat"], given={"a cat": "kept", "a/cat": "a-cat"})
+    assert again["a cat"] == "kept" and again["a/cat"] == "a-cat" and again["A/Cat"].startswith("A-Cat-")
     items = make_items(tmp_path, ["a cat", "a dog", "a cat"], 2, ["plain", "ae"], 7,
                        path_of=lambda p, i, m: f"{m}/{stems[p]}/{i}.png", ae_tokens_of=lambda p: "cat")  # fmt: skip
     assert len(items) == 2 * 2 * 2  # the repeated prompt is sampled once

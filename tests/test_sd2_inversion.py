@@ -133,4 +133,5 @@ def test_merge_script_for_sd2_files(tmp_path):
         "*": OPENCLIP_STAR,
         "@": ei.tokenizer_for_dim(1024)("@", add_special_tokens=False)["input_ids"][0],
     }
-    assert merge_main([*inputs, "-sd", "--output_path", str(tmp_path / "v1.pt")]) == 2
+    with pytest.raises(ei.EmbeddingFileError, match="size 1024"):
+        merge_main([*inputs, "-sd", "--output_path", str(tmp_path / "v1.pt")])

@@ -1,8 +1,9 @@
 """Writes the textual-inversion embeddings next to the checkpoints (Gal et al. 2022 keep only v*).
 
-- at every checkpoint: `checkpoints/embeddings.pt` (overwritten) and `checkpoints/embeddings_gs-<step>.pt`, each with a
-  `.safetensors` twin; files are written to a temporary name and renamed (`EmbeddingManager.save` writes through
-  `ldm.outputs.atomic_write`), so a crash never leaves half a file;
+- at every checkpoint: `checkpoints/embeddings.pt` (overwritten: the latest) and `checkpoints/embeddings_gs-<step>.pt`,
+  each with a `.safetensors` twin; files are written to a temporary name and renamed (`EmbeddingManager.save` writes
+  through `ldm.outputs.atomic_write`), so a crash never leaves half a file. A step's file is never replaced: a resumed
+  run that reaches a step again writes `embeddings_gs-<step>-0001.pt` (claimed exclusively, `ldm.outputs.save_record`);
 - at the end of training, and on an exception or Ctrl-C during training: `embeddings.pt` (+ `.safetensors`).
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from ldm.outputs import atomic_write
+from ldm.outputs import atomic_write, record_number, save_record, write_error
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +41,18 @@ class EmbeddingWriter(pl.Callback):
         manager = getattr(pl_module, "embedding_manager", None)
         if manager is None:
             return []
-        stems = ["embeddings"] + ([f"embeddings_gs-{global_step}"] if global_step is not None else [])
         suffixes = [".pt"] + ([".safetensors"] if self.safetensors else [])
         written = []
-        for stem in stems:
+        for suffix in suffixes:  # the latest, replaced at every save
+            path = self.ckptdir / f"embeddings{suffix}"
+            manager.save(path)  # atomic, umask permissions; the format follows the suffix
+            written.append(path)
+        if global_step is not None:  # the step's own files: never replaced, the twin numbered like the .pt
+            number = 0
             for suffix in suffixes:
-                path = self.ckptdir / f"{stem}{suffix}"
-                manager.save(path)  # atomic, umask permissions; the format follows the suffix
+                name = self.ckptdir / f"embeddings_gs-{global_step}{suffix}"
+                path = save_record(manager.save, name, number=number)
+                number = number or record_number(path, name)
                 written.append(path)
         return written
 
@@ -69,5 +75,9 @@ class EmbeddingWriter(pl.Callback):
             paths = self.write(pl_module)
             if paths:
                 logger.warning("Training stopped by %s; wrote %s", type(exception).__name__, paths[0])
-        except Exception:
-            logger.exception("Could not write the embeddings after %s", type(exception).__name__)
+        except Exception as err:
+            written = write_error(err, self.ckptdir)
+            if written is None:  # a bug: its traceback
+                logger.exception("Could not write the embeddings after %s", type(exception).__name__)
+            else:  # a full disk, a read-only folder: one line (the run's own error follows)
+                logger.warning("Could not write the embeddings after %s: %s", type(exception).__name__, written)

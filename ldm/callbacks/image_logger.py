@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from ldm.outputs import save_image
+from ldm.outputs import image_writer, save_record
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ class ImageLogger(pl.Callback):
                 grid = (grid + 1.0) / 2.0
             array = (grid.permute(1, 2, 0).numpy().clip(0, 1) * 255).astype(np.uint8)
             name = f"{key}_gs-{step:06}_e-{epoch:06}_b-{batch_idx:06}.jpg"
-            save_image(Image.fromarray(array), folder / name)  # atomic, umask permissions
+            path = folder / name  # a rerun's image of the same step: <name>-0001.jpg (the earlier one stays)
+            save_record(image_writer(Image.fromarray(array), path), path)  # atomic, umask permissions
 
     @torch.no_grad()
     def log_img(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, split: str):

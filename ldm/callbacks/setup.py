@@ -9,7 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.outputs import atomic_write
+from ldm.outputs import save_record, write_error
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ class SetupCallback(pl.Callback):
         for folder in (self.logdir, self.ckptdir, self.cfgdir, self.logdir / "images"):
             folder.mkdir(parents=True, exist_ok=True)
         lightning = OmegaConf.create({"lightning": self.lightning_config})
-        for config, name in ((self.config, "project"), (lightning, "lightning")):
-            atomic_write(self.cfgdir / f"{self.now}-{name}.yaml", lambda tmp, c=config: OmegaConf.save(c, tmp))
+        for config, name in ((self.config, "project"), (lightning, "lightning")):  # a rerun's: -0001 ...
+            save_record(lambda tmp, c=config: OmegaConf.save(c, tmp), self.cfgdir / f"{self.now}-{name}.yaml")
         logger.info("Run folder %s (configs in %s)", self.logdir, self.cfgdir)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -62,8 +62,12 @@ class SetupCallback(pl.Callback):
             self.ckptdir.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(str(path))
             logger.warning("Training stopped by %s; saved %s", type(exception).__name__, path)
-        except Exception:  # the original exception matters more; report ours and carry on
-            logger.exception("Could not save %s after %s", path, type(exception).__name__)
+        except Exception as err:  # the original exception matters more; report ours and carry on
+            written = write_error(err, path)
+            if written is None:  # a bug: its traceback
+                logger.exception("Could not save %s after %s", path, type(exception).__name__)
+            else:  # a full disk, a read-only folder: one line (the run's own error follows)
+                logger.warning("Could not save %s after %s: %s", path, type(exception).__name__, written)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Save `last.ckpt` at the final step if no checkpoint was taken there (e.g. max_steps between saves)."""

@@ -9,11 +9,18 @@ Used by ``scripts/txt2img.py``/``scripts/stable_txt2img.py --from-file``, ``scri
 --generate`` and ``scripts/evaluate_model.py``.
 """
 
-from ldm.engine.distributed import DistributedOptions, add_distributed_args, distributed_options, launch
+from ldm.engine.distributed import (
+    DistributedOptions,
+    add_distributed_args,
+    broadcast_plan,
+    distributed_options,
+    launch,
+)
 from ldm.engine.items import WorkItem, item_seed, make_items, prompt_stems
 from ldm.engine.runner import EngineResult, EngineSettings, load_model_for, run_items, sample_items
 
 __all__ = [
-    "DistributedOptions", "add_distributed_args", "distributed_options", "launch", "WorkItem", "item_seed",
-    "make_items", "prompt_stems", "EngineResult", "EngineSettings", "load_model_for", "run_items", "sample_items",
+    "DistributedOptions", "add_distributed_args", "broadcast_plan", "distributed_options", "launch", "WorkItem",
+    "item_seed", "make_items", "prompt_stems", "EngineResult", "EngineSettings", "load_model_for", "run_items",
+    "sample_items",
 ]  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,18 +67,26 @@ class WorkItem:
             raise ValueError(f"{title} item for {self.prompt!r} has no tokens to excite")
 
 
-def prompt_stems(prompts: Sequence[str]) -> dict[str, str]:
-    """A distinct folder name for every prompt: ``safe_stem(prompt)``; prompts whose stems collide (``"a/cat"`` and
-    ``"a cat"``) all get ``-<first 8 hex digits of sha256(prompt)>`` appended, so the names do not depend on order.
+def prompt_stems(prompts: Sequence[str], given: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A distinct folder name for every prompt. ``given``: names handed out before (a run's record), kept as they
+    are. A new prompt gets ``safe_stem(prompt)``; when that is taken (case-insensitively, by a given name or an earlier
+    prompt of the list: ``"a/cat"`` after ``"a cat"``), the newcomer gets ``-<first 8 hex digits of sha256(prompt)>``
+    appended. A name once given never changes when prompts are added.
     """
-    stems = {p: safe_stem(p) for p in dict.fromkeys(prompts)}
-    counts: dict[str, int] = {}
-    for stem in stems.values():
-        key = stem.lower()  # case-insensitive file systems
-        counts[key] = counts.get(key, 0) + 1
-    for prompt, stem in stems.items():
-        if counts[stem.lower()] > 1:
-            stems[prompt] = f"{stem}-{hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
+    stems = {p: given[p] for p in dict.fromkeys(prompts) if given and p in given}
+    taken = {stem.lower() for stem in (given or {}).values()}  # case-insensitive file systems
+    for prompt in dict.fromkeys(prompts):
+        if prompt in stems:
+            continue
+        stem = safe_stem(prompt)
+        if stem.lower() in taken:
+            stem = base = f"{stem}-{hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
+            k = 1
+            while stem.lower() in taken:
+                k += 1
+                stem = f"{base}-{k}"
+        taken.add(stem.lower())
+        stems[prompt] = stem
     return stems
 
 

@@ -9,7 +9,11 @@
    from its own generator
    (:func:`ldm.engine.items.item_generator`), and writes each image (and, for A&E, its record first) through
    ``ldm.outputs``; rank 0 shows one bar for the whole run (images done by all ranks / total, images per second);
-4. the processes wait for each other; the caller's rank 0 then scores or summarises the folders.
+4. the processes wait for each other; the caller's rank 0 then scores or summarises the folders. A rank whose process
+   ends or goes silent stops the others with one error (``ldm.engine.distributed.ProgressBoard``: ``--rank_timeout``).
+
+An image is written exclusively: if another run into the same folder made it meanwhile (same settings, so the same
+pixels), that one stays and this run moves on.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ldm import inference
-from ldm.engine.distributed import ProgressBoard
+from ldm.engine.distributed import RANK_TIMEOUT_S, ProgressBoard, broadcast_plan
 from ldm.engine.items import WorkItem, item_generator, start_noise
+from ldm.errors import RunError
 from ldm.guidance import get_method
 from ldm.guidance.attend_excite.config import AttendExciteConfig
 from ldm.models.diffusion.sampler_base import select_cond
@@ -151,16 +156,19 @@ def _check_settings(root: Path, record: dict) -> None:
     """Refuse a folder whose images were made with other settings; record ours in a new one."""
     path = root / STATE_DIR / "settings.json"
     record = json_roundtrip(record)
-    if path.is_file():
-        old = json.loads(path.read_text())
-        changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-        if changed:
-            raise ValueError(
-                f"{root} holds images made with other settings ({', '.join(changed)} differ; see {path}); "
-                "use another output folder, or delete it to start again"
-            )
-        return
-    save_json(record, path, root)
+    if not path.is_file():
+        try:
+            save_json(record, path, root, exclusive=True)  # of two runs starting at once, one records its settings
+            return
+        except FileExistsError:
+            pass  # the other run's: compared below
+    old = json.loads(path.read_text())
+    changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+    if changed:
+        raise ValueError(
+            f"{root} holds images made with other settings ({', '.join(changed)} differ; see {path}); "
+            "use another output folder, or delete it to start again"
+        )
 
 
 def json_roundtrip(data: Any) -> Any:
@@ -185,15 +193,28 @@ def run_items(
     settings: EngineSettings,
     root: str | Path,
     run_record: dict | None = None,
+    rank_timeout: float = RANK_TIMEOUT_S,
 ) -> EngineResult:
     """Make this process's share of the images of ``items`` that do not exist yet; see the module docstring.
 
     ``root`` is the output folder every item path lies in; ``run_record`` (model, checkpoint, prompts' source ...)
-    joins the settings in ``.engine/settings.json``. Returns on every rank once all ranks are done.
+    joins the settings in ``.engine/settings.json``; ``rank_timeout`` (``--rank_timeout``): how long another rank may
+    stay silent. Returns on every rank once all ranks are done.
     """
     root = Path(root)
     rank, world = int(fabric.global_rank), int(fabric.world_size)
-    board = ProgressBoard(root / STATE_DIR, rank, world)
+    board = ProgressBoard(root / STATE_DIR, rank, world, timeout_s=rank_timeout)
+    try:
+        return _run_board(fabric, model, items, settings, root, run_record, board)
+    finally:
+        board.stop()
+
+
+def _run_board(
+    fabric: Any, model: torch.nn.Module, items: Sequence[WorkItem], settings: EngineSettings, root: Path,
+    run_record: dict | None, board: ProgressBoard,
+) -> EngineResult:  # fmt: skip
+    rank, world = board.rank, board.world_size
     plan: list[int] | str | None = None  # rank 0: the pending item numbers, or the error that stops every rank
     error: Exception | None = None
     if rank == 0:
@@ -207,11 +228,11 @@ def run_items(
         except (ValueError, OSError) as err:
             error, plan = err, str(err)
     board.reset()  # before the broadcast: every rank's stale file from an earlier run is gone when it returns
-    plan = fabric.broadcast(plan, src=0) if world > 1 else plan
+    plan = broadcast_plan(fabric, plan)
     if error is not None:
         raise error
     if isinstance(plan, str):
-        raise RuntimeError(f"rank 0 stopped the run: {plan}")
+        raise RunError(f"rank 0 stopped the run: {plan}")
     pending_ids = plan
     mine = [items[i] for i in pending_ids[rank::world]]
     skipped = len(items) - len(pending_ids)
@@ -223,10 +244,14 @@ def run_items(
         if rank == 0:
             bar.update(board.total_done() - bar.n)
 
+    def after_batch() -> None:
+        refresh()
+        board.check_peers()  # a rank whose process ended stops the others now, not after their whole share
+
     made = 0
     try:
         if mine:
-            made = _sample_share(model, mine, settings, root, board, refresh)
+            made = _sample_share(model, mine, settings, root, board, after_batch)
         board.report(made, "finished")
     except BaseException:
         board.report(made, "failed")
@@ -264,7 +289,10 @@ def _sample_share(
                         "guidance": _per_sample_records(out.guidance.records if out.guidance else [], b),
                     }  # fmt: skip
                     save_json(record, item.record_path, root)
-                save_image(inference.to_pil(image), item.path, root)  # last: the image marks the item done
+                try:  # last: the image marks the item done
+                    save_image(inference.to_pil(image), item.path, root, exclusive=True)
+                except FileExistsError:  # another run into this folder made it meanwhile (same settings, same pixels)
+                    logger.info("%s was made by another run meanwhile; it stays", item.path)
             made += len(batch)
             board.report(made)
             refresh()

@@ -7,8 +7,10 @@ Layout (deterministic, so a rerun skips what exists)::
     <outdir>/<method>/<prompt stem>/<index:05>.png          the images (method: plain, ae, syngen, ...; stem:
                                                             ldm.engine.items.prompt_stems)
     <outdir>/<method>/<prompt stem>/records/<index:05>.json with guidance: what it did for that image
-    <outdir>/<method>/<prompt stem>.png                     a grid of the prompt's images (not with --skip_grid)
+    <outdir>/<method>/<prompt stem>.png                     a grid of the prompt's images (not with --skip_grid;
+                                                            a rerun with other images: <prompt stem>-NNNN.png)
     <outdir>/settings-NNNN.json                             the run's options, guidance settings and token tables
+    <outdir>/.engine/folders.json                           every prompt's folder name, kept when prompts are added
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import torch
 
 from ldm import inference
 from ldm.engine.distributed import distributed_options, launch
-from ldm.engine.items import make_items, prompt_stems
-from ldm.engine.runner import EngineSettings, load_model_for, run_items
+from ldm.engine.folders import prompt_folders
+from ldm.engine.items import make_items
+from ldm.engine.runner import STATE_DIR, EngineSettings, load_model_for, run_items
 from ldm.evaluation.images import load_images
-from ldm.outputs import RunFolder, inside
+from ldm.outputs import RunFolder, ensure_folder, image_writer, inside, save_record
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +52,10 @@ def run_from_file(
     prompts = read_prompt_lines(opt.from_file)
     choice = inference.guidance_choice(opt)
     method = choice.name
-    stems = prompt_stems(prompts)
-    outdir = Path(options.outdir)
+    outdir = ensure_folder(options.outdir, "--outdir")
+    dist = distributed_options(opt)
+    fabric = launch(dist)
+    stems = prompt_folders(fabric, outdir, outdir / STATE_DIR, prompts)
     items = make_items(
         outdir, prompts, options.n_iter, [method], options.seed,
         path_of=lambda p, i, m: Path(m) / stems[p] / f"{i:05}.png",
@@ -58,7 +63,6 @@ def run_from_file(
         record_of=lambda p, i, m: Path(m) / stems[p] / "records" / f"{i:05}.json",
         fixed_code=options.fixed_code,
     )  # fmt: skip
-    fabric = launch(distributed_options(opt))
     model = load_model_for(fabric.device, opt.config, ckpt, opt.embedding_path, options.precision, ckpt_flag,
                            compile_unet=getattr(opt, "compile", False))  # fmt: skip
     report: dict = {}
@@ -73,7 +77,7 @@ def run_from_file(
     )  # fmt: skip
     record = {"config": str(opt.config), "ckpt": str(ckpt), "embedding_path": opt.embedding_path,
               "seed": options.seed, "fixed_code": options.fixed_code}  # fmt: skip
-    result = run_items(fabric, model, items, settings, outdir, record)
+    result = run_items(fabric, model, items, settings, outdir, record, dist.rank_timeout)
     if not result.is_rank_zero:
         return None
     folder = RunFolder(outdir, options.layout)
@@ -81,7 +85,8 @@ def run_from_file(
         for prompt in dict.fromkeys(prompts):
             images = torch.stack(load_images([it.path for it in items if it.prompt == prompt]))  # [n, 3, H, W]
             grid = inference.make_grid(images, nrow=options.n_rows or min(len(images), 8))
-            folder.save_image(inference.to_pil(grid), inside(outdir, Path(method) / f"{stems[prompt]}.png"))
+            grid_path = inside(outdir, Path(method) / f"{stems[prompt]}.png")  # a rerun's other grid: -NNNN
+            save_record(image_writer(inference.to_pil(grid), grid_path), grid_path, outdir, keep_same=True)
     used = None
     if choice.active:
         used, n_run = inference.schedule_for_run(choice.config, options.sampler, options.steps, model.num_timesteps,
@@ -96,6 +101,6 @@ def run_from_file(
     }  # fmt: skip
     if choice.active:
         written["guidance"] = {"method": method, "settings": used}
-    folder.save_json(written, folder.settings_path())
+    folder.save_settings(written)
     logger.info("Samples are in %s", outdir / method)
     return written

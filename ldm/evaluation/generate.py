@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ldm import inference
 from ldm.engine.items import make_items
 from ldm.engine.runner import EngineSettings, sample_items
-from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
+from ldm.guidance.attend_excite.config import AttendExciteConfig
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ldm.outputs import save_image
+from ldm.outputs import claim_numbered, image_writer
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +57,16 @@ def load_images(paths: Sequence[str | Path], size: int | None = None) -> list[Te
 
 
 def save_images(images: Tensor, folder: str | Path, start: int = 0) -> list[Path]:
-    """Write ``[N, 3, H, W]`` images in [0, 1] as ``folder/{i:04}.png``; returns the paths."""
+    """Write ``[N, 3, H, W]`` images in [0, 1] as ``folder/{i:04}.png`` from ``start``, each under the next number
+    no file holds (claimed exclusively: another run's images are never replaced); returns the paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     arr = (images.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
-    for i, a in enumerate(arr):
-        path = folder / f"{start + i:04}.png"
-        save_image(Image.fromarray(a), path)
+    number = start
+    for a in arr:
+        write = image_writer(Image.fromarray(a), ".png")
+        path, number = claim_numbered(lambda n: folder / f"{n:04}.png", write, number)
         paths.append(path)
+        number += 1
     return paths

@@ -8,11 +8,14 @@ stable for the browser test.
 
 from __future__ import annotations
 
+import errno
 import html
 import logging
+import socket
 from typing import Any
 
 from ldm.ae_flags import AE_FIELDS
+from ldm.errors import UserError
 from ldm.explorer import callbacks
 from ldm.explorer.session import SAMPLERS, Explorer, Settings, repo_relative
 
@@ -176,8 +179,53 @@ def build_app(explorer: Explorer, settings: Settings | None = None, prompt: str 
     return demo
 
 
+def _bind(host: str, port: int) -> None:
+    """Bind (and release) ``host:port`` as the server would (``SO_REUSEADDR``, as uvicorn sets): an ``OSError`` when
+    another program listens there."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+
+
+def free_port_near(host: str, port: int, tries: int = 50) -> int | None:
+    """The first port after ``port`` that is free on ``host`` (None when ``tries`` ports are all taken)."""
+    for candidate in range(port + 1, min(port + 1 + tries, 65536)):
+        try:
+            _bind(host, candidate)
+            return candidate
+        except OSError:
+            continue
+    return None
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse, before the model loads, a ``--port`` that another program listens on (naming a free one), a port out
+    of range and a ``--host`` this machine cannot listen on."""
+    if not 0 < port < 65536:
+        raise UserError(f"--port {port}: give a port between 1 and 65535 (default 7860)")
+    try:
+        _bind(host, port)
+    except socket.gaierror as err:
+        raise UserError(f"--host {host}: not an address of this machine ({err.strerror}); use 127.0.0.1") from err
+    except OSError as err:
+        if err.errno != errno.EADDRINUSE:
+            raise UserError(f"--host {host} --port {port}: cannot listen there ({err.strerror})") from err
+        free = free_port_near(host, port)
+        hint = f"use --port {free}" if free else "choose another --port"
+        raise UserError(f"--port {port}: the port is in use on {host} (another program listens on it); {hint}") from err
+
+
 def launch(demo: Any, host: str = "127.0.0.1", port: int | None = None, share: bool = False) -> None:
-    """Serve the page (one run at a time: the model is shared); blocks until interrupted."""
+    """Serve the page (one run at a time: the model is shared); blocks until interrupted. A port taken since
+    :func:`check_port` is one :class:`UserError`."""
     if share:
         logger.warning("--share: the page gets a public gradio.live address; anyone with it can run the model")
-    demo.queue(default_concurrency_limit=1).launch(server_name=host, server_port=port, share=share, show_error=True)
+    try:
+        demo.queue(default_concurrency_limit=1).launch(server_name=host, server_port=port, share=share, show_error=True)
+    except OSError as err:
+        if port is None or "port" not in str(err).lower():
+            raise
+        free = free_port_near(host, port)
+        hint = f"use --port {free}" if free else "choose another --port"
+        raise UserError(f"--port {port}: the port is in use on {host} (another program listens on it); {hint}") from err

@@ -13,7 +13,7 @@ from ldm import inference
 from ldm.explorer.chips import selection_for, spec_for
 from ldm.explorer.session import Explorer, Progress, RunResult, Settings
 from ldm.explorer.views import enlarged, maps_at, plot_of, step_caption, summary
-from ldm.models.diffusion.guidance.tokens import format_token_table, token_table
+from ldm.guidance.tokens import format_token_table, token_table
 
 __all__ = ["ChipView", "RunView", "StepView", "chip_view", "spec_from_chips", "chips_from_spec", "run", "at_step",
            "load_embedding"]  # fmt: skip

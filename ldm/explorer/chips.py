@@ -2,7 +2,7 @@
 
 Pure functions over the model's tokenizer and the prompt's token ids after the placeholder splice
 (``ldm.inference.prompt_tokens``), so chips use the same lookup as the scripts
-(:func:`ldm.models.diffusion.guidance.tokens.resolve_ae_tokens`):
+(:func:`ldm.guidance.tokens.resolve_ae_tokens`):
 
 - a word split into several sub-tokens is one chip (one excited token, the max over its positions);
 - a placeholder (``*``) is one chip, over all its vectors when it has several;
@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ldm.models.diffusion.guidance.tokens import end_position, resolve_ae_tokens
+from ldm.guidance.tokens import end_position, resolve_ae_tokens
 
 __all__ = ["Chip", "prompt_chips", "spec_for", "selection_for"]
 

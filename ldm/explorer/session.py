@@ -38,6 +38,7 @@ from ldm.guidance.attend_excite.maps import capture_token_maps
 from ldm.guidance.engine import StepMaps
 from ldm.guidance.flags import add_guidance_args, guidance_from_args
 from ldm.models.description import describe_config
+from ldm.validation import check_scale
 
 logger = logging.getLogger(__name__)
 
@@ -285,6 +286,7 @@ class Explorer:
             raise ValueError(f"unknown sampler {settings.sampler!r}; use one of {list(SAMPLERS)}")
         if settings.steps < 1:
             raise ValueError(f"--ddim_steps {settings.steps}: need at least one step")
+        check_scale(settings.scale)  # NaN / infinity: refused; 0: a warning that the prompt is ignored
         latent_shape = self.check_size(settings.H, settings.W)
         groups, _, report = inference.resolve_batch_tokens(self.model, [prompt], spec)  # the CLI's errors
         used, n_run = inference.schedule_for_run(config, settings.sampler, settings.steps, self.model.num_timesteps,

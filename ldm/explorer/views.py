@@ -1,7 +1,7 @@
 """What the page shows of a run: enlarged images, each word's map over its image at a step, the plot, a summary.
 
 Pure functions of a :class:`~ldm.explorer.session.RunResult`; the overlays are ``--save_attention``'s
-(:func:`ldm.models.diffusion.guidance.visualize.overlay`).
+(:func:`ldm.guidance.visualize.overlay`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from PIL import Image
 
 from ldm.explorer.plot import run_plot
 from ldm.explorer.session import RunResult, RunTrace
-from ldm.models.diffusion.guidance.visualize import overlay
+from ldm.guidance.visualize import overlay
 
 __all__ = ["enlarged", "maps_at", "step_caption", "plot_of", "summary"]
 

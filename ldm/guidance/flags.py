@@ -157,7 +157,8 @@ def load_guidance_yaml(path: str | Path, flag: str = "--guidance_config") -> tup
             raise UserError(f"{flag} {path}: target {target} cannot be imported ({err})") from err
         known = ", ".join(_dotted(guidance.get_method(n).config_class) for n in guidance.method_names())
         raise UserError(f"{flag} {path}: target {target} is no registered method's config class; use one of {known}")
-    params = OmegaConf.to_container(block.get("params") or {}, resolve=True)
+    params = block.get("params")
+    params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
     return method, method_config(method, params, f"{flag} {path}")
 
 

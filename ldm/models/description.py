@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
     "FAMILIES", "TextTower", "SamplingDefaults", "ModelDescription", "describe", "describe_config",
-    "describe_model", "family_title", "families_for_vectors",
+    "describe_model", "family_title", "families_for_vectors", "encoder_family",
 ]  # fmt: skip
 
 # family -> what users call it
@@ -288,18 +288,27 @@ def _tower_from_module(encoder: Any, name: str = "") -> TextTower:
     )  # fmt: skip
 
 
+def _towers_from_encoder(cond: Any) -> tuple[TextTower, ...]:
+    if type(cond).__name__ in CONDITIONERS:
+        return tuple(_tower_from_module(t, n) for n, t in zip(cond.tower_names, cond.towers, strict=True))
+    if type(cond).__name__ in TOWER_KINDS:
+        return (_tower_from_module(cond),)
+    return ()
+
+
+def encoder_family(encoder: Any) -> str | None:
+    """The family of a text encoder (a ``cond_stage_model``) on its own, as an ``EmbeddingManager`` sees its model;
+    None for an encoder of no known kind."""
+    towers = _towers_from_encoder(encoder)
+    return _family(towers) if towers else None
+
+
 def describe_model(model: Any) -> ModelDescription:
     """The description of a loaded ``LatentDiffusion`` (the one its config gave, when it was built from one)."""
     known = getattr(model, "description", None)
     if isinstance(known, ModelDescription):
         return known
-    cond = getattr(model, "cond_stage_model", None)
-    if type(cond).__name__ in CONDITIONERS:
-        towers = tuple(_tower_from_module(t, n) for n, t in zip(cond.tower_names, cond.towers, strict=True))
-    elif type(cond).__name__ in TOWER_KINDS:
-        towers = (_tower_from_module(cond),)
-    else:
-        towers = ()
+    towers = _towers_from_encoder(getattr(model, "cond_stage_model", None))
     unet = model.model.diffusion_model
     levels = len(unet.channel_mult)
     first = model.first_stage_model

@@ -17,11 +17,14 @@ Formats (all read with `torch.load(weights_only=True)` or safetensors; nothing e
   `[nv, 768 + 1280]`, with `Embeddings.towers` naming the split (this is how the SDXL embedding manager holds them).
   Several SDXL placeholders in one file use the `ti` layout with `sdxl_towers.<name>` widths added.
 
-A file carries no model family: its tower structure and widths tell it (``ldm.models.description``: a single
-vector of 768 is SD v1's CLIP ViT-L/14, 1024 SD v2's OpenCLIP ViT-H/14, 1280 LDM's BERT; `clip_l`/`clip_g` is SDXL).
-A file that does not fit the model is refused with what it fits named. Token ids are looked up with the model's own
-tokenizer when a model (or its config) is at hand, so other widths (ToyWorld 128, the tiny test models) work too;
-only without one is the tokenizer guessed from the widths.
+Other tools' files carry no model family: their tower structure and widths tell it (``ldm.models.description``: a
+single vector of 768 is SD v1's CLIP ViT-L/14, 1024 SD v2's OpenCLIP ViT-H/14, 1280 LDM's BERT; `clip_l`/`clip_g` is
+SDXL). A file that does not fit the model is refused with what it fits named. Widths cannot tell single towers of one
+width apart (ToyWorld 1's BERT and ToyWorld 2's CLIP are both 128 wide): the files this project writes record the
+family of the text encoder they were learned with (``family``: a ``.pt`` key, safetensors metadata; the description's
+family names), and a file of another family than the model's is refused naming both (:func:`check_family`).
+Token ids are looked up with the model's own tokenizer when a model (or its config) is at hand, so other widths
+(ToyWorld 128, the tiny test models) work too; only without one is the tokenizer guessed from the widths.
 
 Writing: every file is written atomically through :mod:`ldm.outputs` (umask permissions, nothing left behind on a
 full disk). ``.pt`` files are zip archives holding only ``<archive>/data.pkl``, ``<archive>/version`` and
@@ -32,6 +35,7 @@ the archive without them (it defaults to little-endian, as written on every plat
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -79,6 +83,7 @@ class Embeddings:
     source_format: str = "ti"
     name: str | None = None
     towers: tuple[tuple[str, int], ...] | None = None
+    family: str | None = None  # the model family of the text encoder they were learned with, where the file says it
 
     @property
     def dim(self) -> int:
@@ -137,6 +142,24 @@ def check_dim(embeddings: Embeddings, expected: int | dict[str, int], source: st
     raise EmbeddingFileError(f"Embeddings '{source}' have {describe_widths(found)}; this model needs {need}. {hint}")
 
 
+def check_family(embeddings: Embeddings, family: str | None, source: str | os.PathLike) -> None:
+    """Raise `EmbeddingFileError` naming both families when the file records another text encoder's family than the
+    model's (``family``, ``ldm.models.description``): vectors of one tower mean nothing to another, whatever the
+    width."""
+    if embeddings.family and family and embeddings.family != family:
+        raise EmbeddingFileError(
+            f"Embeddings '{source}' were learned for {family_title(embeddings.family)}; this model is "
+            f"{family_title(family)}. Vectors of one text encoder mean nothing to another, even at the same size "
+            f"({embeddings.dim}). Use an embedding trained for this model."
+        )
+
+
+def _recorded_family(value: Any, path: Path) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise EmbeddingFileError(f"'{path}': its 'family' is a {type(value).__name__}, not a name like 'sd1'")
+    return value
+
+
 def _as_matrix(value: Any, where: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise EmbeddingFileError(f"{where} is a {type(value).__name__}, not a tensor")
@@ -174,13 +197,16 @@ def read_embeddings(path: str | os.PathLike) -> Embeddings:
     if not path.is_file():
         raise EmbeddingFileError(f"Embeddings file '{path}' does not exist.")
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         try:
             flat = load_file(str(path))
+            with safe_open(str(path), "pt") as handle:
+                meta = handle.metadata() or {}
         except Exception as err:
             raise EmbeddingFileError(f"'{path}' is not a readable safetensors file ({err}).") from err
-        return _from_flat(flat, path)
+        return dataclasses.replace(_from_flat(flat, path), family=_recorded_family(meta.get("family"), path))
     if path.suffix not in TORCH_SUFFIXES:
         raise EmbeddingFileError(f"'{path}': unknown extension; use .safetensors or one of {TORCH_SUFFIXES}")
     obj = _torch_load(path)
@@ -195,7 +221,8 @@ def read_embeddings(path: str | os.PathLike) -> Embeddings:
         is_a1111 = "name" in obj or "step" in obj
         towers = _towers({k: int(v) for k, v in dict(obj.get("sdxl_towers", {})).items()})
         name = obj.get("name") if is_a1111 else None
-        return Embeddings(vectors, tokens, "a1111" if is_a1111 else "ti", name, towers)
+        family = _recorded_family(obj.get("family"), path)
+        return Embeddings(vectors, tokens, "a1111" if is_a1111 else "ti", name, towers, family)
     return _diffusers(obj, path)
 
 
@@ -252,12 +279,19 @@ def write_embeddings(embeddings: Embeddings, path: str | os.PathLike, fmt: str =
     path = Path(path)
     if fmt not in (*FORMATS, "sdxl"):
         raise EmbeddingFileError(f"unknown format '{fmt}'; choose one of {FORMATS}")
+    if path.suffix != ".safetensors" and path.suffix not in TORCH_SUFFIXES:  # what read_embeddings accepts
+        raise EmbeddingFileError(
+            f"cannot write '{path}': no reader accepts the extension '{path.suffix}'; end the name in .safetensors "
+            f"or one of {', '.join(TORCH_SUFFIXES)}"
+        )
     if not path.parent.is_dir():
         raise EmbeddingFileError(
             f"cannot write '{path}': the folder '{path.parent}' does not exist; create it first or choose another "
             "output path"
         )
     safetensors = path.suffix == ".safetensors"
+    # the family of a single tower (a .pt key, safetensors metadata); SDXL's two towers say it by their structure
+    extra = {"family": embeddings.family} if embeddings.family and not embeddings.towers else {}
     vectors = {k: v.detach().float().cpu().contiguous() for k, v in embeddings.vectors.items()}
     if fmt == "sdxl" and not embeddings.towers:
         raise EmbeddingFileError(
@@ -282,32 +316,33 @@ def write_embeddings(embeddings: Embeddings, path: str | os.PathLike, fmt: str =
             flat = {f"string_to_token.{k}": t for k, t in tokens.items()}
             flat.update({f"string_to_param.{k}": v for k, v in vectors.items()})
             flat.update({f"sdxl_towers.{k}": w for k, w in towers.items()})
-            _save_safetensors(flat, path)
+            _save_safetensors(flat, path, extra)
         else:
             params = nn.ParameterDict({k: nn.Parameter(v) for k, v in vectors.items()})
-            data = {"string_to_token": tokens, "string_to_param": params}
+            data = {"string_to_token": tokens, "string_to_param": params, **extra}
             save_torch({**data, "sdxl_towers": towers} if towers else data, path)
     elif fmt == "a1111":
         if len(vectors) != 1:
             raise EmbeddingFileError(f"A1111 files hold one embedding; got {sorted(vectors)}. Convert them one by one.")
         (key, vector), name = next(iter(vectors.items())), embeddings.name or path.stem
         if safetensors:
-            _save_safetensors({"emb_params": vector}, path)
+            _save_safetensors({"emb_params": vector}, path, extra)
         else:
             data = {"string_to_token": {"*": int(embeddings.tokens.get(key, 265))}, "string_to_param": {"*": vector},
-                    "name": name, "step": 0, "sd_checkpoint": None, "sd_checkpoint_name": None}  # fmt: skip
+                    "name": name, "step": 0, "sd_checkpoint": None, "sd_checkpoint_name": None, **extra}  # fmt: skip
             save_torch(data, path)
     elif safetensors:
-        _save_safetensors(vectors, path)
+        _save_safetensors(vectors, path, extra)
     else:
         save_torch(vectors, path)
     return path
 
 
-def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp))
+    data = {k: v.contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(data, tmp, metadata=metadata or None))
 
 
 def portable_pt_bytes(obj: Any) -> bytes:

@@ -8,6 +8,7 @@ in :mod:`ldm.modules.embedding_files`, re-exported here. This module adds the to
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -24,6 +25,7 @@ from ldm.modules.embedding_files import (  # noqa: F401  (this module is the pub
     EmbeddingFileError,
     Embeddings,
     check_dim,
+    check_family,
     describe_widths,
     family_of,
     portable_pt_bytes,
@@ -129,14 +131,14 @@ def with_token_ids(embeddings: Embeddings, tokenizer: Any | None = None) -> Embe
     tokenizer = tokenizer or tokenizer_for_widths(embeddings.widths)
     tokens = dict(embeddings.tokens)
     tokens.update({k: single_token_id(tokenizer, k) for k in missing})
-    return Embeddings(dict(embeddings.vectors), tokens, embeddings.source_format, embeddings.name, embeddings.towers)
+    return dataclasses.replace(embeddings, vectors=dict(embeddings.vectors), tokens=tokens)
 
 
 def renamed(embeddings: Embeddings, mapping: dict[str, str]) -> Embeddings:
     """Rename placeholders (their token ids are dropped, to be looked up again for the new strings)."""
     vectors = {mapping.get(k, k): v for k, v in embeddings.vectors.items()}
     tokens = {k: t for k, t in embeddings.tokens.items() if k not in mapping}
-    return Embeddings(vectors, tokens, embeddings.source_format, embeddings.name, embeddings.towers)
+    return dataclasses.replace(embeddings, vectors=vectors, tokens=tokens)
 
 
 def load_into_manager(manager: Any, path: str | os.PathLike, placeholder: str | None = None, tokenizer: Any = None):
@@ -147,6 +149,7 @@ def load_into_manager(manager: Any, path: str | os.PathLike, placeholder: str | 
     """
     embeddings = read_embeddings(path)
     check_dim(embeddings, manager.tower_widths, path)
+    check_family(embeddings, getattr(manager, "family", None), path)
     if placeholder is not None:
         if len(embeddings.vectors) != 1:
             raise EmbeddingFileError(f"'{path}' holds {sorted(embeddings.vectors)}; a placeholder renames one only")
@@ -169,4 +172,5 @@ def manager_embeddings(manager: Any) -> Embeddings:
         {k: int(t) for k, t in manager.string_to_token_dict.items()},
         "ti",
         towers=tuple(widths.items()) if list(widths) != [""] else None,
+        family=getattr(manager, "family", None),
     )

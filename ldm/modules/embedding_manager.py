@@ -88,6 +88,9 @@ class EmbeddingManager(nn.Module):
         # tower name -> width of its part of each vector ({"": D}; SDXL: clip_l and clip_g side by side)
         self.tower_widths = tower_widths(embedder)
         self.tokenizer = _tokenizer_of(embedder)  # the model's own: looks up the token ids of loaded files
+        from ldm.models.description import encoder_family
+
+        self.family = encoder_family(embedder)  # recorded in saved files; loaded files of another family are refused
         self.progressive_words = progressive_words
         self.progress_step = 0
         self.max_vectors_per_token = num_vectors_per_token
@@ -205,7 +208,7 @@ class EmbeddingManager(nn.Module):
         files are read with ``torch.load(weights_only=True)`` and only ``nn.ParameterDict`` is allowed beyond
         tensors. A vector size that does not fit this text encoder is refused with the family it fits named.
         """
-        from ldm.modules.embedding_interop import check_dim, read_embeddings, with_token_ids
+        from ldm.modules.embedding_interop import check_dim, check_family, read_embeddings, with_token_ids
 
         path = Path(path)
         if not path.is_file():
@@ -214,6 +217,7 @@ class EmbeddingManager(nn.Module):
             )
         embeddings = read_embeddings(path)
         check_dim(embeddings, self.tower_widths, path)
+        check_family(embeddings, self.family, path)
         embeddings = with_token_ids(embeddings, self.tokenizer)
         device = self._device()
         self.string_to_token_dict = {

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ldm.ae_flags import load_ae_config
-from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
+from ldm.guidance.attend_excite.config import AttendExciteConfig
 from ldm.toyworld.prompts import colour_and_shape_specs, placeholder_prompts, single_subject_prompts, subject_prompts
 from ldm.toyworld.sampling import (
     AE_CONFIG,

@@ -154,7 +154,8 @@ def judge(
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, labels: Sequence[str] | None = None) -> Path:
-    """Write ``images`` ``[N, 3, H, W]`` in [0, 1] as one PNG grid (``labels``: a short text under each image)."""
+    """Write ``images`` ``[N, 3, H, W]`` in [0, 1] as one PNG grid (``labels``: a short text under each image);
+    returns the path written (an earlier grid of other content at ``path`` stays: this one is ``<name>-0001.png``)."""
     from PIL import Image, ImageDraw
 
     n, _, h, w = images.shape
@@ -170,6 +171,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, labels: Seq
         grid.paste(Image.fromarray(arr), (x0, y0))
         if labels:
             draw.text((x0 + 1, y0 + h), labels[k][:12], fill=(0, 0, 0))
-    from ldm.outputs import save_image
+    from ldm.outputs import image_writer, save_record
 
-    return save_image(grid, path)  # atomic: a full disk leaves no partial file
+    # atomic (a full disk leaves no partial file); a rerun's grid of another content is <name>-0001.png
+    return save_record(image_writer(grid, path), path, keep_same=True)

@@ -109,7 +109,7 @@ class OpenCLIPTextTower(nn.Module):
 
     def forward(self, token_embeddings: torch.Tensor, skip_last: int = 0) -> torch.Tensor:
         """Token embeddings ``[B, N, W]`` (no positional term) -> ``ln_final`` of block ``layers - skip_last``."""
-        return self.ln_final(self.hidden_states(token_embeddings, skip_last)[-1])
+        return self.ln_final(self.hidden_states(token_embeddings, skip_last)[0])  # block layers - skip_last
 
     def hidden_states(self, token_embeddings: torch.Tensor, skip_last: int = 0) -> list[torch.Tensor]:
         """The outputs ``[B, N, W]`` of the blocks ``layers - skip_last`` and ``layers`` (no ``ln_final``); only the
