@@ -11,9 +11,11 @@ changed, and each step runs one truncated pass for its maps). The final maps are
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import shlex
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +80,8 @@ class RunTrace:
     guided: list[bool]  # per step: the maps came from a guidance pass
     refinement: list[int]  # per step: refinement iterations spent
     method_loss: list[float | None] = field(default_factory=list)  # per step: the method's own loss (guided steps)
+    seconds: float = 0.0  # sampling and the final maps
+    unet_evaluations: int = 0  # samples through the UNet (a CFG step 2, a guidance or maps pass 1)
 
     @property
     def max_attention(self) -> list[list[float]]:
@@ -302,7 +306,8 @@ class Explorer:
                 if progress is not None:
                     progress((k * n_run + step + 1) / (2 * n_run), f"{name}: step {step + 1}/{n_run}")
 
-            traces.append(self._one_run(prompt, spec, settings, run_method, cfg, latent_shape, groups[0], report_step))
+            trace = self.sample_trace(prompt, spec, settings, run_method, cfg, latent_shape, groups[0], report_step)
+            traces.append(trace)
         table = dict(report[prompt]["tokens"])
         items = [s.strip() for s in spec.split(",") if s.strip()]
         labels = [item if not item.lstrip("-").isdigit() else f"{table[g[0]].removesuffix('</w>')} ({item})"
@@ -310,7 +315,7 @@ class Explorer:
         command = self.command(prompt, spec, settings, preset, ae_flags, guidance.name)
         return RunResult(prompt, spec, labels, traces[0], traces[1], used, command, report, guidance.name)
 
-    def _one_run(
+    def sample_trace(
         self,
         prompt: str,
         spec: str,
@@ -321,6 +326,8 @@ class Explorer:
         groups: tuple,
         on_step: Callable[[int], None],
     ) -> RunTrace:
+        """One run from ``settings.seed`` with ``method`` (settings ``config``, schedule already scaled; "ae" with a
+        watch-only config: without guidance) on ``groups``: its image, each step's maps and losses, its cost."""
         device = next(self.model.parameters()).device
         steps: list[StepMaps] = []
 
@@ -330,7 +337,12 @@ class Explorer:
 
         sampler = inference.make_sampler(self.model, settings.sampler)
         generator = torch.Generator(device=device).manual_seed(settings.seed)
-        with inference.sampling_scope(self.model):
+        count, t0 = [0], time.perf_counter()
+        hook = self.model.model.diffusion_model.register_forward_pre_hook(
+            lambda module, args: count.__setitem__(0, count[0] + int(args[0].shape[0]))
+        )
+        with inference.sampling_scope(self.model), contextlib.ExitStack() as stack:
+            stack.callback(hook.remove)
             out = inference.sample_prompts(
                 self.model, sampler, [prompt], latent_shape, settings.steps, settings.scale, eta=settings.eta,
                 generator=generator, ae_tokens=spec, guidance=method, guidance_config=config, on_maps=keep,
@@ -350,6 +362,8 @@ class Explorer:
             guided=[s.guided for s in steps],
             refinement=[per_step.get(s.step, 0) for s in steps],
             method_loss=[losses.get(s.step) for s in steps],
+            seconds=time.perf_counter() - t0,
+            unet_evaluations=count[0],
         )
 
     def command(
