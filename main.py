@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ldm.outputs import claim_folder, write_error
 from omegaconf import OmegaConf
 
 from ldm.callbacks import ImageLogger
 from ldm.data.datamodule import DataModuleFromConfig, WrappedDataset
+from ldm.outputs import claim_folder, write_error
 from ldm.training.flags import get_parser, gpus_to_trainer, split_overrides, trainer_options
 from ldm.training.run_config import (
     RUN_DIR_ENV,

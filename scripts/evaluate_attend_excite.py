@@ -42,7 +42,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from ldm.outputs import ensure_folder, json_text, record_number, save_record, text_writer  # noqa: E402
 
 from ldm import engine, inference  # noqa: E402
 from ldm.evaluation import metrics  # noqa: E402
@@ -55,6 +54,7 @@ from ldm.evaluation.evaluators import (  # noqa: E402
     read_prompt_file,
 )
 from ldm.evaluation.generate import add_size_args, guidance_summary, latent_shape, read_guidance_records  # noqa: E402
+from ldm.outputs import ensure_folder, json_text, record_number, save_record, text_writer  # noqa: E402
 from ldm.precision import PRECISIONS  # noqa: E402
 
 logger = logging.getLogger("evaluate_attend_excite")

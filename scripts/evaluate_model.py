@@ -33,7 +33,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from ldm.outputs import ensure_folder, save_record, text_writer  # noqa: E402
 
 from ldm import engine, inference  # noqa: E402
 from ldm.errors import UserError  # noqa: E402
@@ -41,6 +40,7 @@ from ldm.evaluation.clip import CLIPFeatureExtractor, resolve_clip_folder  # noq
 from ldm.evaluation.evaluators import evaluate_inversion, strip_placeholder  # noqa: E402
 from ldm.evaluation.generate import add_size_args, latent_shape  # noqa: E402
 from ldm.evaluation.images import image_folder_files, load_images  # noqa: E402
+from ldm.outputs import ensure_folder, save_record, text_writer  # noqa: E402
 from ldm.precision import PRECISIONS  # noqa: E402
 
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml"

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import GOLDEN_WEIGHTS, REPO, require_fixture
-from ldm.outputs import OutputError
 from omegaconf import OmegaConf
 from PIL import Image
 
 from ldm import inference
 from ldm.ae_flags import DEFAULT_AE_CONFIG, load_ae_config
+from ldm.outputs import OutputError
 
 SD_CONFIG = REPO / "configs/tests/golden_tiny_sd.yaml"
 LDM_CONFIG = REPO / "configs/tests/golden_tiny_ldm.yaml"

@@ -16,10 +16,10 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from ldm.outputs import OutputError, RunFolder, atomic_write, claim_folder, inside, next_index, safe_stem
 from PIL import Image
 
 from ldm import outputs
+from ldm.outputs import OutputError, RunFolder, atomic_write, claim_folder, inside, next_index, safe_stem
 
 NASTY = [
     "../x", "/abs/path/x", "a/b\\c", "..", ".", "...hidden", "", "   ", "\x00\x01\x1f", "a\x00b\tc\nd", "\u202eevil",

@@ -20,9 +20,9 @@ behaviour); only the cost differs:
 A method subclasses :class:`AttentionLossGuidance` and defines what differs: its loss (``group_loss``) and step size
 (``step_size``), and where they differ from A&E's, the maps it reads (``capture_spec``: cross-attention at
 ``config.attention_res``), the maps a viewer shows (``view_maps``: A&E's smoothed token maps), its update steps,
-thresholds and refinement target. The config fields the loop reads, with their defaults when a config has no such
-field: ``attention_res``, ``max_iter_to_alter``, ``thresholds`` ({}), ``max_refinement_steps`` (0),
-``loss_reduction`` ("per_sample") and ``checkpoint_guidance`` (False).
+thresholds, refinement target and refinement limit (``refinement_limit``). The config fields the loop reads, with their
+defaults when a config has no such field: ``attention_res``, ``max_iter_to_alter``, ``thresholds`` ({}),
+``max_refinement_steps`` (0), ``loss_reduction`` ("per_sample") and ``checkpoint_guidance`` (False).
 """
 
 from __future__ import annotations
@@ -176,6 +176,10 @@ class AttentionLossGuidance:
         """Refine while the group's refinement value is above this (A&E: the loss above ``1 - threshold``)."""
         return max(0.0, 1.0 - threshold)
 
+    def refinement_limit(self, step: int) -> int:
+        """At most this many refinement iterations at threshold step ``step`` (A&E: ``max_refinement_steps``)."""
+        return getattr(self.config, "max_refinement_steps", 0)
+
     def record_scores(self, scores: torch.Tensor | None) -> dict:
         return {} if scores is None else {"scores": scores.tolist()}
 
@@ -323,7 +327,7 @@ class AttentionLossGuidance:
             ref = rec["refinement"]
             ref["losses"].append(loss)
             # Reference loop: update, then stop once the value from *before* the update is <= target or at the limit.
-            if refine_value <= target or g.iterations >= getattr(self.config, "max_refinement_steps", 0):
+            if refine_value <= target or g.iterations >= self.refinement_limit(self._step):
                 ref.update(iterations=g.iterations, hit_max=refine_value > target)
                 g.phase = "final_next" if update else "done"
             else:

@@ -74,6 +74,13 @@ def _float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from err
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from err
+
+
 def field_parser(config_class: type, name: str) -> Callable[[str], Any]:
     """The flag parser of one config field, from its type annotation."""
     hint = typing.get_type_hints(config_class)[name]
@@ -90,6 +97,8 @@ def field_parser(config_class: type, name: str) -> Callable[[str], Any]:
         return parse_range
     if origin is tuple and args == (float, ...):
         return _float_list
+    if origin is tuple and args == (int, ...):
+        return _int_list
     raise TypeError(f"{config_class.__name__}.{name}: no flag syntax for type {hint!r}")
 
 

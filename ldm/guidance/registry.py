@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
-from ldm.guidance import attend_excite, plain
+from ldm.guidance import attend_excite, conform, divide_bind, plain
 
 BUILTIN = [
     plain.METHOD,
     attend_excite.METHOD,
+    divide_bind.METHOD,
+    conform.METHOD,
 ]
