@@ -17,12 +17,10 @@ import logging
 import shlex
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from ldm import inference
 from ldm.ae_flags import (
@@ -34,6 +32,7 @@ from ldm.ae_flags import (
     model_family,
 )
 from ldm.explorer.chips import Chip, prompt_chips
+from ldm.explorer.records import RunResult, RunTrace, Settings, field_text
 from ldm.guidance import get_method, method_names
 from ldm.guidance.attend_excite.config import AttendExciteConfig, display_config
 from ldm.guidance.attend_excite.maps import capture_token_maps
@@ -54,80 +53,6 @@ SAMPLERS = ("ddim", "plms", "ddpm")
 Progress = Callable[[float, str], None]
 
 __all__ = ["PRESETS", "SAMPLERS", "Settings", "RunTrace", "RunResult", "Explorer", "field_text", "repo_relative"]
-
-
-@dataclass
-class Settings:
-    """The sampling settings of a run (the txt2img flags of the same names)."""
-
-    steps: int = 25
-    scale: float = 3.0
-    seed: int = 42
-    sampler: str = "ddim"
-    H: int = 64
-    W: int = 64
-    eta: float = 0.0
-
-
-@dataclass
-class RunTrace:
-    """One run (without or with A&E): the image and, per step, the selected words' maps and scores."""
-
-    image: Image.Image
-    maps: list[torch.Tensor]  # per step: [K, r, r], the smoothed maps at the latent entering the step
-    final_maps: torch.Tensor  # [K, r, r] on the final latent at t=1 (what --save_attention draws)
-    timesteps: list[int]  # per step: the sampler's timestep t
-    guided: list[bool]  # per step: the maps came from a guidance pass
-    refinement: list[int]  # per step: refinement iterations spent
-    method_loss: list[float | None] = field(default_factory=list)  # per step: the method's own loss (guided steps)
-    seconds: float = 0.0  # sampling and the final maps
-    unet_evaluations: int = 0  # samples through the UNet (a CFG step 2, a guidance or maps pass 1)
-
-    @property
-    def max_attention(self) -> list[list[float]]:
-        """Per step, per word: m_k, the spatial max of the word's smoothed map (the A&E score)."""
-        return [m.flatten(1).max(dim=1).values.tolist() for m in self.maps]
-
-    @property
-    def loss(self) -> list[float]:
-        """Per step: the A&E loss max_k max(0, 1 - m_k) of the latent entering the step (eq. 3)."""
-        return [max(0.0, 1.0 - min(scores)) for scores in self.max_attention]
-
-
-@dataclass
-class RunResult:
-    """A run without and with A&E from the same seed."""
-
-    prompt: str
-    spec: str  # the --ae_tokens string
-    labels: list[str]  # one per excited word
-    plain: RunTrace
-    excited: RunTrace
-    config: Any  # the method's settings with its schedule scaled to the steps run
-    command: str  # the txt2img command that reproduces the run with guidance
-    report: dict = field(default_factory=dict)  # the scripts' token report of the prompt
-    method: str = "ae"  # the registered guidance method of the guided run
-
-    @property
-    def steps(self) -> int:
-        return len(self.excited.maps)
-
-    @property
-    def refinement_total(self) -> int:
-        return sum(self.excited.refinement)
-
-
-def field_text(value: Any) -> str:
-    """An ``AttendExciteConfig`` value in its ``--ae_<field>`` flag syntax."""
-    if isinstance(value, dict):
-        return ",".join(f"{k}:{v}" for k, v in value.items())
-    if isinstance(value, (tuple, list)):
-        return ",".join(str(v) for v in value)
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
 
 
 def _flag_parser() -> argparse.ArgumentParser:
@@ -222,10 +147,17 @@ class Explorer:
         """The registered guidance methods the page offers (all but plain sampling, which every run shows)."""
         return [name for name in method_names() if name != "plain"]
 
+    def _method_base(self, method: str) -> list[str]:
+        """The flags a method's settings start from: ``--guidance`` and, for a toy with its own settings of the
+        method (``configs/toyworld[2]/<method>.yaml``, the model description's), ``--guidance_config`` that file."""
+        toy_file = self.description.method_settings(method)
+        return ["--guidance", method, "--ae_tokens", "x", *(["--guidance_config", str(toy_file)] if toy_file else [])]
+
     def method_fields(self, method: str) -> dict[str, str]:
-        """A method's settings for this model's family (its preset, else its defaults), in ``--g_<field>`` syntax."""
+        """A method's settings for this model (a toy's own settings file, else the family's preset, else the
+        method's defaults), in ``--g_<field>`` syntax."""
         guidance = get_method(method)
-        config = guidance_from_args(_flag_parser().parse_args(["--guidance", method, "--ae_tokens", "x"]),
+        config = guidance_from_args(_flag_parser().parse_args(self._method_base(method)),
                                     model_family(self.config_path)).config  # fmt: skip
         return {name: field_text(getattr(config, name)) for name in guidance.field_names()}
 
@@ -238,7 +170,7 @@ class Explorer:
         changed = [a for name, value in fields.items() if str(value).strip() != base.get(name)
                    for a in (f"--g_{name}", str(value).strip())]  # fmt: skip
         try:
-            args = _flag_parser().parse_args(["--guidance", method, "--ae_tokens", "x", *changed])
+            args = _flag_parser().parse_args([*self._method_base(method), *changed])
         except argparse.ArgumentError as err:
             raise ValueError(str(err)) from err
         return guidance_from_args(args, model_family(self.config_path)).config, changed
@@ -385,7 +317,9 @@ class Explorer:
         if method == "ae":
             args += ["--ae_tokens", spec, "--ae_config", repo_relative(self.presets[preset]), *ae_flags]
         else:
-            args += ["--guidance", method, "--ae_tokens", spec, *ae_flags]
+            toy_file = self.description.method_settings(method)
+            args += ["--guidance", method, *(["--guidance_config", repo_relative(toy_file)] if toy_file else []),
+                     "--ae_tokens", spec, *ae_flags]  # fmt: skip
         return "python " + shlex.join([*args, "--save_attention"])
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 from ldm.explorer.comparison import Comparison
 from ldm.explorer.plot import methods_plot, run_plot
 from ldm.explorer.session import RunResult, RunTrace
+from ldm.guidance import get_method
 from ldm.guidance.visualize import overlay
 
 __all__ = ["enlarged", "maps_at", "step_caption", "plot_of", "summary", "side_by_side_images", "side_by_side_maps",
@@ -54,18 +55,31 @@ def plot_of(result: RunResult) -> Image.Image:
     )  # fmt: skip
 
 
+def _schedule(config: object, steps: int) -> str:
+    """The method's schedule in words, from the fields it has (A&E's and its successors')."""
+    parts = []
+    if hasattr(config, "max_iter_to_alter"):
+        parts.append(f"updates at steps < {config.max_iter_to_alter}")
+    for name in ("thresholds", "iterative_refinement_steps"):
+        value = getattr(config, name, None)
+        if value:
+            parts.append(f"{name.replace('_', ' ')} {dict(value) if isinstance(value, dict) else list(value)}")
+    if hasattr(config, "max_refinement_steps"):
+        parts.append(f"up to {config.max_refinement_steps} refinement iterations")
+    return f"**Schedule over {steps} steps:** " + (", ".join(parts) or "none")
+
+
 def summary(result: RunResult) -> str:
-    """Markdown: the refinement iterations spent, the final scores, the equivalent command."""
+    """Markdown: the refinement iterations spent, the final scores, the schedule, the equivalent command."""
     per_step = ", ".join(f"step {i + 1}: {r}" for i, r in enumerate(result.excited.refinement) if r) or "none"
     final_plain = result.plain.max_attention[-1]
     final_ae = result.excited.max_attention[-1]
     scores = "; ".join(f"**{w}** {a:.2f} → {b:.2f}" for w, a, b in zip(result.labels, final_plain, final_ae))
-    cfg = result.config
+    short = "A&E" if result.method == "ae" else get_method(result.method).title
     return "\n".join([
         f"**Refinement iterations:** {result.refinement_total} ({per_step})  ",
-        f"**Max attention at the last step, without → with A&E:** {scores}  ",
-        f"**Schedule over {result.steps} steps:** updates at steps < {cfg.max_iter_to_alter}, thresholds "
-        f"{dict(cfg.thresholds)}, up to {cfg.max_refinement_steps} refinement iterations",
+        f"**Max attention at the last step, without → with {short}:** {scores}  ",
+        _schedule(result.config, result.steps),
         "",
         "The same run from the command line:",
         "```",

@@ -34,6 +34,7 @@ import torch
 
 from ldm.guidance import get_method
 from ldm.guidance.flags import load_guidance_yaml
+from ldm.models.description import toy_method_settings
 from ldm.toyworld.benchmarks import NOISE_SEEDS, run_pairs
 from ldm.toyworld.geneval import TASK_TITLES, TASKS, evaluate_detections, task_prompts, unaskable_words
 from ldm.toyworld.prompts import placeholder_prompts, subject_prompts
@@ -56,10 +57,9 @@ class ToyMethod:
 
 
 def settings_file(toy: str, name: str) -> Path | None:
-    """The toy's settings file of a method (the second toy's own, else the first toy's), or None."""
-    file = "attend_and_excite" if name == "ae" else name
-    folders = ["toyworld2", "toyworld"] if toy == "2" else ["toyworld"]
-    return next((p for p in (ROOT / "configs" / d / f"{file}.yaml" for d in folders) if p.is_file()), None)
+    """The toy's settings file of a method (the second toy's own, else the first toy's), or None
+    (:func:`ldm.models.description.toy_method_settings`)."""
+    return toy_method_settings(f"toyworld{toy}", name)
 
 
 def toy_methods(toy: str, names: Sequence[str]) -> list[ToyMethod]:
