@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         check_attention_res(second.attention_res, settings.size, settings.size, geometry, flag="--second_ae_config")
     if args.n_geneval < 0:
         raise UserError(f"--n_geneval {args.n_geneval}: give 0 (no GenEval tasks) or more images per task")
+    if args.methods:  # unknown names are an error before anything is written or loaded
+        args.method_list = toy_methods(args.toy, [n.strip() for n in args.methods.split(",") if n.strip()])
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     if args.methods:
@@ -162,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def compare(args: argparse.Namespace, settings: SampleSettings, n_three: int, outdir: Path) -> int:
     """--methods: every method against plain in one table (ldm/toyworld/methods.py, methods_table.py)."""
-    names = [n.strip() for n in args.methods.split(",") if n.strip()]
-    methods = toy_methods(args.toy, names)  # unknown names are an error before anything is loaded
+    methods = args.method_list
     model = load_toyworld_model(args.config, args.ckpt)
     emb = Path(args.embedding_path) if args.embedding_path else None
     shipped = WORDS_FILES[args.toy]

@@ -24,6 +24,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from ldm.errors import UserError  # noqa: E402
 from ldm.toyworld.benchmarks import TOYS  # noqa: E402
 from ldm.toyworld.concepts import WORDS, WORDS_FILES, learn_words, merge_words  # noqa: E402
 from ldm.toyworld.sampling import SampleSettings, judge, load_toyworld_model, sample_images, save_grid  # noqa: E402
@@ -40,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--logdir", default=None, help="inversion runs (default outputs/learn_toyworld_words<toy>)")
     p.add_argument("--n_check", type=int, default=32, help="samples per check prompt (0: no check)")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.n_check < 0:
-        p.error("--steps must be >= 1 and --n_check >= 0")
+    if args.steps < 1:
+        raise UserError(f"--steps {args.steps}: give at least 1 inversion step per word (the shipped files: 1000)")
+    if args.n_check < 0:
+        raise UserError(f"--n_check {args.n_check}: give 0 (no check) or more samples per check prompt")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     toy = TOYS[args.toy]
     output = Path(args.output) if args.output else WORDS_FILES[args.toy]
