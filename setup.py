@@ -27,6 +27,9 @@ setup(
         "test": ["pytest>=7.4", "ruff>=0.5", "selenium>=4.20,<5"],  # selenium: the explorer's browser test
         "logging": ["tensorboard>=2.14"],
         "app": ["gradio>=6,<7"],  # the explorer: python scripts/explore.py
+        # SynGen's prompt parse with spaCy (--g_parser auto/spacy; also: python -m spacy download en_core_web_trf);
+        # without it the built-in rule parser (ldm/guidance/parse.py) is used
+        "spacy": ["spacy>=3.6"],
         # benchmarks/bench_vs_diffusers.py only; never a runtime or test dependency
         "bench": ["diffusers>=0.42.1"],
     },

@@ -35,8 +35,8 @@ from ldm.guidance.flags import GuidanceChoice, add_guidance_args, guidance_from_
 from ldm.guidance.tokens import describe_groups, format_token_table, resolve_ae_tokens
 from ldm.guidance.tokens import prompt_tokens as read_prompt_tokens
 from ldm.guidance.visualize import render_attention
-from ldm.models.description import describe_model
-from ldm.models.diffusion.sampler_base import Generators
+from ldm.models.description import CONFIGS_WITH_TOKENS, describe_config, describe_model
+from ldm.models.diffusion.sampler_base import Generators, select_cond
 from ldm.models.diffusion.schedule import make_ddim_timesteps
 from ldm.outputs import RunFolder
 from ldm.precision import precision_scope
@@ -75,9 +75,10 @@ def load_model(
     config = load_yaml(config_file, "--config")
     model_config = config.model if "model" in config else config
     if embedding_file and OmegaConf.select(model_config, "params.personalization_config") is None:
+        example = CONFIGS_WITH_TOKENS.get(describe_config(config_file).family, CONFIGS_WITH_TOKENS["ldm"])
         raise UserError(
             f"--embedding_path given, but --config {config_path} builds no embedding manager; use a config with "
-            "personalization_config (e.g. configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml)"
+            f"personalization_config (e.g. {example})"
         )
     model = load_model_from_config(config, str(ckpt_file), strict=True)
     if embedding_file:
@@ -385,8 +386,9 @@ def run_txt2img(
                         base_count = out_folder.save_sample(to_pil(image), base_count, opts.save_attention)
                     if opts.save_attention:
                         shown = display_config(used)
-                        picture = attention_picture(model, out.latents[k : k + 1], out.cond[k : k + 1],
-                                                    out.token_groups[k], prompts[k], image, shown)  # fmt: skip
+                        cond_k = select_cond(out.cond, slice(k, k + 1))  # a tensor, or SDXL's dict
+                        picture = attention_picture(model, out.latents[k : k + 1], cond_k, out.token_groups[k],
+                                                    prompts[k], image, shown)  # fmt: skip
                         base_count = out_folder.save_attention(picture, base_count)
                     if not opts.skip_save or opts.save_attention:
                         written.append(base_count)

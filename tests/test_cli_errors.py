@@ -281,13 +281,12 @@ def test_evaluation_scripts_check_their_flags(tmp_path, no_model_loading):
     assert not (tmp_path / "w").exists()
 
 
-def test_toyworld_ablation_checks_its_variants(capsys, no_model_loading):
-    ablation = load_script("toyworld_ae_ablation")
-    with pytest.raises(SystemExit) as info:
-        ablation.main(["--variants", "official,step size 7"])
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "unknown variant(s) ['step size 7']" in err and "no iterative refinement" in err  # names the known ones
+def test_toyworld_tuning_checks_its_variants(no_model_loading):
+    for script, argv in (("toyworld_ae_ablation", []), ("toyworld_tuning", ["--method", "ae"])):
+        with pytest.raises(UserError, match=r"unknown variant 'step size 7' of ae; known: official, no iterative"):
+            load_script(script).main([*argv, "--variants", "official,step size 7"])  # names the known ones
+    with pytest.raises(UserError, match="expected NAME=FIELD:VALUE"):
+        load_script("toyworld_tuning").main(["--method", "conform", "--variants", "mine=temperature"])
 
 
 def test_ae_message_for_a_latent_the_unet_cannot_divide():

@@ -173,7 +173,12 @@ def test_groups_from_words_positions_and_ae_tokens():
     tokens, tok = tiny_prompt("a red cat and a red frog")
     assert sample_groups("red cat|6 frog", tokens, tok, ()) == ((2, 3), (6, 7))
     assert sample_groups(" 2,3 | 7 ", tokens, tok, ()) == ((2, 3), (7,))
-    assert sample_groups("", tokens, tok, ((3,), (7,))) == ((3,), (7,))  # each --ae_tokens word alone
+    # without --g_groups: the prompt's noun phrases (a modifier with its noun); with --ae_tokens only theirs
+    assert sample_groups("", tokens, tok, ()) == ((2, 3), (6, 7))
+    assert sample_groups("", tokens, tok, ((7,),)) == ((6, 7),)
+    bare, _ = tiny_prompt("a cat and a frog")
+    assert sample_groups("", bare, tok, ((2,), (5,))) == ((2,), (5,))  # the official [[2], [5]] for these
+    assert sample_groups("", bare, tok, ((3,),)) == ((3,),)  # "and": in no phrase, a group of its own
 
 
 @pytest.mark.parametrize(
@@ -226,8 +231,8 @@ def test_stable_txt2img_with_conform(tmp_path):
     assert (tmp_path / "samples" / "00000.png").is_file()
     settings = json.loads(next(tmp_path.glob("settings-*.json")).read_text())
     assert settings["options"]["extra_settings"]["g_groups"] == "red cat|blue frog"
-    with pytest.raises(UserError, match="needs its token groups"):
-        script.main(common)
+    with pytest.raises(UserError, match="found no token groups"):  # a prompt without a noun phrase
+        script.main([*common[:4], "--prompt", "and and", *common[6:]])
 
 
 # --- the official loop written out (per sample, whole UNet, a pass at every step): the oracle for the edge cases ----

@@ -280,8 +280,8 @@ class Explorer:
                 generator=generator, ae_tokens=spec, guidance=method, guidance_config=config, on_maps=keep,
             )  # fmt: skip
             t = torch.ones(1, dtype=torch.long, device=device)
-            final = capture_token_maps(self.model, out.latents.float(), t, out.cond.float(), [groups],
-                                       display_config(config))[0]  # fmt: skip
+            cond = out.cond.float() if isinstance(out.cond, torch.Tensor) else out.cond  # SDXL: a dict
+            final = capture_token_maps(self.model, out.latents.float(), t, cond, [groups], display_config(config))[0]
         records = out.guidance.records if out.guidance is not None else []
         per_step = {r["step"]: sum(g.get("refinement", {}).get("iterations", 0) for g in r["groups"])
                     for r in records}  # fmt: skip

@@ -19,7 +19,7 @@ import torch
 
 from ldm.guidance.tokens import PromptTokens, TokenGroup
 
-__all__ = ["LatentGuidance", "GuidanceMethod", "GuidanceRequest", "NoSettings"]
+__all__ = ["LatentGuidance", "GuidanceMethod", "GuidanceRequest", "NoSettings", "prepare_start_noise"]
 
 
 class LatentGuidance(Protocol):
@@ -38,6 +38,21 @@ class LatentGuidance(Protocol):
     """
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int, num_steps: int, cond: Any) -> torch.Tensor: ...
+
+
+def prepare_start_noise(
+    guidance: Any, x: torch.Tensor, t: torch.Tensor, num_steps: int, cond: Any, generator: Any
+) -> torch.Tensor:
+    """The start latent a sampler begins from, after the guidance object's optional ``prepare_start`` hook.
+
+    A guidance object may define ``prepare_start(x, t, num_steps, cond, generator) -> x`` to replace the start noise
+    before the first step (INITNO optimises it). ``x`` is x_T ``[B, C, h, w]`` (drawn or given), ``t`` ``[B]`` the
+    first step's timestep, ``cond`` as in ``__call__``, ``generator`` the sampler's (one, one per sample, or None:
+    the global RNG), from which the hook may draw fresh noise; the step noise of stochastic samplers comes after its
+    draws. Samplers call this once, after x_T is drawn and before the first step; objects without the hook keep x.
+    """
+    prepare = getattr(guidance, "prepare_start", None)
+    return x if prepare is None else prepare(x, t, num_steps, cond, generator)
 
 
 @dataclass(frozen=True)

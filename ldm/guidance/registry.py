@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
-from ldm.guidance import attend_excite, conform, divide_bind, plain
+from ldm.guidance import attend_excite, conform, divide_bind, initno, plain, syngen
 
 BUILTIN = [
     plain.METHOD,
     attend_excite.METHOD,
+    syngen.METHOD,
     divide_bind.METHOD,
     conform.METHOD,
+    initno.METHOD,
 ]

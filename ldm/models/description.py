@@ -33,8 +33,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
-    "FAMILIES", "TextTower", "SamplingDefaults", "ModelDescription", "describe", "describe_config",
-    "describe_model", "family_title", "families_for_vectors", "encoder_family", "toy_method_settings",
+    "FAMILIES", "CONFIGS_WITH_TOKENS", "TextTower", "SamplingDefaults", "ModelDescription", "describe",
+    "describe_config", "describe_model", "family_title", "families_for_vectors", "encoder_family",
+    "toy_method_settings",
 ]  # fmt: skip
 
 # family -> what users call it
@@ -51,6 +52,13 @@ RELEASED_WIDTHS: dict[str, dict[str, int]] = {
     "sd1": {"": 768},
     "sd2": {"": 1024},
     "sdxl": {"clip_l": 768, "clip_g": 1280},
+}
+# family -> a shipped config of it with an embedding manager (what --embedding_path needs)
+CONFIGS_WITH_TOKENS: dict[str, str] = {
+    "ldm": "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml",
+    "sd1": "configs/stable-diffusion/v1-inference.yaml",
+    "sd2": "configs/stable-diffusion/v2-inference_with_tokens.yaml",
+    "sdxl": "configs/sdxl/sd_xl_base-inference_with_tokens.yaml",
 }
 # encoder class name -> tower kind
 TOWER_KINDS = {"BERTEmbedder": "bert", "FrozenCLIPEmbedder": "clip", "FrozenOpenCLIPEmbedder": "openclip"}

@@ -106,11 +106,14 @@ def sample_images(
         batch = list(prompts[lo : lo + settings.batch_size])
         specs = ae_tokens[lo : lo + settings.batch_size]
         n = len(batch)
-        x_t = start_noise(seeds[lo : lo + n], shape).to(device)  # [n, C, h, w]
+        # each image's generator draws its x_T (as start_noise) and goes on to the sampler: a method that draws more
+        # noise (INITNO's fresh rounds) draws it from the image's own seed, whatever the batch
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[lo : lo + n]]
+        x_t = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)  # [n, C, h, w]
         if ae_used is not None and (len(set(specs)) != 1 or not specs[0]):
             raise ValueError("one A&E token spec per batch: group prompts with the same spec together")
         images = sample_prompts(
-            model, sampler, batch, shape, settings.steps, settings.scale, x_T=x_t,
+            model, sampler, batch, shape, settings.steps, settings.scale, x_T=x_t, generator=generators,
             ae_tokens=specs[0] if ae_used is not None else "", guidance=method if ae_used is not None else None,
             guidance_config=ae_used,
         ).images  # fmt: skip

@@ -1,4 +1,4 @@
-"""CONFORM as a registered guidance method (``--guidance conform``; groups from ``--g_groups`` or ``--ae_tokens``).
+"""CONFORM as a registered guidance method (``--guidance conform``; groups from ``--g_groups`` or the prompt's parse).
 
 Meral et al., CVPR 2024, "CONFORM: Contrast is All You Need for High-Fidelity Text-to-Image Diffusion Models":
 a contrastive (InfoNCE) loss on the smoothed cross-attention maps (``loss.py``) keeps each object's map close to its
@@ -24,14 +24,12 @@ PRESETS = Path(__file__).resolve().parents[3] / "configs" / "guidance"
 def build(request: GuidanceRequest) -> Conform | None:
     """CONFORM on each sample's groups (None when no sample has any)."""
     config = request.config
-    if not config.groups.strip() and not any(request.token_groups):
-        raise UserError("--guidance conform needs its token groups: --g_groups 'red cat|blue frog' (an object and its "
-                        "attributes per group) or --ae_tokens 'cat,frog' (one group per word)")  # fmt: skip
     tokenizer = request.model.cond_stage_model.tokenizer
-    groups = [sample_groups(config.groups, tokens, tokenizer, ae) for tokens, ae in
-              zip(request.tokens, request.token_groups)]  # fmt: skip
+    groups = [sample_groups(config.groups, tokens, tokenizer, ae, config.parser, config.spacy_model)
+              for tokens, ae in zip(request.tokens, request.token_groups)]  # fmt: skip
     if not any(groups):
-        return None
+        raise UserError("--guidance conform found no token groups: give --g_groups 'red cat|blue frog' (an object "
+                        "and its attributes per group) or --ae_tokens 'cat,frog'")  # fmt: skip
     return Conform(request.model, config, groups, on_maps=request.on_maps)
 
 

@@ -18,7 +18,11 @@ class ConformConfig:
     Attributes:
         groups: the token groups, ``"red cat|blue frog"``: groups split by ``|``, members by spaces or commas, each a
             word of the prompt (first occurrence; a word split into sub-tokens or a multi-vector placeholder adds
-            all its positions) or a 1-based position. Empty: each ``--ae_tokens`` entry is a group of its own.
+            all its positions) or a 1-based position. Empty: the prompt's parse (``parser``, ldm/guidance/parse.py):
+            each noun with its modifiers; with ``--ae_tokens``, the phrases of those words (a word the parse puts in
+            no phrase is a group of its own).
+        parser, spacy_model: the parse without ``groups`` (as SynGen's: ``"auto"`` uses spaCy when installed, else
+            the built-in rules; ``"rules"``; ``"spacy"``).
         attention_res: side of the cross-attention maps used (16: 16x16 maps).
         max_iter_to_alter: the regular update runs at steps ``i < max_iter_to_alter``.
         iterative_refinement_steps: at these steps the latent is first updated ``max_refinement_steps`` times (no
@@ -41,6 +45,8 @@ class ConformConfig:
     """
 
     groups: str = ""
+    parser: str = "auto"
+    spacy_model: str = "en_core_web_trf"
     attention_res: int = 16
     max_iter_to_alter: int = 30
     iterative_refinement_steps: tuple[int, ...] = (0, 10, 20)

@@ -4,8 +4,10 @@ Syntax of ``--g_groups``: groups split by ``|``, members by spaces or commas; a 
 1-based position (0 is the start token), as in ``--ae_tokens``: ``"red cat|blue frog"``, ``"2 3|6 7"``,
 ``"yellow *|@"``. A word is matched at its first occurrence (use a position for a later one); a word split into
 sub-tokens, or a multi-vector placeholder, adds all its positions to the group. A position may be in one group only.
-Without ``--g_groups`` every ``--ae_tokens`` entry is a group of its own (objects without attributes; the official
-code's ``[[2], [5]]`` for "a cat and a frog").
+Without ``--g_groups`` the groups come from the prompt's parse (the rule parser SynGen uses, ``ldm/guidance/parse.py``):
+each noun with its modifiers ("a red cat and a blue frog" -> ``red cat|blue frog``); with ``--ae_tokens`` only the
+phrases of those words, and an ``--ae_tokens`` word in no phrase is a group of its own (the official code's
+``[[2], [5]]`` for "a cat and a frog").
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ldm.errors import UserError
+from ldm.guidance.parse import PLACEHOLDERS, bindings, prompt_phrases, prompt_words
 from ldm.guidance.tokens import PromptTokens, TokenGroup, resolve_ae_tokens
 
 
@@ -54,10 +57,26 @@ def check_disjoint(groups: Sequence[TokenGroup], spec: str, flag: str = "--g_gro
     return tuple(tuple(g) for g in groups)
 
 
+def parsed_groups(
+    tokens: PromptTokens, ae_groups: Sequence[TokenGroup], parser: str = "auto", spacy_model: str = "en_core_web_trf"
+) -> list[TokenGroup]:
+    """The prompt's noun phrases as groups (modifiers then noun); with ``ae_groups``, the phrase of each of them
+    (the whole group when the parse puts the word in no phrase)."""
+    placeholders = set(PLACEHOLDERS) | set(tokens.placeholders.values())
+    words = prompt_words(tokens.table, placeholders)
+    phrases = bindings(prompt_phrases(tokens.prompt, words, parser, spacy_model, placeholders), include_entities=True)
+    groups = [tuple(p for w in (*ph.modifiers, ph.noun) for p in w.positions) for ph in phrases]
+    if not ae_groups:
+        return groups
+    return [next((g for g in groups if set(g) & set(ae)), tuple(ae)) for ae in ae_groups]
+
+
 def sample_groups(
-    spec: str, tokens: PromptTokens, tokenizer: Any, ae_groups: Sequence[TokenGroup]
-) -> tuple[TokenGroup, ...]:
-    """One prompt's groups: from ``spec`` when given, else each ``--ae_tokens`` entry alone."""
+    spec: str, tokens: PromptTokens, tokenizer: Any, ae_groups: Sequence[TokenGroup], parser: str = "auto",
+    spacy_model: str = "en_core_web_trf",
+) -> tuple[TokenGroup, ...]:  # fmt: skip
+    """One prompt's groups: from ``spec`` when given, else from the prompt's parse (see the module docstring)."""
     if spec.strip():
         return resolve_groups(spec, tokens, tokenizer)
-    return check_disjoint([tuple(g) for g in ae_groups], str([list(g) for g in ae_groups]), "--ae_tokens")
+    groups = list(dict.fromkeys(parsed_groups(tokens, ae_groups, parser, spacy_model)))
+    return check_disjoint(groups, str([list(g) for g in groups]), "--ae_tokens")

@@ -23,7 +23,9 @@ class DivideBindConfig:
         token_indices: subject positions (from ``--ae_tokens``; per-prompt data, not a flag).
         pairs: attribute-subject pairs for the binding term, ``"red:cat,blue:frog"`` (words or 1-based positions,
             modifier first, the same syntax as SynGen's ``--g_pairs``); each noun must be one of the subjects.
-            Empty: no binding term (the official default, ``color_indices=None``).
+            Empty: no binding term (the official default, ``color_indices=None``), unless ``pairs_from_prompt``.
+        pairs_from_prompt: without ``pairs``, bind each subject to its modifier in the prompt's parse (the parser
+            SynGen and CONFORM use, ``ldm/guidance/parse.py``; ``parser``/``spacy_model`` as theirs).
         attention_res: side of the cross-attention maps of the subjects (16: 16x16 maps).
         attribute_res: side of the maps the attributes are read from, resized (nearest) to ``attention_res``.
             None: every cross-attention side above ``attention_res`` (the official code reads the 64x64 and 32x32
@@ -49,6 +51,9 @@ class DivideBindConfig:
 
     token_indices: tuple[int | TokenGroup, ...] = ()
     pairs: str = ""
+    pairs_from_prompt: bool = False
+    parser: str = "auto"
+    spacy_model: str = "en_core_web_trf"
     attention_res: int = 16
     attribute_res: int | None = None
     max_iter_to_alter: int = 25

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ldm.guidance.base import LatentGuidance
+from ldm.guidance.base import LatentGuidance, prepare_start_noise
 from ldm.models.diffusion.guidance.cfg import guided_eps
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,8 @@ class DiffusionSampler:
         the step noise of DDPM and of DDIM with eta > 0.
 
         `intermediates` holds `x_inter` and `pred_x0` every `log_every_t` steps; both start with x_T, as in the
-        original. `latent_guidance` (e.g. Attend-and-Excite) edits the latent at the start of every step.
+        original. `latent_guidance` (e.g. Attend-and-Excite) edits the latent at the start of every step; its optional
+        `prepare_start` hook may replace x_T first (`ldm.guidance.base.prepare_start_noise`).
         """
         if quantize_x0:
             raise NotImplementedError("quantize_x0 needs a VQ first stage, which this project does not include")
@@ -182,9 +183,12 @@ class DiffusionSampler:
             generator,
         )
         x = x_T.to(self.device) if x_T is not None else noise_like((batch_size, *shape), self.device, generator)
+        total = len(timesteps)
+        if latent_guidance is not None and total:  # a method may replace the start noise (INITNO optimises it)
+            first = torch.full((x.shape[0],), int(timesteps[0]), device=self.device, dtype=torch.long)
+            x = prepare_start_noise(latent_guidance, x, first, total, conditioning, generator)
         step_fn = self.make_step(timesteps, options)
         intermediates: dict[str, list[torch.Tensor]] = {"x_inter": [x], "pred_x0": [x]}
-        total = len(timesteps)
         for i, step in enumerate(tqdm(timesteps, desc=f"{self.name} sampler", total=total, disable=not verbose)):
             index = total - i - 1
             ts = torch.full((x.shape[0],), int(step), device=self.device, dtype=torch.long)
