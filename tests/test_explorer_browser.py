@@ -195,7 +195,8 @@ def test_pick_a_method_and_see_every_method_side_by_side(app_url, browser):
     wait.until(lambda _: all(b.is_selected() for b in css("#compare input[type=checkbox]")))
     css("#run")[0].click()
     runs = 1 + len(methods)  # without guidance, then each method once
-    wait.until(lambda _: len(css("#compare-images img")) == runs and len(css("#compare-maps img")) == 2 * runs)
+    slow = WebDriverWait(browser, 6 * TIMEOUT, ignored_exceptions=(StaleElementReferenceException,))  # INITNO & co.
+    slow.until(lambda _: len(css("#compare-images img")) == runs and len(css("#compare-maps img")) == 2 * runs)
     assert len(css("#compare-plot img")) == 1 and len(css("#image-ae img")) == 1
     table = css("#compare-summary")[0].text
     assert all(f"{title}" in table for title in titles) and "without guidance" in table

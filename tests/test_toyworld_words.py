@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import REPO
 
+from ldm.guidance.tokens import end_position
 from ldm.toyworld.concepts import WORDS, WORDS_FILES
 from ldm.toyworld.detect import parse_caption
 from ldm.toyworld.methods import GENEVAL_METRIC, MethodsResult, ToyMethod
@@ -35,7 +36,8 @@ def test_both_words_are_one_token_of_each_toy_and_the_shipped_file_holds_both(to
     ids = encoder.tokenize(["a * and a @"])[0].tolist()
     star, at = (int(manager.string_to_token_dict[w]) for w in ("*", "@"))
     assert star != at and ids.count(star) == 1 and ids.count(at) == 1  # each one token, in the prompt's order
-    assert ids.index(star) < ids.index(at) and encoder.tokenizer.unk_token_id not in ids
+    end = end_position(ids, encoder.tokenizer)  # the prompt is [start] a * and a @ [end]: 5 words, none unknown
+    assert end == 6 and ids.index(star) == 2 and ids.index(at) == 5 and encoder.tokenizer.unk_token_id not in ids[1:end]
     for word in ("*", "@"):
         assert manager.string_to_param_dict[word].shape == (2, 128)  # 2 vectors of width 128 (finetune.yaml)
     with torch.no_grad():
@@ -92,6 +94,7 @@ def _result() -> tuple[MethodsResult, list[ToyMethod]]:
     for bench in result.images:
         result.seconds[bench] = {"plain": 1.0, "Good": 2.0, "Bad": 4.0}
         result.evaluations[bench] = {"plain": 50, "Good": 100, "Bad": 150}
+    result.evaluations["(iv) a * and a @"]["Good"] = 50  # as many UNet passes as plain: it never guided there
     return result, methods
 
 
@@ -112,12 +115,15 @@ def test_methods_table_cells_overall_and_verdicts():
     assert order == ["| GenEval: single object", "| GenEval: counting", "| GenEval: colours", "| GenEval: overall "
                      "(mean over the tasks asked)"]  # fmt: skip
     assert "| all benchmarks | time per image (x plain) | 1.00 s | 2.00x | 4.00x |" in text
-    assert "| all benchmarks | UNet evaluations per image | 50 | 100 | 150 |" in text
+    assert "| all benchmarks | UNet evaluations per image | 50 | 86 | 150 |" in text  # (2 x 80 x 100 + 60 x 50) / 220
+    row = next(line for line in lines if line.startswith("| (iv) a * and a @"))
+    assert row.count("(did not act)") == 1 and "(+0.00 [+0.00, +0.00]) (did not act)" in row
     helps, hurts = method_verdicts(result, methods)["Bad"]
     assert helps == [] and "(iv) a * and a @: all subjects present" in hurts
     assert method_verdicts(result, methods)["Good"][0] == ["GenEval: single object", "GenEval: colours"]
     said = "\n".join(verdict_lines(result, methods))
     assert "**Bad does not help on this toy**" in said and "Good helps on GenEval: single object" in said
+    assert "it did not act on (iv) a * and a @" in said
 
 
 def test_stratified_interval_of_the_mean_over_tasks():

@@ -13,15 +13,22 @@ from ldm.toyworld.geneval import TASK_TITLES, TASKS
 from ldm.toyworld.methods import GENEVAL_METRIC, GENEVAL_OVERALL, MethodsResult, ToyMethod
 from ldm.toyworld.stats import bootstrap_diff, bootstrap_diff_of_means
 
-__all__ = ["methods_table", "cost_table", "method_verdicts", "verdict_lines"]
+__all__ = ["methods_table", "cost_table", "method_verdicts", "verdict_lines", "idle_benchmarks"]
 
 Effect = tuple[float, float, float]  # mean, 95% low, 95% high
 
 
-def _cell(rate: float, effect: Effect) -> str:
+def _cell(rate: float, effect: Effect, idle: bool = False) -> str:
     mean, lo, hi = effect
     text = f"{rate:.2f} ({mean:+.2f} [{lo:+.2f}, {hi:+.2f}])"
-    return f"**{text}**" if lo > 0 or hi < 0 else text
+    text = f"**{text}**" if lo > 0 or hi < 0 else text
+    return text + " (did not act)" if idle else text
+
+
+def idle_benchmarks(result: MethodsResult, label: str) -> list[str]:
+    """The benchmarks where a method never guided: as many UNet evaluations per image as plain sampling (e.g. SynGen
+    on a prompt without a modifier-noun pair); its images there are plain's."""
+    return [b for b, counts in result.evaluations.items() if label != "plain" and counts[label] == counts["plain"]]
 
 
 def _geneval_rows(result: MethodsResult, labels: list[str]) -> dict[str, list[np.ndarray]]:
@@ -66,9 +73,10 @@ def method_verdicts(result: MethodsResult, methods: Sequence[ToyMethod]) -> dict
 
 def methods_table(result: MethodsResult, methods: Sequence[ToyMethod]) -> list[str]:
     """The table: one column per method; a cell is the rate and the paired difference to plain [95% interval], in bold
-    where the interval excludes 0."""
+    where the interval excludes 0, "(did not act)" where the method never guided (:func:`idle_benchmarks`)."""
     labels = ["plain", *(m.label for m in methods)]
     effects = _effects(result, labels)
+    idle = {label: idle_benchmarks(result, label) for label in labels}
     lines = ["| benchmark | metric | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     order = list(result.hits)
     geneval = [k for k in order if k[0].startswith("GenEval")]
@@ -82,7 +90,8 @@ def methods_table(result: MethodsResult, methods: Sequence[ToyMethod]) -> list[s
                 ["-"] * len(labels)) + " |")  # fmt: skip
             continue
         key = (bench, GENEVAL_METRIC)
-        cells = [f"{effects[key]['plain'][0]:.2f}"] + [_cell(*effects[key][label]) for label in labels[1:]]
+        cells = [f"{effects[key]['plain'][0]:.2f}"] + [_cell(*effects[key][label], bench in idle[label])
+                                                       for label in labels[1:]]  # fmt: skip
         lines.append(f"| {bench} | {GENEVAL_METRIC} (n={result.images[bench]}) | " + " | ".join(cells) + " |")
     overall = (GENEVAL_OVERALL, "mean of the task scores")
     if overall in effects:
@@ -90,7 +99,8 @@ def methods_table(result: MethodsResult, methods: Sequence[ToyMethod]) -> list[s
         cells = [f"{effects[overall]['plain'][0]:.2f}"] + [_cell(*effects[overall][label]) for label in labels[1:]]
         lines.append(f"| {GENEVAL_OVERALL} | mean of the {n_tasks} task scores | " + " | ".join(cells) + " |")
     for key in rest:
-        cells = [f"{effects[key]['plain'][0]:.2f}"] + [_cell(*effects[key][label]) for label in labels[1:]]
+        cells = [f"{effects[key]['plain'][0]:.2f}"] + [_cell(*effects[key][label], key[0] in idle[label])
+                                                       for label in labels[1:]]  # fmt: skip
         lines.append(f"| {key[0]} | {key[1]} (n={result.images[key[0]]}) | " + " | ".join(cells) + " |")
     if result.seconds:
         images = {b: result.images[b] for b in result.seconds}
@@ -120,6 +130,9 @@ def verdict_lines(result: MethodsResult, methods: Sequence[ToyMethod]) -> list[s
             text = f"- {label} helps on {'; '.join(helps)}"
         if hurts:
             text += f"; it hurts on {'; '.join(hurts)}"
+        idle = idle_benchmarks(result, label)
+        if idle:
+            text += f"; it did not act on {'; '.join(idle)} (plain's UNet evaluations: nothing to guide)"
         lines.append(text + ".")
     return lines
 
