@@ -36,8 +36,8 @@ from ldm.guidance.tokens import describe_groups, format_token_table, resolve_ae_
 from ldm.guidance.tokens import prompt_tokens as read_prompt_tokens
 from ldm.guidance.visualize import render_attention
 from ldm.models.description import CONFIGS_WITH_TOKENS, describe_config, describe_model
+from ldm.models.diffusion import samplers
 from ldm.models.diffusion.sampler_base import Generators, select_cond
-from ldm.models.diffusion.schedule import make_ddim_timesteps
 from ldm.outputs import RunFolder
 from ldm.precision import precision_scope
 from ldm.util import load_yaml
@@ -87,23 +87,13 @@ def load_model(
 
 
 def make_sampler(model: torch.nn.Module, name: str):
-    from ldm.models.diffusion.ddim import DDIMSampler
-    from ldm.models.diffusion.ddpm_sampler import DDPMSampler
-    from ldm.models.diffusion.plms import PLMSSampler
-
-    samplers = {"ddim": DDIMSampler, "plms": PLMSSampler, "ddpm": DDPMSampler}
-    if name not in samplers:
-        raise ValueError(f"unknown sampler {name!r}; use one of {sorted(samplers)}")
-    return samplers[name](model)
+    """The sampler ``name`` of the registry (``ldm.models.diffusion.samplers.SAMPLERS``) for ``model``."""
+    return samplers.make_sampler(model, name)
 
 
 def steps_run(sampler_name: str, steps: int, num_timesteps: int) -> int:
     """How many steps the sampler really runs (DDIM 'uniform' runs more when S does not divide T)."""
-    if sampler_name == "ddpm":
-        if not 1 <= steps <= num_timesteps:
-            raise UserError(f"DDPM runs 1..{num_timesteps} steps (the model's timesteps), got {steps}")
-        return steps
-    return len(make_ddim_timesteps("uniform", steps, num_timesteps))
+    return samplers.steps_run(sampler_name, steps, num_timesteps)
 
 
 def schedule_for_run(

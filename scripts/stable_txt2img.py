@@ -37,6 +37,7 @@ from ldm import inference  # noqa: E402
 from ldm.engine import add_distributed_args, load_model_for  # noqa: E402
 from ldm.engine.txt2img import run_from_file  # noqa: E402
 from ldm.precision import PRECISIONS  # noqa: E402
+from ldm.sampler_flags import add_sampler_args, sampler_from_flags  # noqa: E402
 from ldm.size_flags import add_size_args, size_conditioning  # noqa: E402
 
 
@@ -46,9 +47,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--outdir", type=str, nargs="?", default="outputs/txt2img-samples")
     p.add_argument("--skip_grid", action="store_true", help="do not save a grid, only individual samples")
     p.add_argument("--skip_save", action="store_true", help="do not save individual samples")
-    p.add_argument("--ddim_steps", type=int, default=50, help="number of sampling steps")
-    p.add_argument("--plms", action="store_true", help="use PLMS sampling")
-    p.add_argument("--ddpm", action="store_true", help="use DDPM ancestral sampling (--ddim_steps steps)")
+    p.add_argument("--ddim_steps", type=int, default=50, help="number of sampling steps (any --sampler)")
+    add_sampler_args(p, aliases=True)  # --sampler NAME; --plms / --ddpm as before
     p.add_argument("--laion400m", action="store_true", help="use the LAION400M (LDM text2img-large) model")
     p.add_argument("--fixed_code", action="store_true", help="use the same starting code for all batches")
     p.add_argument("--ddim_eta", type=float, default=0.0, help="eta 0.0 is deterministic DDIM")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         opt.outdir = "outputs/txt2img-samples-laion400m"
     geometry = inference.check_sampling_flags(opt, ckpt_flag="--ckpt")  # before anything is loaded
     options = inference.SamplingOptions(
-        outdir=opt.outdir, sampler="plms" if opt.plms else "ddpm" if opt.ddpm else "ddim", steps=opt.ddim_steps,
+        outdir=opt.outdir, sampler=sampler_from_flags(opt), steps=opt.ddim_steps,
         eta=opt.ddim_eta, scale=opt.scale, n_iter=opt.n_iter, H=opt.H, W=opt.W, C=geometry.channels,
         f=geometry.first_stage_factor, seed=opt.seed,
         fixed_code=opt.fixed_code, skip_grid=opt.skip_grid, skip_save=opt.skip_save, n_rows=opt.n_rows,

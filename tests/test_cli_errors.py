@@ -107,7 +107,7 @@ def test_project_value_errors_are_user_errors():
     from ldm import inference
 
     with pytest.raises(ValueError) as info:
-        inference.make_sampler(None, "euler")  # raised by the project's own check, with its message
+        inference.make_sampler(None, "k_lms")  # raised by the project's own check, with its message
     assert is_user_error(info.value)
     with pytest.raises(ValueError) as info:
         json.loads("{")
@@ -167,6 +167,11 @@ def test_script_prints_one_error_line_and_exits_2(tmp_path):
         (["--ddpm", "--ddim_steps", "0"], r"--ddim_steps 0: must be between 1 and 1000"),
         (["--ddpm", "--ddim_steps", "-3"], r"--ddim_steps -3: must be between 1 and 1000"),
         (["--ae_tokens", "circle", "--W", "128"], r"square attention maps: --H 64 and --W 128 differ"),
+        (["--plms", "--ddpm"], r"^--plms and --ddpm select different samplers; give one \(or --sampler NAME\)$"),
+        (["--sampler", "euler", "--plms"], r"^--plms and --sampler euler select different samplers; drop one"),
+        (["--sampler", "dpmpp_2m", "--ddim_eta", "0.5"], r"^--ddim_eta 0.5 applies to DDIM only; --sampler dpmpp_2m"),
+        (["--plms", "--ddim_eta", "1"], r"^--ddim_eta 1 applies to DDIM only; --sampler plms takes no eta"),
+        (["--sampler", "unipc", "--ddim_steps", "1001"], r"--ddim_steps 1001: must be between 1 and 1000"),
     ],
 )
 def test_txt2img_flags_are_checked_before_loading(tmp_path, no_model_loading, extra, message):

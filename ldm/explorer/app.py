@@ -85,7 +85,9 @@ def build_app(explorer: Explorer, settings: Settings | None = None, prompt: str 
                     steps = gr.Number(settings.steps, label="Steps (--ddim_steps)", precision=0, elem_id="steps")
                     scale = gr.Number(settings.scale, label="Guidance scale (--scale)", elem_id="scale")
                     seed = gr.Number(settings.seed, label="Seed (--seed)", precision=0, elem_id="seed")
-                    sampler = gr.Radio(list(SAMPLERS), value=settings.sampler, label="Sampler", elem_id="sampler")
+                    sampler = gr.Radio(
+                        list(SAMPLERS), value=settings.sampler, label="Sampler (--sampler)", elem_id="sampler"
+                    )
                     with gr.Row():
                         height = gr.Number(settings.H, label="Height (--H)", precision=0, elem_id="height")
                         width = gr.Number(settings.W, label="Width (--W)", precision=0, elem_id="width")

@@ -32,7 +32,7 @@ class RunTrace:
     image: Image.Image
     maps: list[torch.Tensor]  # per step: [K, r, r], the smoothed maps at the latent entering the step
     final_maps: torch.Tensor  # [K, r, r] on the final latent at t=1 (what --save_attention draws)
-    timesteps: list[int]  # per step: the sampler's timestep t
+    timesteps: list[int | float]  # per step: the sampler's timestep t (fractional for Euler)
     guided: list[bool]  # per step: the maps came from a guidance pass
     refinement: list[int]  # per step: refinement iterations spent
     method_loss: list[float | None] = field(default_factory=list)  # per step: the method's own loss (guided steps)

@@ -39,6 +39,8 @@ from ldm.guidance.attend_excite.maps import capture_token_maps
 from ldm.guidance.engine import StepMaps
 from ldm.guidance.flags import add_guidance_args, guidance_from_args
 from ldm.models.description import describe_config
+from ldm.models.diffusion.samplers import SAMPLER_NAMES
+from ldm.sampler_flags import sampler_from_flags
 from ldm.validation import check_scale
 
 logger = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ PRESETS: dict[str, Path] = {
     "ToyWorld": REPO / "configs" / "toyworld" / "attend_and_excite.yaml",
     "earlier fork": REPO / "configs" / "guidance" / "seed_fork.yaml",
 }
-SAMPLERS = ("ddim", "plms", "ddpm")
+SAMPLERS = SAMPLER_NAMES  # the registry (ldm.models.diffusion.samplers)
 Progress = Callable[[float, str], None]
 
 __all__ = ["PRESETS", "SAMPLERS", "Settings", "RunTrace", "RunResult", "Explorer", "field_text", "repo_relative"]
@@ -220,6 +222,7 @@ class Explorer:
             raise ValueError("--ae_tokens: select at least one word (click its chip) or type words/positions")
         if settings.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {settings.sampler!r}; use one of {list(SAMPLERS)}")
+        sampler_from_flags(argparse.Namespace(sampler=settings.sampler, ddim_eta=settings.eta))  # eta: DDIM only
         if settings.steps < 1:
             raise ValueError(f"--ddim_steps {settings.steps}: need at least one step")
         check_scale(settings.scale)  # NaN / infinity: refused; 0: a warning that the prompt is ignored
@@ -309,7 +312,7 @@ class Explorer:
                  "--seed", str(settings.seed), "--H", str(settings.H), "--W", str(settings.W),
                  "--n_samples", "1", "--n_iter", "1"]  # fmt: skip
         if settings.sampler != "ddim":
-            args.append(f"--{settings.sampler}")
+            args += ["--sampler", settings.sampler]
         if settings.eta:
             args += ["--ddim_eta", str(settings.eta)]
         if self.script.endswith("stable_txt2img.py"):

@@ -151,6 +151,12 @@ class ModelDescription:
         return toy_method_settings(self.toy, method)
 
     @property
+    def sigma_spacing(self) -> str:
+        """The timestep spacing of the sigma samplers (Euler, DPM++ 2M, UniPC; ``ldm.models.diffusion.sigma_schedule``)
+        for this model: SDXL's reference discretization ("sgm") for SDXL, diffusers' default ("linspace") else."""
+        return "sgm" if self.family == "sdxl" else "linspace"
+
+    @property
     def defaults(self) -> SamplingDefaults:
         """Steps, guidance scale, image side and A&E preset to start a sampling UI with."""
         if self.toy == "toyworld1":

@@ -114,6 +114,29 @@ def ae_methods(
     return methods
 
 
+def sample_pairs(
+    model: torch.nn.Module,
+    prompts: Sequence[str],
+    specs: Sequence[str],
+    seeds: Sequence[int],
+    settings: SampleSettings,
+    ae_config: AttendExciteConfig | None,
+    guidance: str = "ae",
+) -> torch.Tensor:
+    """Images ``[N, 3, H, W]`` of all prompts (grouped by token spec so a batch shares one spec), in prompt order,
+    with the guidance method ``guidance`` and its settings ``ae_config`` (None: plain sampling)."""
+    order = sorted(range(len(prompts)), key=lambda i: specs[i] if ae_config is not None else "")
+    images = torch.zeros(len(prompts), 3, settings.size, settings.size)  # [N, 3, H, W]
+    groups = itertools.groupby(order, key=lambda i: specs[i] if ae_config is not None else "")
+    for spec, idx in groups:
+        idx = list(idx)
+        images[idx] = sample_images(
+            model, [prompts[i] for i in idx], [seeds[i] for i in idx], settings,
+            ae_tokens=spec or None, ae_config=ae_config, guidance=guidance,
+        )  # fmt: skip
+    return images
+
+
 def run_pairs(
     model: torch.nn.Module,
     prompts: Sequence[str],
@@ -125,18 +148,10 @@ def run_pairs(
     name: str,
     guidance: str = "ae",
 ) -> tuple[list[Verdict], float]:
-    """Sample all prompts (grouped by A&E spec so a batch shares one spec); verdicts in prompt order, and the
-    seconds it took. The first 32 images are written as ``outdir/{name}.png``."""
+    """Sample all prompts (:func:`sample_pairs`); verdicts in prompt order, and the seconds it took. The first 32
+    images are written as ``outdir/{name}.png``."""
     t0 = time.time()
-    order = sorted(range(len(prompts)), key=lambda i: specs[i] if ae_config is not None else "")
-    images = torch.zeros(len(prompts), 3, settings.size, settings.size)  # [N, 3, H, W]
-    groups = itertools.groupby(order, key=lambda i: specs[i] if ae_config is not None else "")
-    for spec, idx in groups:
-        idx = list(idx)
-        images[idx] = sample_images(
-            model, [prompts[i] for i in idx], [seeds[i] for i in idx], settings,
-            ae_tokens=spec or None, ae_config=ae_config, guidance=guidance,
-        )  # fmt: skip
+    images = sample_pairs(model, prompts, specs, seeds, settings, ae_config, guidance)
     verdicts = judge(images, prompts)
     save_grid(images[:32], outdir / f"{name}.png", nrow=8)
     elapsed = time.time() - t0

@@ -112,7 +112,7 @@ def tune(toy: str, method: str, variants: Sequence[Variant], n: int, prompt_seed
     preset = ROOT / "configs" / "guidance" / f"{PRESET_FILES.get(method, method)}.yaml"
     official = load_ae_config(preset) if method == "ae" else load_guidance_yaml(preset, "preset")[1]
     toy_settings = toy_methods(toy, [method])[0].config  # the map sides the toy needs (e.g. attribute_res)
-    sides = {k: getattr(toy_settings, k) for k in ("attribute_res",) if hasattr(toy_settings, k)}
+    sides = {k: getattr(toy_settings, k) for k in ("attention_res", "attribute_res") if hasattr(toy_settings, k)}
     official = method_config(guidance, sides, "the toy's map sides", base=official)
     configs = [method_config(guidance, v.changes, f"variant {v.name!r}", base=official) for v in variants]
     model = load_toyworld_model(TOYS[toy].config, TOYS[toy].ckpt)
