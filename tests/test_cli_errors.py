@@ -273,7 +273,17 @@ def test_evaluation_scripts_check_their_flags(tmp_path, no_model_loading):
         toy.main(["--attention_res", "8,16", "--outdir", str(tmp_path / "t")])
     with pytest.raises(UserError, match=r"--second_ae_config"):
         toy.main(["--toy", "2", "--second_ae_config", str(tmp_path / "missing.yaml"), "--outdir", str(tmp_path / "t")])
+    with pytest.raises(UserError, match=r"--n_geneval -1: give 0 \(no GenEval tasks\) or more images per task"):
+        toy.main(["--methods", "plain,ae", "--n_geneval", "-1", "--outdir", str(tmp_path / "t")])
+    with pytest.raises(UserError, match=r"--guidance nosuch: unknown guidance method"):
+        toy.main(["--methods", "plain,nosuch", "--outdir", str(tmp_path / "t")])
     assert not (tmp_path / "t").exists()  # nothing written before the checks
+    words = load_script("learn_toyworld_words")
+    with pytest.raises(UserError, match=r"--steps 0: give at least 1 inversion step per word"):
+        words.main(["--steps", "0", "--logdir", str(tmp_path / "w")])
+    with pytest.raises(UserError, match=r"--n_check -2: give 0 \(no check\) or more samples"):
+        words.main(["--n_check", "-2", "--logdir", str(tmp_path / "w")])
+    assert not (tmp_path / "w").exists()
 
 
 def test_toyworld_tuning_checks_its_variants(no_model_loading):

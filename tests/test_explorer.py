@@ -227,3 +227,69 @@ def test_plot_draws_each_series_and_the_refinement_band():
         assert Image.new("RGB", (1, 1), hex_color).getpixel((0, 0)) in colors
     plain = run_plot(["cat"], [0.9], [0.9], [[0.1]], [[0.2]], [0])
     assert Image.new("RGB", (1, 1), BAND).getpixel((0, 0)) not in {c for _, c in plain.getcolors(1 << 20)}
+
+
+@pytest.fixture
+def word_max(tmp_path, monkeypatch):
+    """tests/test_guidance_plugins.py's toy method, registered from a folder of its own for one test."""
+    import sys
+    import textwrap
+
+    from test_guidance_plugins import TOY_METHOD
+
+    from ldm import guidance
+
+    folder = tmp_path / "plugins" / "word_max"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(textwrap.dedent(TOY_METHOD))
+    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
+    import word_max
+
+    guidance.register(word_max.METHOD)
+    yield word_max
+    guidance.unregister("word_max")
+    sys.modules.pop("word_max", None)
+
+
+def test_methods_side_by_side_on_the_same_seed(explorer, word_max):
+    """The picked method (A&E) and a second one ticked: one run without guidance, one per method, each the same as
+    that method's own run from the seed; galleries, plot and summary show every run."""
+    fields = explorer.preset_fields("official") | FEW_REFINEMENTS
+    assert "word_max" in explorer.methods()
+    steps = []
+    view = callbacks.run(explorer, PROMPT, "*,dog", SETTINGS, "official", fields, 128,
+                         progress=lambda f, d: steps.append(f), method="ae", others=["word_max", "ae"],
+                         method_fields={"word_max": {"word_step": "80", "attention_res": "16",
+                                                     "max_iter_to_alter": "2"}})  # fmt: skip
+    comparison = view.comparison
+    assert [r.method for r in comparison.runs] == ["ae", "word_max"]  # the picked method first, each once
+    alone = callbacks.run(explorer, PROMPT, "*,dog", SETTINGS, "official", fields, 128)
+    assert list(view.plain_image.getdata()) == list(alone.plain_image.getdata())  # the main pair is unchanged
+    assert list(view.excited_image.getdata()) == list(alone.excited_image.getdata())
+    config, flags = explorer.method_config("word_max", {"word_step": "80", "attention_res": "16",
+                                                        "max_iter_to_alter": "2"})  # fmt: skip
+    own = explorer.run(PROMPT, "*,dog", SETTINGS, config, ae_flags=flags, method="word_max")
+    second = comparison.runs[1]
+    assert list(second.trace.image.getdata()) == list(own.excited.image.getdata())  # the same seed and settings
+    assert second.trace.method_loss == own.excited.method_loss and "--g_word_step 80" in second.command
+    assert list(second.trace.image.getdata()) != list(comparison.plain.image.getdata())
+    # cost: a CFG step is 2 samples through the UNet; A&E adds its guidance passes
+    for trace in (comparison.plain, *(r.trace for r in comparison.runs)):
+        assert trace.unet_evaluations >= 2 * SETTINGS.steps and trace.seconds > 0
+    assert comparison.runs[0].trace.unet_evaluations > comparison.plain.unet_evaluations
+    assert steps == sorted(steps) and steps[-1] == pytest.approx(1.0)
+    # the page's side-by-side pieces: every run's image, every run's map per word, one plot, one summary
+    assert [c.split(":")[0] for _, c in view.compare_images] == ["without guidance", "Attend-and-Excite", "Word max"]
+    assert len(view.compare_maps) == 3 * 2 and view.compare_maps[5][1].startswith("Word max: dog")
+    assert view.compare_plot.width > 400
+    assert view.compare_summary.count("| Word max |") == 1 and "--guidance word_max" in view.compare_summary
+
+
+def test_methods_plot_draws_each_run_and_skips_steps_without_a_loss():
+    from ldm.explorer.plot import methods_plot
+
+    image = methods_plot(["without", "A", "B"], [[0.9, 0.5], [0.9, 0.3], [0.8, 0.2]], [[None, None], [2.0, None],
+                                                                                         [0.5, 0.4]])  # fmt: skip
+    colors = {c for _, c in image.getcolors(1 << 20)}
+    for hex_color in PALETTE[:2]:
+        assert Image.new("RGB", (1, 1), hex_color).getpixel((0, 0)) in colors

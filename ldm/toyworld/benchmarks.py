@@ -159,17 +159,23 @@ def run_pairs(
     return verdicts, elapsed
 
 
-def invert(steps: int, logdir: Path, seed: int, ckpt: str, finetune: str | Path) -> Path:
-    """Learn "*" with main.py (config ``finetune``) on the held-out images; returns the embeddings file."""
+def invert(
+    steps: int, logdir: Path, seed: int, ckpt: str, finetune: str | Path, data_root: Path = HELDOUT_DIR,
+    init_word: str = "object", placeholder: str = "*", name: str = "eval_star",
+) -> Path:  # fmt: skip
+    """Learn ``placeholder`` ("*" for the held-out images by default; `ldm.toyworld.concepts` for "@") with main.py
+    (config ``finetune``) on the images in ``data_root``; returns the embeddings file."""
     cmd = [
-        sys.executable, "main.py", "-t", "--base", str(finetune), "-n", "eval_star",
+        sys.executable, "main.py", "-t", "--base", str(finetune), "-n", name,
         "--logdir", str(logdir), "--accelerator", "cpu", "--seed", str(seed), "--actual_resume", ckpt,
-        "--data_root", str(HELDOUT_DIR), "--init_word", "object", "--max_steps", str(steps),
+        "--data_root", str(data_root), "--init_word", init_word, "--max_steps", str(steps),
         "lightning.trainer.enable_progress_bar=false",
     ]  # fmt: skip
+    if placeholder != "*":
+        cmd[-1:-1] = ["--placeholder_string", placeholder]
     logger.info("Inversion: %s", " ".join(cmd))
     subprocess.run(cmd, cwd=ROOT, check=True)
-    found = sorted(logdir.glob("*_eval_star/checkpoints/embeddings.pt"))
+    found = sorted(logdir.glob(f"*_{name}/checkpoints/embeddings.pt"))
     if not found:
         raise FileNotFoundError(f"the inversion wrote no embeddings.pt under {logdir}")
     return found[-1]

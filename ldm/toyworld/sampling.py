@@ -25,7 +25,9 @@ INFERENCE_CONFIG = ROOT / "configs" / "toyworld" / "txt2img-inference.yaml"
 WEIGHTS = ROOT / "models" / "toyworld" / "txt2img.safetensors"
 HELDOUT_DIR = ROOT / "data" / "toyworld" / "heldout"
 AE_CONFIG = ROOT / "configs" / "toyworld" / "attend_and_excite.yaml"  # A&E tuned for the toy model
-PLACEHOLDERS = {"*": "star"}  # what the inverted placeholder should draw, for the detector's verdicts
+# What each learned placeholder should draw, for the detector's verdicts: "*" the held-out star (any colour, learned
+# from data/toyworld/heldout), "@" the yellow diamond (learned from data/toyworld/yellow_diamond; ldm.toyworld.concepts)
+PLACEHOLDERS: dict[str, str | tuple[str, str]] = {"*": "star", "@": ("yellow", "diamond")}
 MAX_OBJECTS = 8  # more detections than this: the sample is judged a failure (scene_matches refuses such lists)
 
 
@@ -141,7 +143,7 @@ class Verdict:
 def judge(
     images: torch.Tensor,
     prompts: Sequence[str],
-    placeholders: dict[str, str] | None = None,
+    placeholders: dict[str, str | tuple[str, str]] | None = None,
     detector: DetectorConfig | None = None,
 ) -> list[Verdict]:
     """The detector's verdict for each image against the objects its prompt names."""
