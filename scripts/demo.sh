@@ -3,6 +3,9 @@
 #   (a) two-subject prompts sampled without and with Attend-and-Excite (grids + attention maps),
 #   (b) textual inversion of the held-out shape (a star no caption ever named) from data/toyworld/heldout with main.py,
 #   (c) "a photo of *" and "a * and a blue circle" with the learned "*" and A&E,
+#   (d) a second learned word, "@" (a yellow diamond, from data/toyworld/yellow_diamond), merged with "*" by
+#       scripts/merge_embeddings.py, and "a * and a @" without and with A&E (the full two-concept benchmark with
+#       every method is a separate command: scripts/evaluate_toyworld.py --methods, see docs/results.md),
 # then the ToyWorld detector's verdicts, beside the evaluation's headline rates (docs/results.md, with intervals).
 # Everything goes to outputs/demo/ (summary in outputs/demo/summary.txt).
 #
@@ -24,7 +27,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --toy) TOY=${2:-}; TOY_GIVEN=1; shift 2 ;;
     --toy=*) TOY=${1#--toy=}; TOY_GIVEN=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "error: unknown argument '$1'; use --toy sd (default) or --toy bert" >&2; exit 2 ;;
   esac
 done
@@ -121,6 +124,24 @@ sample c_inverted/a-photo-of-star "a photo of *" --embedding_path "$EMB" --ae_to
 sample c_inverted/a-star-and-a-blue-circle "a * and a blue circle" --embedding_path "$EMB" --ae_tokens "*,circle" \
   --ae_config "$AE_CONFIG" --save_attention
 
+# --- (d) a second learned word, and both in one prompt ----------------------------------------------------------
+step "(d) a second word: learning '@' from $(ls data/toyworld/yellow_diamond | wc -l) images in data/toyworld/yellow_diamond ($INV_STEPS steps), merged with '*'"
+"$VPY" main.py -t --base "$FINETUNE" -n yellow_diamond --logdir "$OUT/d_second_word" --accelerator cpu \
+  --actual_resume "$CKPT" --data_root data/toyworld/yellow_diamond --placeholder_string @ --init_word diamond \
+  --max_steps "$INV_STEPS" lightning.trainer.enable_progress_bar=true 2>&1 | tr '\r' '\n' |
+  grep -E --line-buffered "Epoch .*[05]0/|Restored|Error|error" || true
+EMB2=$(ls -t "$OUT"/d_second_word/*/checkpoints/embeddings.pt 2>/dev/null | head -n 1 || true)
+if [ -z "$EMB2" ]; then
+  echo "error: the inversion wrote no embeddings.pt under $OUT/d_second_word" >&2
+  exit 1
+fi
+WORDS="$OUT/d_second_word/learned_words.safetensors"
+"$VPY" scripts/merge_embeddings.py --manager_ckpts "$EMB" "$EMB2" --output_path "$WORDS" --config "$CONFIG" 2>&1 |
+  grep -E "Merged|error" || true
+sample d_two_words/a-star-and-a-at "a * and a @" --embedding_path "$WORDS"
+sample d_two_words/a-star-and-a-at-ae "a * and a @" --embedding_path "$WORDS" --ae_tokens "*,@" \
+  --ae_config "$AE_CONFIG" --save_attention
+
 # --- summary ----------------------------------------------------------------------------------------------------
 step "Summary"
 "$VPY" scripts/toyworld_demo.py "$OUT" --results docs/results.md --toy "$TOY"
@@ -130,5 +151,7 @@ Done in $(($(date +%s) - START)) s. Pictures:
   $OUT/a_two_subjects/<prompt>/{plain,attend_excite}/<prompt>.png   grids (attend_excite/attention/: token maps)
   $OUT/b_inversion/*/images/                                          inversion training logs
   $OUT/c_inverted/<prompt>/<prompt>.png                               samples with the learned "*"
-"*" counts as correct when the detector finds a star; "init-word-only" uses "*" before inversion (= "object").
+  $OUT/d_two_words/<run>/<prompt>.png                                 "a * and a @" with both learned words
+"*" counts as correct when the detector finds a star, "@" when it finds a yellow diamond; "init-word-only" uses "*"
+before inversion (= "object").
 EOF

@@ -56,6 +56,7 @@ from ldm.evaluation.evaluators import (  # noqa: E402
 from ldm.evaluation.generate import add_size_args, guidance_summary, latent_shape, read_guidance_records  # noqa: E402
 from ldm.outputs import ensure_folder, json_text, record_number, save_record, text_writer  # noqa: E402
 from ldm.precision import PRECISIONS  # noqa: E402
+from ldm.sampler_flags import add_sampler_args, sampler_from_flags  # noqa: E402
 
 logger = logging.getLogger("evaluate_attend_excite")
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml"
@@ -80,7 +81,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", default=DEFAULT_CONFIG, help=f"model config (default {DEFAULT_CONFIG})")
     g.add_argument("--embedding_path", help="optional textual-inversion embeddings")
     g.add_argument("--n_samples", type=int, default=64, help="images per prompt and method (default 64)")
-    g.add_argument("--ddim_steps", type=int, default=50, help="DDIM steps (default 50)")
+    g.add_argument("--ddim_steps", type=int, default=50, help="sampling steps (default 50)")
+    add_sampler_args(g)
     g.add_argument("--scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5, as A&E)")
     g.add_argument("--seed", type=int, default=0, help="base seed; image i of a prompt has its own seed from "
                    "(seed, prompt, i), the same for both methods")  # fmt: skip
@@ -156,6 +158,7 @@ def generate_all(args: argparse.Namespace, prompts: list[tuple[str, str]]) -> tu
     choice = inference.guidance_choice(args)
     args.ae_tokens = spec
     labels = labels_for(choice.name)
+    sampler = sampler_from_flags(args)
     texts = [p for _, p in prompts]
     root = ensure_folder(Path(args.out_dir) / "images", "--out_dir")  # a file in the way: one error line
     items = engine.make_items(
@@ -169,11 +172,12 @@ def generate_all(args: argparse.Namespace, prompts: list[tuple[str, str]]) -> tu
                            "--ckpt_path")  # fmt: skip
     check_tokens(model, args, prompts)
     shape = latent_shape(model, inference.first_stage_factor(args.config), args.H, args.W)
-    used, n_run = inference.schedule_for_run(choice.config, "ddim", args.ddim_steps, model.num_timesteps,
+    used, n_run = inference.schedule_for_run(choice.config, sampler, args.ddim_steps, model.num_timesteps,
                                              log=fabric.global_rank == 0, method=choice.method)  # fmt: skip
     settings = {
         "ckpt_path": args.ckpt_path, "config": args.config, "embedding_path": args.embedding_path,
-        "n_samples": args.n_samples, "ddim_steps": args.ddim_steps, "scale": args.scale, "seed": args.seed,
+        "n_samples": args.n_samples, "sampler": sampler, "ddim_steps": args.ddim_steps, "scale": args.scale,
+        "seed": args.seed,
         "precision": args.precision, "latent_shape": list(shape),
     }  # fmt: skip
     used_record = dataclasses.asdict(used) | {"steps_run": n_run}
@@ -182,7 +186,7 @@ def generate_all(args: argparse.Namespace, prompts: list[tuple[str, str]]) -> tu
     else:
         settings["guidance"] = {"method": choice.name, "settings": used_record}
     engine_settings = engine.EngineSettings(
-        latent_shape=shape, steps=args.ddim_steps, scale=args.scale, batch_size=args.batch_size,
+        latent_shape=shape, sampler=sampler, steps=args.ddim_steps, scale=args.scale, batch_size=args.batch_size,
         precision=args.precision, ae_config=choice.config if choice.name == "ae" else None,
         guidance=None if choice.name == "ae" else {choice.name: choice.config},
     )  # fmt: skip

@@ -42,6 +42,7 @@ from ldm.evaluation.generate import add_size_args, latent_shape  # noqa: E402
 from ldm.evaluation.images import image_folder_files, load_images  # noqa: E402
 from ldm.outputs import ensure_folder, save_record, text_writer  # noqa: E402
 from ldm.precision import PRECISIONS  # noqa: E402
+from ldm.sampler_flags import add_sampler_args, sampler_from_flags  # noqa: E402
 
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml"
 
@@ -54,7 +55,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", required=True, help="folder of the training images of the concept")
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"model config (default {DEFAULT_CONFIG})")
     p.add_argument("--n_samples", type=int, default=64, help="images to generate (default 64)")
-    p.add_argument("--ddim_steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--ddim_steps", type=int, default=50, help="sampling steps (default 50)")
+    add_sampler_args(p)
     p.add_argument("--scale", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
     p.add_argument("--seed", type=int, default=42, help="base seed; image i has its own seed from (seed, prompt, i)")
     p.add_argument("--precision", choices=PRECISIONS, default="full",
@@ -110,7 +112,8 @@ def _generate(
                            "--ckpt_path")  # fmt: skip
     shape = latent_shape(model, inference.first_stage_factor(args.config), args.H, args.W)
     settings = engine.EngineSettings(
-        latent_shape=shape, steps=args.ddim_steps, scale=args.scale, batch_size=args.batch_size,
+        latent_shape=shape, sampler=sampler_from_flags(args), steps=args.ddim_steps, scale=args.scale,
+        batch_size=args.batch_size,
         precision=args.precision, ae_config=choice.config if choice.name == "ae" else None,
         guidance={choice.name: choice.config} if choice.name not in ("plain", "ae") else None,
     )  # fmt: skip
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.placeholder in args.prompt and not args.embedding_path:
             raise UserError(f"--prompt contains {args.placeholder!r} but no --embedding_path was given")
         inference.check_sampling_flags(args, ckpt_flag="--ckpt_path")  # before the model is loaded
+        sampler_from_flags(args)  # a conflicting --ddim_eta, before the model is loaded
         ensure_folder(out_dir, "--out_dir")
         done = generate_samples(args, out_dir)
         if done is None:  # a rank other than 0 of a multi-process run: rank 0 scores

@@ -33,10 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ldm import inference  # noqa: E402
+from ldm import inference, txt2img_run  # noqa: E402
 from ldm.engine import add_distributed_args, load_model_for  # noqa: E402
 from ldm.engine.txt2img import run_from_file  # noqa: E402
 from ldm.precision import PRECISIONS  # noqa: E402
+from ldm.sampler_flags import add_sampler_args, sampler_from_flags  # noqa: E402
 from ldm.size_flags import add_size_args, size_conditioning  # noqa: E402
 
 
@@ -46,9 +47,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--outdir", type=str, nargs="?", default="outputs/txt2img-samples")
     p.add_argument("--skip_grid", action="store_true", help="do not save a grid, only individual samples")
     p.add_argument("--skip_save", action="store_true", help="do not save individual samples")
-    p.add_argument("--ddim_steps", type=int, default=50, help="number of sampling steps")
-    p.add_argument("--plms", action="store_true", help="use PLMS sampling")
-    p.add_argument("--ddpm", action="store_true", help="use DDPM ancestral sampling (--ddim_steps steps)")
+    p.add_argument("--ddim_steps", type=int, default=50, help="number of sampling steps (any --sampler)")
+    add_sampler_args(p, aliases=True)  # --sampler NAME; --plms / --ddpm as before
     p.add_argument("--laion400m", action="store_true", help="use the LAION400M (LDM text2img-large) model")
     p.add_argument("--fixed_code", action="store_true", help="use the same starting code for all batches")
     p.add_argument("--ddim_eta", type=float, default=0.0, help="eta 0.0 is deterministic DDIM")
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         opt.ckpt = "models/ldm/text2img-large/model.ckpt"
         opt.outdir = "outputs/txt2img-samples-laion400m"
     geometry = inference.check_sampling_flags(opt, ckpt_flag="--ckpt")  # before anything is loaded
-    options = inference.SamplingOptions(
-        outdir=opt.outdir, sampler="plms" if opt.plms else "ddpm" if opt.ddpm else "ddim", steps=opt.ddim_steps,
+    options = txt2img_run.SamplingOptions(
+        outdir=opt.outdir, sampler=sampler_from_flags(opt), steps=opt.ddim_steps,
         eta=opt.ddim_eta, scale=opt.scale, n_iter=opt.n_iter, H=opt.H, W=opt.W, C=geometry.channels,
         f=geometry.first_stage_factor, seed=opt.seed,
         fixed_code=opt.fixed_code, skip_grid=opt.skip_grid, skip_save=opt.skip_save, n_rows=opt.n_rows,
@@ -104,12 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     if opt.from_file:
         run_from_file(opt, options, opt.ckpt, "--ckpt")
         return
-    batches = inference.read_prompts(opt.prompt, None, opt.n_samples)
+    batches = txt2img_run.read_prompts(opt.prompt, None, opt.n_samples)
     device = inference.pick_device(opt.device)
     model = load_model_for(
         device, opt.config, opt.ckpt, opt.embedding_path, opt.precision, "--ckpt", compile_unet=opt.compile
     )
-    inference.run_txt2img(model, batches, options, inference.guidance_choice(opt, model_config=opt.config))
+    txt2img_run.run_txt2img(model, batches, options, inference.guidance_choice(opt, model_config=opt.config))
 
 
 if __name__ == "__main__":

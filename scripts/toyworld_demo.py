@@ -6,9 +6,9 @@
 Every folder under the given root that holds a ``settings-NNNN.json`` written by scripts/txt2img.py is one sampling run:
 its prompt, whether Attend-and-Excite was on, and ``samples/*.png``. For each run the ToyWorld detector lists what
 each image shows and whether every object the prompt names is there (shape and colour; ``*`` counts as the held-out
-star). The table is also written to ``<root>/summary.txt``. With ``--results``, the evaluation's headline for the toy
-(scripts/evaluate_toyworld.py's section of docs/results.md: two-subject prompts, plain against the main A&E setting,
-with their intervals) is printed beside the demo's own two-subject counts.
+star, ``@`` as a yellow diamond). The table is also written to ``<root>/summary.txt``. With ``--results``, the
+evaluation's headline for the toy (scripts/evaluate_toyworld.py's section of docs/results.md: two-subject prompts,
+plain against the main A&E setting, with their intervals) is printed beside the demo's own two-subject counts.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         out.append(f"  {ok}/{n}  {prompt!r:44} {mode:36} {run.relative_to(root)}/")
         if args.verbose:
             out.extend(lines)
-        if prompt.count(" and ") == 1 and "*" not in prompt:
+        if prompt.count(" and ") == 1 and "*" not in prompt and "@" not in prompt:
             counts = two.setdefault(mode.split(" on '")[0], [0, 0])  # "plain" or "A&E x100 16x16"
             counts[0] += n - shapes
             counts[1] += n

@@ -19,10 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ldm import inference  # noqa: E402
+from ldm import inference, txt2img_run  # noqa: E402
 from ldm.engine import add_distributed_args, load_model_for  # noqa: E402
 from ldm.engine.txt2img import run_from_file  # noqa: E402
 from ldm.precision import PRECISIONS  # noqa: E402
+from ldm.sampler_flags import add_sampler_args, sampler_from_flags  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -34,9 +35,8 @@ def get_parser() -> argparse.ArgumentParser:
         help="prompts, one a line: --n_iter images each (the engine)",
     )
     p.add_argument("--outdir", type=str, nargs="?", default="outputs/txt2img-samples")
-    p.add_argument("--ddim_steps", type=int, default=200, help="number of sampling steps")
-    p.add_argument("--plms", action="store_true", help="use PLMS sampling")
-    p.add_argument("--ddpm", action="store_true", help="use DDPM ancestral sampling (--ddim_steps steps)")
+    p.add_argument("--ddim_steps", type=int, default=200, help="number of sampling steps (any --sampler)")
+    add_sampler_args(p, aliases=True)  # --sampler NAME; --plms / --ddpm as before
     p.add_argument("--ddim_eta", type=float, default=0.0, help="eta 0.0 is deterministic DDIM")
     p.add_argument("--n_iter", type=int, default=1, help="sample this often")
     p.add_argument("--H", type=int, default=256, help="image height, in pixel space")
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = get_parser().parse_args(argv)
     inference.check_sampling_flags(opt, ckpt_flag="--ckpt_path")  # before anything is loaded
-    options = inference.SamplingOptions(
-        outdir=opt.outdir, sampler="plms" if opt.plms else "ddpm" if opt.ddpm else "ddim", steps=opt.ddim_steps,
+    options = txt2img_run.SamplingOptions(
+        outdir=opt.outdir, sampler=sampler_from_flags(opt), steps=opt.ddim_steps,
         eta=opt.ddim_eta, scale=opt.scale, n_iter=opt.n_iter, H=opt.H, W=opt.W, seed=opt.seed, layout="ldm",
         f=inference.first_stage_factor(opt.config),
         n_rows=opt.n_samples, ae_tokens=opt.ae_tokens, save_attention=opt.save_attention, extra_settings=vars(opt),
@@ -76,12 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     if opt.from_file:
         run_from_file(opt, options, opt.ckpt_path, "--ckpt_path")
         return
-    batches = inference.read_prompts(opt.prompt, None, opt.n_samples)
+    batches = txt2img_run.read_prompts(opt.prompt, None, opt.n_samples)
     device = inference.pick_device(opt.device)
     model = load_model_for(
         device, opt.config, opt.ckpt_path, opt.embedding_path, opt.precision, "--ckpt_path", compile_unet=opt.compile
     )
-    inference.run_txt2img(model, batches, options, inference.guidance_choice(opt))
+    txt2img_run.run_txt2img(model, batches, options, inference.guidance_choice(opt))
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def test_project_value_errors_are_user_errors():
     from ldm import inference
 
     with pytest.raises(ValueError) as info:
-        inference.make_sampler(None, "euler")  # raised by the project's own check, with its message
+        inference.make_sampler(None, "k_lms")  # raised by the project's own check, with its message
     assert is_user_error(info.value)
     with pytest.raises(ValueError) as info:
         json.loads("{")
@@ -167,6 +167,11 @@ def test_script_prints_one_error_line_and_exits_2(tmp_path):
         (["--ddpm", "--ddim_steps", "0"], r"--ddim_steps 0: must be between 1 and 1000"),
         (["--ddpm", "--ddim_steps", "-3"], r"--ddim_steps -3: must be between 1 and 1000"),
         (["--ae_tokens", "circle", "--W", "128"], r"square attention maps: --H 64 and --W 128 differ"),
+        (["--plms", "--ddpm"], r"^--plms and --ddpm select different samplers; give one \(or --sampler NAME\)$"),
+        (["--sampler", "euler", "--plms"], r"^--plms and --sampler euler select different samplers; drop one"),
+        (["--sampler", "dpmpp_2m", "--ddim_eta", "0.5"], r"^--ddim_eta 0.5 applies to DDIM only; --sampler dpmpp_2m"),
+        (["--plms", "--ddim_eta", "1"], r"^--ddim_eta 1 applies to DDIM only; --sampler plms takes no eta"),
+        (["--sampler", "unipc", "--ddim_steps", "1001"], r"--ddim_steps 1001: must be between 1 and 1000"),
     ],
 )
 def test_txt2img_flags_are_checked_before_loading(tmp_path, no_model_loading, extra, message):
@@ -268,16 +273,25 @@ def test_evaluation_scripts_check_their_flags(tmp_path, no_model_loading):
         toy.main(["--attention_res", "8,16", "--outdir", str(tmp_path / "t")])
     with pytest.raises(UserError, match=r"--second_ae_config"):
         toy.main(["--toy", "2", "--second_ae_config", str(tmp_path / "missing.yaml"), "--outdir", str(tmp_path / "t")])
+    with pytest.raises(UserError, match=r"--n_geneval -1: give 0 \(no GenEval tasks\) or more images per task"):
+        toy.main(["--methods", "plain,ae", "--n_geneval", "-1", "--outdir", str(tmp_path / "t")])
+    with pytest.raises(UserError, match=r"--guidance nosuch: unknown guidance method"):
+        toy.main(["--methods", "plain,nosuch", "--outdir", str(tmp_path / "t")])
     assert not (tmp_path / "t").exists()  # nothing written before the checks
+    words = load_script("learn_toyworld_words")
+    with pytest.raises(UserError, match=r"--steps 0: give at least 1 inversion step per word"):
+        words.main(["--steps", "0", "--logdir", str(tmp_path / "w")])
+    with pytest.raises(UserError, match=r"--n_check -2: give 0 \(no check\) or more samples"):
+        words.main(["--n_check", "-2", "--logdir", str(tmp_path / "w")])
+    assert not (tmp_path / "w").exists()
 
 
-def test_toyworld_ablation_checks_its_variants(capsys, no_model_loading):
-    ablation = load_script("toyworld_ae_ablation")
-    with pytest.raises(SystemExit) as info:
-        ablation.main(["--variants", "official,step size 7"])
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "unknown variant(s) ['step size 7']" in err and "no iterative refinement" in err  # names the known ones
+def test_toyworld_tuning_checks_its_variants(no_model_loading):
+    for script, argv in (("toyworld_ae_ablation", []), ("toyworld_tuning", ["--method", "ae"])):
+        with pytest.raises(UserError, match=r"unknown variant 'step size 7' of ae; known: official, no iterative"):
+            load_script(script).main([*argv, "--variants", "official,step size 7"])  # names the known ones
+    with pytest.raises(UserError, match="expected NAME=FIELD:VALUE"):
+        load_script("toyworld_tuning").main(["--method", "conform", "--variants", "mine=temperature"])
 
 
 def test_ae_message_for_a_latent_the_unet_cannot_divide():

@@ -147,3 +147,48 @@ def test_demo_summary_counts_each_ae_setting_apart(tmp_path):
     summary = (tmp_path / "summary.txt").read_text()
     assert "A&E x100 16x16 on 'circle,square'" in summary and "A&E x10 8x8 on 'circle,square'" in summary
     assert "plain 2/2 (1.00), A&E x100 16x16 1/2 (0.50), A&E x10 8x8 0/2 (0.00) images" in summary
+
+
+# --- the samplers' rows (scripts/evaluate_toyworld.py --sampler_rows) ------------------------------------------------
+def _row(sampler: str, steps: int, method: str, hits: int, seconds: float, toy: str = "2"):
+    from ldm.toyworld.sampler_bench import SamplerRow
+
+    return SamplerRow(toy=toy, sampler=sampler, steps=steps, method=method, n=100, hits=hits, denoise_rows=2 * steps,
+                      guidance_rows=0.0 if method == "plain" else 30.0, seconds=seconds, wall_seconds=seconds,
+                      command="c", date="2026-12-03", threads=1)  # fmt: skip
+
+
+def test_sampler_rows_replace_their_setting_and_check_the_20_step_claim(tmp_path):
+    from ldm.toyworld.sampler_bench import merge_rows, section, write_section
+
+    path = tmp_path / "rows.json"
+    merge_rows(path, [_row("ddim", 50, "plain", 50, 1.0), _row("ddim", 50, "A&E x", 60, 4.0)])
+    rows = merge_rows(path, [_row("dpmpp_2m", 20, "A&E x", 55, 1.6), _row("ddim", 50, "plain", 52, 1.1)])
+    assert len(rows) == 3 and [r.hits for r in rows if r.sampler == "ddim" and r.method == "plain"] == [52]
+    text = section(rows, "plot.png")
+    lo, hi = wilson(60, 100)
+    assert f"against DDIM 50's 0.600 [{lo:.3f}, {hi:.3f}] (inside its interval), at 0.40x" in text
+    assert "| dpmpp_2m | 20 | A&E x | 0.550 |" in text and "| 40 + 30.0 |" in text
+    results = tmp_path / "results.md"
+    results.write_text("# ToyWorld results\n\nkept\n")
+    write_section(results, text)
+    write_section(results, section(rows[:1], "plot.png"))  # a rerun replaces the section only
+    body = results.read_text()
+    assert body.count("## Samplers") == 1 and "kept" in body and "| dpmpp_2m |" not in body
+
+
+def test_unet_passes_are_counted_per_row():
+    """DDIM 3 steps with CFG: 6 denoising rows per image; A&E adds guidance rows (passes with gradients)."""
+    from conftest import _golden_model
+
+    from ldm import inference
+    from ldm.models.diffusion.guidance.attend_excite_config import AttendExciteConfig
+    from ldm.toyworld.sampler_bench import count_unet_passes
+
+    model = _golden_model("sd")
+    ae = AttendExciteConfig(attention_res=8, max_iter_to_alter=2, thresholds={}, schedule_steps=None)
+    for spec, guided in (("", 0), ("cat,frog", 2)):
+        with inference.sampling_scope(model), count_unet_passes(model.model.diffusion_model) as count:
+            inference.sample_prompts(model, inference.make_sampler(model, "dpmpp_2m"), ["a cat and a frog"] * 2,
+                                     (4, 8, 8), 3, 5.0, ae_tokens=spec, ae_config=ae)  # fmt: skip
+        assert (count.denoise_rows, count.guidance_rows) == (2 * 2 * 3, 2 * guided)

@@ -17,6 +17,7 @@ from ldm.explorer import callbacks
 from ldm.explorer.chips import prompt_chips, selection_for, spec_for
 from ldm.explorer.plot import BAND, PALETTE, run_plot
 from ldm.explorer.session import Explorer, Settings
+from ldm.guidance.attend_excite.maps import capture_token_maps
 from ldm.models.diffusion.guidance.tokens import resolve_ae_tokens
 from ldm.modules.embedding_manager import EmbeddingManager
 from ldm.util import instantiate_from_config
@@ -154,7 +155,7 @@ def test_run_is_the_scripts_sampling(explorer):
         assert result.excited.refinement[step] == rec.get("refinement", {}).get("iterations", 0)
     groups, _, _ = inference.resolve_batch_tokens(model, [PROMPT], "*,dog")
     t = torch.ones(1, dtype=torch.long)
-    final = inference.capture_token_maps(model.model.diffusion_model, excited.latents, t, excited.cond, groups, used)
+    final = capture_token_maps(model.model.diffusion_model, excited.latents, t, excited.cond, groups, used)
     assert torch.allclose(result.excited.final_maps, final[0], atol=1e-6)
 
 
@@ -178,7 +179,7 @@ def test_the_shown_command_reproduces_the_run(explorer, tmp_path, monkeypatch):
     assert (tmp_path / "attention" / "00000.png").is_file()
 
 
-@pytest.mark.parametrize("sampler", ["plms", "ddpm"])
+@pytest.mark.parametrize("sampler", ["plms", "ddpm", "euler_a"])
 def test_every_sampler_hands_over_the_maps_of_every_step(explorer, sampler):
     config, _ = explorer.ae_config("official", explorer.preset_fields("official") | FEW_REFINEMENTS)
     settings = dataclasses.replace(SETTINGS, sampler=sampler, steps=3)
@@ -186,7 +187,7 @@ def test_every_sampler_hands_over_the_maps_of_every_step(explorer, sampler):
     assert result.steps == 3 and len(result.plain.maps) == 3 and result.labels == ["dog"]
     # 3 steps: updates at steps < round(1.5) = 2, thresholds at round(0, 0.6, 1.2) = 0, 1: step 2 only watches
     assert result.excited.guided == [True, True, False] and result.excited.maps[2].shape == (1, 16, 16)
-    assert f"--{sampler}" in result.command
+    assert f"--sampler {sampler}" in result.command
 
 
 def test_errors_are_the_scripts_messages(explorer, tmp_path):
@@ -248,3 +249,69 @@ def test_toyworld2_opens_with_its_own_steps_and_scale(tmp_path):
     OmegaConf.save(untagged, tmp_path / "untagged.yaml")
     plain = Explorer.load(tmp_path / "untagged.yaml", ckpt, device="cpu").default_settings()
     assert (plain.steps, plain.scale, plain.H) == (50, 7.5, 64)
+
+
+@pytest.fixture
+def word_max(tmp_path, monkeypatch):
+    """tests/test_guidance_plugins.py's toy method, registered from a folder of its own for one test."""
+    import sys
+    import textwrap
+
+    from test_guidance_plugins import TOY_METHOD
+
+    from ldm import guidance
+
+    folder = tmp_path / "plugins" / "word_max"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(textwrap.dedent(TOY_METHOD))
+    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
+    import word_max
+
+    guidance.register(word_max.METHOD)
+    yield word_max
+    guidance.unregister("word_max")
+    sys.modules.pop("word_max", None)
+
+
+def test_methods_side_by_side_on_the_same_seed(explorer, word_max):
+    """The picked method (A&E) and a second one ticked: one run without guidance, one per method, each the same as
+    that method's own run from the seed; galleries, plot and summary show every run."""
+    fields = explorer.preset_fields("official") | FEW_REFINEMENTS
+    assert "word_max" in explorer.methods()
+    steps = []
+    view = callbacks.run(explorer, PROMPT, "*,dog", SETTINGS, "official", fields, 128,
+                         progress=lambda f, d: steps.append(f), method="ae", others=["word_max", "ae"],
+                         method_fields={"word_max": {"word_step": "80", "attention_res": "16",
+                                                     "max_iter_to_alter": "2"}})  # fmt: skip
+    comparison = view.comparison
+    assert [r.method for r in comparison.runs] == ["ae", "word_max"]  # the picked method first, each once
+    alone = callbacks.run(explorer, PROMPT, "*,dog", SETTINGS, "official", fields, 128)
+    assert list(view.plain_image.getdata()) == list(alone.plain_image.getdata())  # the main pair is unchanged
+    assert list(view.excited_image.getdata()) == list(alone.excited_image.getdata())
+    config, flags = explorer.method_config("word_max", {"word_step": "80", "attention_res": "16",
+                                                        "max_iter_to_alter": "2"})  # fmt: skip
+    own = explorer.run(PROMPT, "*,dog", SETTINGS, config, ae_flags=flags, method="word_max")
+    second = comparison.runs[1]
+    assert list(second.trace.image.getdata()) == list(own.excited.image.getdata())  # the same seed and settings
+    assert second.trace.method_loss == own.excited.method_loss and "--g_word_step 80" in second.command
+    assert list(second.trace.image.getdata()) != list(comparison.plain.image.getdata())
+    # cost: a CFG step is 2 samples through the UNet; A&E adds its guidance passes
+    for trace in (comparison.plain, *(r.trace for r in comparison.runs)):
+        assert trace.unet_evaluations >= 2 * SETTINGS.steps and trace.seconds > 0
+    assert comparison.runs[0].trace.unet_evaluations > comparison.plain.unet_evaluations
+    assert steps == sorted(steps) and steps[-1] == pytest.approx(1.0)
+    # the page's side-by-side pieces: every run's image, every run's map per word, one plot, one summary
+    assert [c.split(":")[0] for _, c in view.compare_images] == ["without guidance", "Attend-and-Excite", "Word max"]
+    assert len(view.compare_maps) == 3 * 2 and view.compare_maps[5][1].startswith("Word max: dog")
+    assert view.compare_plot.width > 400
+    assert view.compare_summary.count("| Word max |") == 1 and "--guidance word_max" in view.compare_summary
+
+
+def test_methods_plot_draws_each_run_and_skips_steps_without_a_loss():
+    from ldm.explorer.plot import methods_plot
+
+    image = methods_plot(["without", "A", "B"], [[0.9, 0.5], [0.9, 0.3], [0.8, 0.2]], [[None, None], [2.0, None],
+                                                                                         [0.5, 0.4]])  # fmt: skip
+    colors = {c for _, c in image.getcolors(1 << 20)}
+    for hex_color in PALETTE[:2]:
+        assert Image.new("RGB", (1, 1), hex_color).getpixel((0, 0)) in colors

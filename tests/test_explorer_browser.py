@@ -22,6 +22,7 @@ from conftest import REPO
 
 PROMPT = "a green triangle and a yellow diamond"
 TIMEOUT = 60  # seconds for any one thing the page must show
+STARTUP_TIMEOUT = 240  # seconds for the server to answer (imports and the model load; slow on a loaded machine)
 
 
 def _missing() -> str | None:
@@ -61,7 +62,7 @@ def app_url(tmp_path):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + TIMEOUT
+        deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
             if server.poll() is not None:
                 pytest.fail(f"scripts/explore.py exited: {(tmp_path / 'explore.log').read_text()[-2000:]}")
@@ -153,3 +154,50 @@ def test_pick_two_words_run_and_see_both_images_and_maps(app_url, browser, tmp_p
     css("#ae-tokens textarea")[0].send_keys("circle")
     css("#run")[0].click()
     wait.until(lambda _: not css("#error")[0].text.strip() and len(css("#maps-ae img")) == 1)
+
+
+def test_pick_a_method_and_see_every_method_side_by_side(app_url, browser):
+    """The method picker names every registered method and shows the picked one's settings; with every method ticked
+    under #compare, one run shows each method's image and maps beside the run without guidance."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from ldm.guidance import get_method, method_names
+
+    def css(selector: str):
+        return browser.find_elements(By.CSS_SELECTOR, selector)
+
+    wait = WebDriverWait(browser, TIMEOUT, ignored_exceptions=(StaleElementReferenceException,))
+    browser.get(app_url)
+    wait.until(lambda _: any(label.text.startswith("diamond ") for label in css("#chips label")))
+    for word in ("triangle", "diamond"):
+        next(label for label in css("#chips label") if label.text.startswith(word + " ")).click()
+    wait.until(lambda _: css("#ae-tokens textarea")[0].get_attribute("value") == "triangle,diamond")
+
+    methods = [m for m in method_names() if m != "plain"]
+    titles = [get_method(m).title for m in methods]
+    assert css("#method input")[0].get_attribute("value") == "Attend-and-Excite"
+    css("#method input")[0].click()
+    options = wait.until(lambda _: css("#method li[role=option]") or css("li[role=option]"))
+    assert [o.get_attribute("aria-label") for o in options] == titles  # every registered method but plain
+    picked = methods[-1]  # the last registered method (A&E when it is the only one)
+    next(o for o in options if o.get_attribute("aria-label") == titles[-1]).click()
+    wait.until(lambda _: css("#run")[0].text == f"Run without and with {titles[-1]}")
+    css("#settings-ae, #settings-" + picked)  # the settings accordion: open it, the picked method's group shows
+    next(b for b in css("button.label-wrap") if "Method settings" in b.text).click()
+    wait.until(lambda _: css(f"#settings-{picked}") and css(f"#settings-{picked}")[0].is_displayed())
+    if picked != "ae":
+        assert not css("#settings-ae") or not css("#settings-ae")[0].is_displayed()
+
+    for box in css("#compare input[type=checkbox]"):  # every method side by side
+        box.click()
+    wait.until(lambda _: all(b.is_selected() for b in css("#compare input[type=checkbox]")))
+    css("#run")[0].click()
+    runs = 1 + len(methods)  # without guidance, then each method once
+    slow = WebDriverWait(browser, 6 * TIMEOUT, ignored_exceptions=(StaleElementReferenceException,))  # INITNO & co.
+    slow.until(lambda _: len(css("#compare-images img")) == runs and len(css("#compare-maps img")) == 2 * runs)
+    assert len(css("#compare-plot img")) == 1 and len(css("#image-ae img")) == 1
+    table = css("#compare-summary")[0].text
+    assert all(f"{title}" in table for title in titles) and "without guidance" in table
+    assert not css("#error")[0].text.strip()

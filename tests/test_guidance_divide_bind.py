@@ -215,3 +215,15 @@ def test_attribute_sides_default_to_the_larger_ones_and_explain_when_there_are_n
     unbound = DivideAndBind(model, DivideBindConfig(), [SampleTarget(((3,),), 8, {"attributes": (None,)})])
     unbound._set_sides((32, 32), 1)
     assert unbound.capture_spec.cross == (16,)  # no attribute: only the subjects' side is captured
+
+
+def test_pairs_from_the_prompts_parse():
+    """pairs_from_prompt: each subject bound to its modifier in the prompt's parse; a subject without one unbound."""
+    from ldm.guidance.divide_bind.pairs import parsed_attributes
+    from ldm.guidance.tokens import PromptTokens
+
+    words = ["<|startoftext|>", "a</w>", "red</w>", "circle</w>", "and</w>", "a</w>", "*</w>", "<|endoftext|>"]
+    table = tuple(enumerate(words))
+    tokens = PromptTokens("a red circle and a *", tuple(range(77)), {}, table, 7)
+    assert parsed_attributes(((3,), (6,)), tokens, "rules") == ((2,), None)
+    assert parsed_attributes(((6,),), tokens, "rules") == (None,)

@@ -18,7 +18,7 @@ from conftest import GOLDEN_WEIGHTS, REPO, require_fixture
 from omegaconf import OmegaConf
 from PIL import Image
 
-from ldm import inference
+from ldm import inference, txt2img_run
 from ldm.ae_flags import DEFAULT_AE_CONFIG, load_ae_config
 from ldm.outputs import OutputError
 
@@ -34,8 +34,8 @@ def sd_model():
 
 
 def sample(model, outdir: Path, prompts: list[str], **kw):
-    options = inference.SamplingOptions(outdir=str(outdir), **(TINY_OPTS | kw))
-    return inference.run_txt2img(model, [prompts], options, load_ae_config(DEFAULT_AE_CONFIG))
+    options = txt2img_run.SamplingOptions(outdir=str(outdir), **(TINY_OPTS | kw))
+    return txt2img_run.run_txt2img(model, [prompts], options, load_ae_config(DEFAULT_AE_CONFIG))
 
 
 def files_under(folder: Path) -> list[str]:

@@ -28,13 +28,13 @@ def models():
     return full, half
 
 
-def sample(model, precision: str, ae: bool):
-    sampler = inference.make_sampler(model, "ddim")
+def sample(model, precision: str, ae: bool, sampler_name: str = "ddim"):
+    sampler = inference.make_sampler(model, sampler_name)
     gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
     x_T = torch.stack([torch.randn(SHAPE, generator=g) for g in gens])  # [2, 4, 8, 8] float32
     with inference.sampling_scope(model, precision):
         return inference.sample_prompts(
-            model, sampler, ["a cat and a frog", "a red dog"], SHAPE, 4, 5.0, x_T=x_T,
+            model, sampler, ["a cat and a frog", "a red dog"], SHAPE, 4, 5.0, x_T=x_T, generator=gens,
             ae_tokens=["cat,frog", "red,dog"] if ae else "", ae_config=AE,
         )  # fmt: skip
 
@@ -51,15 +51,16 @@ def test_cast_keeps_float32_where_it_matters(models):
         cast_model(half, "half")
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "euler_a"])
 @pytest.mark.parametrize("precision", ["bf16", "autocast"])
-def test_bf16_sampling_close_to_float32(models, precision):
+def test_bf16_sampling_close_to_float32(models, precision, sampler):
     full, half = models
-    ref = sample(full, "full", ae=False)
-    out = sample(half if precision == "bf16" else full, precision, ae=False)
+    ref = sample(full, "full", ae=False, sampler_name=sampler)
+    out = sample(half if precision == "bf16" else full, precision, ae=False, sampler_name=sampler)
     assert out.latents.dtype == torch.float32 and out.images.dtype == torch.float32  # the sampler's arithmetic
     assert torch.isfinite(out.latents).all() and torch.isfinite(out.images).all()
     latent_err, image_err = rel_err(out.latents, ref.latents), rel_err(out.images, ref.images)
-    print(f"\n{precision}: relative difference to float32: latents {latent_err:.4f}, images {image_err:.4f}")
+    print(f"\n{precision} {sampler}: relative difference to float32: latents {latent_err:.4f}, images {image_err:.4f}")
     assert 0 < latent_err < 0.1 and image_err < 0.1  # bf16 really ran (not 0), and stays close
 
 

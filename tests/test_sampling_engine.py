@@ -65,8 +65,8 @@ def test_items_layout_and_seeds(tmp_path):
 
 
 def test_image_noise_is_its_own_whatever_the_batch():
-    """A&E with per-sample losses and the DDPM sampler's step noise: an image does not depend on its batch mates or
-    its position (same batch size), and plain and A&E start from the same noise."""
+    """A&E with per-sample losses and the DDPM and Euler ancestral samplers' step noise: an image does not depend on
+    its batch mates or its position (same batch size), and plain and A&E start from the same noise."""
     from conftest import _golden_model
 
     from ldm import inference
@@ -79,7 +79,7 @@ def test_image_noise_is_its_own_whatever_the_batch():
                            ae_tokens_of=lambda p: "1,2") for m in ("plain", "ae")}  # fmt: skip
     ae = AttendExciteConfig(attention_res=8, max_iter_to_alter=2, thresholds={0: 0.9}, max_refinement_steps=2,
                             schedule_steps=None)  # fmt: skip
-    for sampler_name, method in (("ddim", "ae"), ("ddpm", "plain")):
+    for sampler_name, method in (("ddim", "ae"), ("ddpm", "plain"), ("euler_a", "ae")):
         settings = EngineSettings(latent_shape=(4, 8, 8), sampler=sampler_name, steps=3, batch_size=2)
         sampler = inference.make_sampler(model, sampler_name)
         a, b, c = items[method]

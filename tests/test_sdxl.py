@@ -128,10 +128,11 @@ def test_placeholder_in_both_towers(model):
     close(c["c_adm"][0], golden["vector"])
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "plms", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "plms", "ddpm", "euler", "euler_a", "dpmpp_2m_karras", "unipc"])
 def test_our_samplers_run_on_sdxl(model, sampler):
-    """DDIM, PLMS and DDPM with CFG on both the context and y (sgm has none of them: no golden, a finite run whose
-    first step matches the guided eps of the UNet golden's conditioning)."""
+    """Every sampler (DDIM, PLMS, DDPM, Euler, DPM++ 2M, UniPC) with CFG on both the context and y (sgm has none of
+    them in this form: no golden, a finite run whose first step matches the guided eps of the UNet golden's
+    conditioning)."""
     from ldm.inference import make_sampler
 
     inputs = fix("inputs")

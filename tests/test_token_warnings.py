@@ -42,7 +42,7 @@ def test_unknown_ae_word_is_an_error_naming_it(toy_encoder):
     message = str(info.value)
     assert "--ae_tokens: 'cat' is not in the tokenizer's vocabulary (it maps to [UNK])" in message
     assert "2: [UNK]" in message and "5: red" in message  # the prompt's token table
-    assert "the vocabulary is: *, ,, ., a, an, and, blue, circle" in message  # a small vocabulary is listed
+    assert "the vocabulary is: *, ,, ., @, a, an, and, blue, circle" in message  # a small vocabulary is listed
     assert "[PAD]" not in message.split("the vocabulary is:")[1].split(".")[0]
     assert resolve_ae_tokens("circle,2", ids, tok) == ((6,), (2,))  # known words and positions still work
 

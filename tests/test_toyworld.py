@@ -169,8 +169,9 @@ def test_captions_never_name_the_heldout_shape_and_match_the_scene():
 def test_vocab_covers_all_captions_without_unk():
     tok = load_tokenizer()
     lines = VOCAB_PATH.read_text().splitlines()
-    assert lines[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and len(lines) < 64
-    assert tok.pad_token_id == 0 and len(tok) == len(lines)
+    # BERT's specials, except slot 4 ([MASK], never used by the toy): the second placeholder "@"
+    assert lines[:6] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "@", "*"] and len(lines) < 64
+    assert tok.pad_token_id == 0 and len(tok) == len(lines)  # no [MASK] added past the embedding table
     unk = tok.unk_token_id
     rng = np.random.default_rng(1)
     all_colours = tuple(COLOURS)
@@ -185,6 +186,7 @@ def test_vocab_covers_all_captions_without_unk():
     assert word_ids <= seen
     star = tok("a photo of *")["input_ids"]
     assert len(star) == 6 and tok.convert_ids_to_tokens(star)[4] == "*"
+    assert tok.convert_ids_to_tokens(tok("a * and a @")["input_ids"]) == ["[CLS]", "a", "*", "and", "a", "@", "[SEP]"]
     assert tok("a photo of a star")["input_ids"][5] == unk  # no word for the held-out shape
     assert unk not in tok("A Photo of a RED circle, a blue square.")["input_ids"]
     # the project's LDM tokenizer path (BERTTokenizer) reads the same file to the same ids

@@ -105,10 +105,12 @@ def test_load_model_errors_and_strict_loading(tmp_path):
     assert inference.load_model(config, tmp_path / "extras.safetensors").training is False
 
 
-def test_txt2img_and_evaluation_generation_agree(tmp_path):
+@pytest.mark.parametrize("sampler", ["ddim", "euler_a"])
+def test_txt2img_and_evaluation_generation_agree(tmp_path, sampler):
     """stable_txt2img --from-file and the evaluation's generate_images go through one engine: same seed rule (one
-    seed per image from (seed, prompt, index)), same images. Both sides sample in batches of 2: the engine promises
-    images independent of how full a batch is, not of the batch size (CPU kernels may round differently for 1 and 2).
+    seed per image from (seed, prompt, index)), same images, also with an ancestral sampler's per-image step noise.
+    Both sides sample in batches of 2: the engine promises images independent of how full a batch is, not of the
+    batch size (CPU kernels may round differently for 1 and 2).
     """
     from ldm import inference
     from ldm.evaluation.generate import generate_images
@@ -119,10 +121,10 @@ def test_txt2img_and_evaluation_generation_agree(tmp_path):
     load_script("stable_txt2img").main([
         "--config", str(config), "--ckpt", str(GOLDEN_WEIGHTS["sd"]), "--from-file", str(tmp_path / "prompts.txt"),
         "--H", "32", "--W", "32", "--f", "2", "--ddim_steps", "2", "--n_samples", "2", "--n_iter", "2", "--seed", "5",
-        "--precision", "full", "--skip_grid", "--outdir", str(out),
+        "--precision", "full", "--skip_grid", "--outdir", str(out), "--sampler", sampler,
     ])  # fmt: skip
     model = inference.load_model(config, GOLDEN_WEIGHTS["sd"])
-    images = generate_images(model, "a cat and a frog", 2, 2, 7.5, 5, 2, (4, 16, 16)).images  # [2, 3, 32, 32]
+    images = generate_images(model, "a cat and a frog", 2, 2, 7.5, 5, 2, (4, 16, 16), sampler=sampler).images
     saved = [np.asarray(Image.open(out / "plain" / "a-cat-and-a-frog" / f"{k:05}.png")) for k in range(2)]
     for k, image in enumerate(images):
         np.testing.assert_array_equal(saved[k], np.asarray(inference.to_pil(image)))

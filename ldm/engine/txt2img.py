@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ldm import inference
+from ldm import inference, txt2img_run
 from ldm.engine.distributed import distributed_options, launch
 from ldm.engine.folders import prompt_folders
 from ldm.engine.items import make_items
@@ -38,11 +38,11 @@ __all__ = ["read_prompt_lines", "run_from_file"]
 
 def read_prompt_lines(from_file: str) -> list[str]:
     """The non-empty lines of ``--from-file`` (an error names the flag when the file is missing or empty)."""
-    return [p for batch in inference.read_prompts("", from_file, 1) for p in batch]
+    return [p for batch in txt2img_run.read_prompts("", from_file, 1) for p in batch]
 
 
 def run_from_file(
-    opt: argparse.Namespace, options: inference.SamplingOptions, ckpt: str, ckpt_flag: str
+    opt: argparse.Namespace, options: txt2img_run.SamplingOptions, ckpt: str, ckpt_flag: str
 ) -> dict[str, Any] | None:
     """Sample every prompt of ``opt.from_file`` on the engine; returns the settings written (rank 0) or None."""
     if options.skip_save:

@@ -1,6 +1,7 @@
 """Images for the evaluation scripts, made by the shared sampling code (:func:`ldm.inference.sample_prompts`).
 
-It follows the reference evaluator (reference-spec 1.9, ``LDMCLIPEvaluator``): DDIM with eta 0, classifier-free
+It follows the reference evaluator (reference-spec 1.9, ``LDMCLIPEvaluator``): DDIM with eta 0 (or another sampler of
+the registry), classifier-free
 guidance with the empty prompt as unconditional input, decode, clamp; optionally with Attend-and-Excite. Models are
 loaded with :func:`ldm.inference.load_model`.
 """
@@ -60,12 +61,13 @@ def generate_images(
     ae_tokens: str = "",
     ae_config: AttendExciteConfig | None = None,
     precision: str = "full",
+    sampler: str = "ddim",
 ) -> Generation:
     """``n_samples`` images of ``prompt`` in batches of ``batch_size`` (latent ``shape``, default the model's), in
     memory, by the engine's rule: image ``i`` starts from its own noise, seeded by ``item_seed(seed, prompt, i)``, so
     the images are those the engine writes (``run_items``) and the same with and without A&E. ``ae_tokens``
     (words/positions, e.g. ``"cat,dog"``) turns on Attend-and-Excite with ``ae_config`` (default: the official one),
-    its schedule scaled to the steps run.
+    its schedule scaled to the steps run. ``sampler``: a name of ``ldm.models.diffusion.samplers.SAMPLERS``.
     """
     if n_samples < 1 or batch_size < 1:
         raise ValueError(f"n_samples ({n_samples}) and batch_size ({batch_size}) must be positive")
@@ -73,18 +75,18 @@ def generate_images(
     # The paths are never written: the items only carry prompt, index and seed here.
     items = make_items(".", [prompt], n_samples, [method], seed, path_of=lambda p, i, m: f"{i:04}.png",
                        ae_tokens_of=lambda p: ae_tokens)  # fmt: skip
-    settings = EngineSettings(latent_shape=shape or latent_shape(model, 1), steps=ddim_steps, scale=scale,
-                              batch_size=batch_size, precision=precision)  # fmt: skip
-    sampler = inference.make_sampler(model, "ddim")
+    settings = EngineSettings(latent_shape=shape or latent_shape(model, 1), sampler=sampler, steps=ddim_steps,
+                              scale=scale, batch_size=batch_size, precision=precision)  # fmt: skip
     ae_used = None
     if method == "ae":
-        ae_used, _ = inference.schedule_for_run(ae_config or AttendExciteConfig(), "ddim", ddim_steps,
+        ae_used, _ = inference.schedule_for_run(ae_config or AttendExciteConfig(), sampler, ddim_steps,
                                                 model.num_timesteps, log=False)  # fmt: skip
+    denoiser = inference.make_sampler(model, sampler)
     out = Generation(images=torch.empty(0))
     images: list[Tensor] = []
     with inference.sampling_scope(model, precision):
         for start in tqdm(range(0, n_samples, batch_size), desc=f"sampling {prompt!r}", leave=False):
-            batch = sample_items(model, sampler, items[start : start + batch_size], settings, ae_used)
+            batch = sample_items(model, denoiser, items[start : start + batch_size], settings, ae_used)
             images.append(batch.images)  # [bs, 3, H, W]
             out.report.update(batch.report)
             if batch.guidance is not None:

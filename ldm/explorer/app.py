@@ -3,7 +3,10 @@
 Every callback catches the error the scripts would raise for bad input and shows its message in the page's error
 line (``#error``); the app keeps running. Element ids (``#prompt``, ``#chips``, ``#ae-tokens``, ``#run``,
 ``#image-plain``, ``#image-ae``, ``#maps-plain``, ``#maps-ae``, ``#step``, ``#plot``, ``#summary``, ``#error``) are
-stable for the browser test.
+stable for the browser test. The method picker (``#method``; its settings: ``#settings-<method>`` with ``#preset`` and
+``#ae-<field>`` for A&E, ``#g-<method>-<field>`` for the others) chooses the method of the main pair of images
+(``#image-ae`` shows its run); ``#compare`` ticks further methods, and ``#side-by-side`` shows every run of the seed
+(``#compare-images``, ``#compare-maps``, ``#compare-plot``, ``#compare-summary``).
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ from ldm.ae_flags import AE_FIELDS
 from ldm.errors import UserError
 from ldm.explorer import callbacks
 from ldm.explorer.session import SAMPLERS, Explorer, Settings, repo_relative
+from ldm.guidance import get_method
 
 logger = logging.getLogger(__name__)
 
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, OSError)
 
-HELP = """Type a prompt; click the words to excite (their chips); **Run** samples the same seed without and with
-Attend-and-Excite. Under each image: each excited word's attention map over it. The slider shows the maps at any
-step (its last position: the final maps, as `--save_attention` draws them)."""
+HELP = """Type a prompt; click the words to excite (their chips); pick a guidance method (its settings are on the
+right); **Run** samples the same seed without and with it, and with every method ticked under "Also run side by side".
+Under each image: each excited word's attention map over it. The slider shows the maps at any step (its last
+position: the final maps, as `--save_attention` draws them). "Side by side" shows every run of the seed."""
 
 
 def error_html(err: BaseException | str) -> str:
@@ -34,6 +39,10 @@ def error_html(err: BaseException | str) -> str:
         logger.error("explorer: unexpected error", exc_info=err)
     text = str(err) if not isinstance(err, KeyError) else str(err.args[0])
     return f'<div style="color:#b00020;font-weight:600;white-space:pre-wrap">Error: {html.escape(text)}</div>'
+
+
+def _run_label(method: str) -> str:
+    return f"Run without and with {get_method(method).title}"
 
 
 def _number(value: Any, flag: str, kind: type = int) -> Any:
@@ -64,23 +73,40 @@ def build_app(explorer: Explorer, settings: Settings | None = None, prompt: str 
                                     "1-based positions)", elem_id="ae-tokens")  # fmt: skip
                 table = gr.Textbox(label="Token table (position: token)", value=first.table, interactive=False,
                                    elem_id="token-table")  # fmt: skip
-                run_button = gr.Button("Run without and with Attend-and-Excite", variant="primary", elem_id="run")
+                titles = [(get_method(m).title, m) for m in explorer.methods()]
+                method = gr.Dropdown(titles, value="ae", label="Guidance method (--guidance); its settings are on "
+                                     "the right", elem_id="method")  # fmt: skip
+                others = gr.CheckboxGroup(titles, value=[], label="Also run side by side (the same seed, each with "
+                                          "its settings)", elem_id="compare")  # fmt: skip
+                run_button = gr.Button(_run_label("ae"), variant="primary", elem_id="run")
                 error = gr.HTML("", elem_id="error")
             with gr.Column(scale=2):
                 with gr.Accordion("Sampling", open=True):
                     steps = gr.Number(settings.steps, label="Steps (--ddim_steps)", precision=0, elem_id="steps")
                     scale = gr.Number(settings.scale, label="Guidance scale (--scale)", elem_id="scale")
                     seed = gr.Number(settings.seed, label="Seed (--seed)", precision=0, elem_id="seed")
-                    sampler = gr.Radio(list(SAMPLERS), value=settings.sampler, label="Sampler", elem_id="sampler")
+                    sampler = gr.Radio(
+                        list(SAMPLERS), value=settings.sampler, label="Sampler (--sampler)", elem_id="sampler"
+                    )
                     with gr.Row():
                         height = gr.Number(settings.H, label="Height (--H)", precision=0, elem_id="height")
                         width = gr.Number(settings.W, label="Width (--W)", precision=0, elem_id="width")
                     eta = gr.Number(settings.eta, label="DDIM eta (--ddim_eta)", elem_id="eta")
-                with gr.Accordion("Attend-and-Excite settings (the --ae_<field> flags)", open=False):
-                    preset = gr.Dropdown(list(explorer.presets), value=explorer.default_preset,
-                                         label="Preset (--ae_config)", elem_id="preset")  # fmt: skip
-                    boxes = [gr.Textbox(fields0[name], label=f"--ae_{name}", elem_id=f"ae-{name}")
-                             for name in AE_FIELDS]  # fmt: skip
+                with gr.Accordion("Method settings (the --ae_<field> / --g_<field> flags)", open=False):
+                    groups, method_boxes = {}, {}
+                    with gr.Group(visible=True, elem_id="settings-ae") as groups["ae"]:
+                        gr.Markdown("Attend-and-Excite")
+                        preset = gr.Dropdown(list(explorer.presets), value=explorer.default_preset,
+                                             label="Preset (--ae_config)", elem_id="preset")  # fmt: skip
+                        boxes = [gr.Textbox(fields0[name], label=f"--ae_{name}", elem_id=f"ae-{name}")
+                                 for name in AE_FIELDS]  # fmt: skip
+                    for name in (m for m in explorer.methods() if m != "ae"):
+                        with gr.Group(visible=False, elem_id=f"settings-{name}") as groups[name]:
+                            gr.Markdown(get_method(name).title)
+                            method_boxes[name] = {
+                                field: gr.Textbox(value, label=f"--g_{field}", elem_id=f"g-{name}-{field}")
+                                for field, value in explorer.method_fields(name).items()
+                            }  # fmt: skip
                 with gr.Accordion("Embeddings (--embedding_path)", open=False):
                     embedding = gr.File(label="Embeddings file (.pt, .bin, .safetensors)", type="filepath",
                                         elem_id="embedding")  # fmt: skip
@@ -102,6 +128,15 @@ def build_app(explorer: Explorer, settings: Settings | None = None, prompt: str 
         plot = gr.Image(label="A&E loss and max attention per step", type="pil", format="png", interactive=False,
                         elem_id="plot")  # fmt: skip
         summary = gr.Markdown(elem_id="summary")
+        with gr.Accordion("Side by side: every run of the seed", open=True, elem_id="side-by-side"):
+            compare_images = gr.Gallery(label="Images: without guidance, then each method", columns=6, format="png",
+                                        height=220, elem_id="compare-images")  # fmt: skip
+            compare_maps = gr.Gallery(label="Final maps per run and word", columns=8, format="png", height=240,
+                                      elem_id="compare-maps")  # fmt: skip
+            compare_plot = gr.Image(label="Attention loss and each method's own loss per step", type="pil",
+                                    format="png", interactive=False, elem_id="compare-plot")  # fmt: skip
+            compare_summary = gr.Markdown(elem_id="compare-summary")
+        other_boxes = [(name, field, box) for name, fields in method_boxes.items() for field, box in fields.items()]
 
         def on_prompt(text: str, spec: str):
             try:
@@ -122,10 +157,15 @@ def build_app(explorer: Explorer, settings: Settings | None = None, prompt: str 
             except Exception as err:  # noqa: BLE001
                 return gr.skip(), error_html(err)
 
-        run_outputs = [result_state, plain_image, ae_image, plain_maps, ae_maps, step, caption, plot, summary, error]
+        run_outputs = [result_state, plain_image, ae_image, plain_maps, ae_maps, step, caption, plot, summary, error,
+                       compare_images, compare_maps, compare_plot, compare_summary]  # fmt: skip
 
-        def on_run(text, spec, n_steps, cfg_scale, seed_value, sampler_name, h, w, eta_value, preset_name, *values,
-                   progress=gr.Progress()):  # fmt: skip  # noqa: B008 (Gradio's way)
+        def on_run(text, spec, n_steps, cfg_scale, seed_value, sampler_name, h, w, eta_value, preset_name,
+                   method_name, compared, *values, progress=gr.Progress()):  # fmt: skip  # noqa: B008 (Gradio's way)
+            ae_values, rest = values[: len(AE_FIELDS)], values[len(AE_FIELDS) :]
+            fields_by_method: dict[str, dict[str, str]] = {}
+            for (name, field, _), value in zip(other_boxes, rest, strict=True):
+                fields_by_method.setdefault(name, {})[field] = value
             try:
                 run_settings = Settings(
                     _number(n_steps, "--ddim_steps"), _number(cfg_scale, "--scale", float),
@@ -133,8 +173,9 @@ def build_app(explorer: Explorer, settings: Settings | None = None, prompt: str 
                     _number(eta_value, "--ddim_eta", float),
                 )  # fmt: skip
                 view = callbacks.run(
-                    explorer, text, spec, run_settings, preset_name, dict(zip(AE_FIELDS, values)), display_size,
-                    progress=lambda fraction, desc: progress(fraction, desc=desc),
+                    explorer, text, spec, run_settings, preset_name, dict(zip(AE_FIELDS, ae_values)), display_size,
+                    progress=lambda fraction, desc: progress(fraction, desc=desc), method=method_name or "ae",
+                    method_fields=fields_by_method, others=compared or [],
                 )  # fmt: skip
             except Exception as err:  # noqa: BLE001
                 return {error: error_html(err)}
@@ -142,8 +183,16 @@ def build_app(explorer: Explorer, settings: Settings | None = None, prompt: str 
                 result_state: view.result, plain_image: view.plain_image, ae_image: view.excited_image,
                 plain_maps: view.step.plain_maps, ae_maps: view.step.excited_maps,
                 step: gr.update(maximum=view.last_step, value=view.last_step), caption: view.step.caption,
-                plot: view.plot, summary: view.summary, error: "",
+                plot: view.plot, summary: view.summary, error: "", compare_images: view.compare_images,
+                compare_maps: view.compare_maps, compare_plot: view.compare_plot,
+                compare_summary: view.compare_summary,
             }  # fmt: skip
+
+        def on_method(name: str):
+            short = "A&E" if name == "ae" else get_method(name).title
+            visible = [gr.update(visible=key == name) for key in groups]
+            return [*visible, gr.update(value=_run_label(name)), gr.update(label=f"With {short}"),
+                    gr.update(label=f"Attention per word, with {short}")]  # fmt: skip
 
         def on_step(result, index):
             if result is None:
@@ -171,8 +220,10 @@ def build_app(explorer: Explorer, settings: Settings | None = None, prompt: str 
         prompt_box.change(on_prompt, [prompt_box, tokens], [chips, table, error])
         chips.input(on_chips, [prompt_box, chips], [tokens, error])
         tokens.input(on_tokens, [prompt_box, tokens], [chips, error])
-        settings_inputs = [steps, scale, seed, sampler, height, width, eta, preset, *boxes]
+        settings_inputs = [steps, scale, seed, sampler, height, width, eta, preset, method, others, *boxes,
+                           *(box for _, _, box in other_boxes)]  # fmt: skip
         run_button.click(on_run, [prompt_box, tokens, *settings_inputs], run_outputs)
+        method.change(on_method, [method], [*groups.values(), run_button, ae_image, ae_maps])
         step.change(on_step, [result_state, step], [plain_maps, ae_maps, caption])
         preset.change(on_preset, [preset], [*boxes, error])
         embedding.upload(on_embedding, [embedding, prompt_box, tokens], [embedding_status, chips, table, error])

@@ -11,12 +11,23 @@ from PIL import Image
 
 from ldm import inference
 from ldm.explorer.chips import selection_for, spec_for
+from ldm.explorer.comparison import Comparison, MethodChoice, compare
 from ldm.explorer.session import Explorer, Progress, RunResult, Settings
-from ldm.explorer.views import enlarged, maps_at, plot_of, step_caption, summary
+from ldm.explorer.views import (
+    enlarged,
+    maps_at,
+    plot_of,
+    side_by_side_images,
+    side_by_side_maps,
+    side_by_side_plot,
+    side_by_side_summary,
+    step_caption,
+    summary,
+)
 from ldm.guidance.tokens import format_token_table, token_table
 
 __all__ = ["ChipView", "RunView", "StepView", "chip_view", "spec_from_chips", "chips_from_spec", "run", "at_step",
-           "load_embedding"]  # fmt: skip
+           "load_embedding", "method_choice"]  # fmt: skip
 
 Gallery = list[tuple[Image.Image, str]]
 
@@ -41,7 +52,8 @@ class StepView:
 
 @dataclass
 class RunView:
-    """Everything a run puts on the page."""
+    """Everything a run puts on the page: the main pair (without and with the picked method) and every run side by
+    side (the picked method first, then the others ticked)."""
 
     result: RunResult
     plain_image: Image.Image
@@ -50,6 +62,11 @@ class RunView:
     last_step: int  # the slider's maximum (= the final maps)
     plot: Image.Image
     summary: str
+    comparison: Comparison | None = None
+    compare_images: Gallery | None = None
+    compare_maps: Gallery | None = None
+    compare_plot: Image.Image | None = None
+    compare_summary: str = ""
 
 
 def chip_view(explorer: Explorer, prompt: str, spec: str = "") -> ChipView:
@@ -74,6 +91,18 @@ def chips_from_spec(explorer: Explorer, prompt: str, spec: str) -> list[str]:
     return [str(i) for i in selection_for(explorer.chips(prompt), spec)]
 
 
+def method_choice(
+    explorer: Explorer, method: str, preset: str, fields: Mapping[str, str], method_fields: Mapping[str, str]
+) -> MethodChoice:
+    """A method and its settings from the page: A&E from its preset and ``--ae_<field>`` boxes (``fields``), any
+    other method from its ``--g_<field>`` boxes (``method_fields``)."""
+    if method == "ae":
+        config, flags = explorer.ae_config(preset, dict(fields))
+        return MethodChoice("ae", config, tuple(flags), preset)
+    config, flags = explorer.method_config(method, dict(method_fields))
+    return MethodChoice(method, config, tuple(flags))
+
+
 def run(
     explorer: Explorer,
     prompt: str,
@@ -83,10 +112,18 @@ def run(
     fields: Mapping[str, str],
     display_size: int = 256,
     progress: Progress | None = None,
+    method: str = "ae",
+    method_fields: Mapping[str, Mapping[str, str]] | None = None,
+    others: Sequence[str] = (),
 ) -> RunView:
-    """Run without and with A&E; the images enlarged to ``display_size``, the final maps, the plot, the summary."""
-    config, flags = explorer.ae_config(preset, dict(fields))
-    result = explorer.run(prompt, spec, settings, config, progress=progress, ae_flags=flags, preset=preset)
+    """Run without guidance, with ``method`` and with each of ``others`` (the same seed); the images enlarged to
+    ``display_size``, the final maps, the plots, the summaries. ``fields``: A&E's boxes; ``method_fields``: every
+    other method's boxes by method."""
+    method_fields = method_fields or {}
+    names = [method, *(m for m in dict.fromkeys(others) if m != method)]
+    choices = [method_choice(explorer, m, preset, fields, method_fields.get(m, {})) for m in names]
+    comparison = compare(explorer, prompt, spec, settings, choices, progress=progress)
+    result = comparison.result(0)
     return RunView(
         result=result,
         plain_image=enlarged(result.plain.image, display_size),
@@ -95,6 +132,11 @@ def run(
         last_step=result.steps,
         plot=plot_of(result),
         summary=summary(result),
+        comparison=comparison,
+        compare_images=side_by_side_images(comparison, display_size // 2),
+        compare_maps=side_by_side_maps(comparison, display_size // 2),
+        compare_plot=side_by_side_plot(comparison),
+        compare_summary=side_by_side_summary(comparison),
     )
 
 

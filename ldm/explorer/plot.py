@@ -1,5 +1,6 @@
 """Small line plots drawn with PIL (no plotting library needed): the A&E loss and each word's maximum attention per
-step, for the run without A&E (dashed) and with it (solid); steps where A&E refined the latent are shaded."""
+step, for the run without A&E (dashed) and with it (solid); steps where A&E refined the latent are shaded. For
+several methods side by side: each run's attention loss and each method's own loss per step."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 40, 12, 34, 30
 @dataclass(frozen=True)
 class Series:
     label: str
-    values: Sequence[float]
+    values: Sequence[float | None]  # None: a step without a value (drawn as a gap)
     color: str
     dashed: bool = False
 
@@ -70,13 +71,15 @@ def panel(
     draw.text((x0, 10), title, fill="black", font=font)
     draw.text((x1 - 24, h - 12), "step", fill="black", font=font)
     for s in series:
-        points = [xy(i, v) for i, v in enumerate(s.values)]
+        points = [None if v is None else xy(i, v) for i, v in enumerate(s.values)]  # None: no value at that step
         for a, b in zip(points, points[1:]):
+            if a is None or b is None:
+                continue
             if s.dashed:
                 _dashed(draw, a, b, s.color, 2)
             else:
                 draw.line([a, b], s.color, 2)
-        for x, y in points:
+        for x, y in (p for p in points if p is not None):
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=s.color)
     return img
 
@@ -131,4 +134,27 @@ def run_plot(
     out.paste(loss, (0, 0))
     out.paste(scores, (loss.width, 0))
     out.paste(key, (0, loss.height))
+    return out
+
+
+def methods_plot(
+    titles: Sequence[str], attention_loss: Sequence[Sequence[float]], own_loss: Sequence[Sequence[float | None]]
+) -> Image.Image:
+    """Runs side by side: per step, each run's attention loss max_k (1 - m_k) from the maps shown (the same measure
+    for every method), and each method's own loss at its guided steps (each on its own scale: one axis up to the
+    largest); one colour per run, the run without guidance dashed."""
+    colors = ["#555555", *PALETTE]
+
+    def series(values: Sequence[Sequence[float | None]]) -> list[Series]:
+        return [Series(t, v, colors[k % len(colors)], k == 0) for k, (t, v) in enumerate(zip(titles, values))]
+
+    same = panel("attention loss  max_k (1 - m_k)", series(attention_loss))
+    top = max([v for vs in own_loss for v in vs if v is not None] or [1.0])
+    own = panel(f"each method's own loss (guided steps; axis to {top:.3g})", series(own_loss),
+                y_range=(0.0, top if top > 0 else 1.0))  # fmt: skip
+    key = legend([(t, colors[k % len(colors)], k == 0) for k, t in enumerate(titles)], same.width + own.width)
+    out = Image.new("RGB", (same.width + own.width, same.height + key.height), "white")
+    out.paste(same, (0, 0))
+    out.paste(own, (same.width, 0))
+    out.paste(key, (0, same.height))
     return out

@@ -11,16 +11,16 @@ changed, and each step runs one truncated pass for its maps). The final maps are
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import shlex
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from ldm import inference
 from ldm.ae_flags import (
@@ -32,12 +32,15 @@ from ldm.ae_flags import (
     model_family,
 )
 from ldm.explorer.chips import Chip, prompt_chips
+from ldm.explorer.records import RunResult, RunTrace, Settings, field_text
 from ldm.guidance import get_method, method_names
 from ldm.guidance.attend_excite.config import AttendExciteConfig, display_config
 from ldm.guidance.attend_excite.maps import capture_token_maps
 from ldm.guidance.engine import StepMaps
 from ldm.guidance.flags import add_guidance_args, guidance_from_args
 from ldm.models.description import describe_config
+from ldm.models.diffusion.samplers import SAMPLER_NAMES
+from ldm.sampler_flags import sampler_from_flags
 from ldm.validation import check_scale
 
 logger = logging.getLogger(__name__)
@@ -48,82 +51,10 @@ PRESETS: dict[str, Path] = {
     "ToyWorld": REPO / "configs" / "toyworld" / "attend_and_excite.yaml",
     "earlier fork": REPO / "configs" / "guidance" / "seed_fork.yaml",
 }
-SAMPLERS = ("ddim", "plms", "ddpm")
+SAMPLERS = SAMPLER_NAMES  # the registry (ldm.models.diffusion.samplers)
 Progress = Callable[[float, str], None]
 
 __all__ = ["PRESETS", "SAMPLERS", "Settings", "RunTrace", "RunResult", "Explorer", "field_text", "repo_relative"]
-
-
-@dataclass
-class Settings:
-    """The sampling settings of a run (the txt2img flags of the same names)."""
-
-    steps: int = 25
-    scale: float = 3.0
-    seed: int = 42
-    sampler: str = "ddim"
-    H: int = 64
-    W: int = 64
-    eta: float = 0.0
-
-
-@dataclass
-class RunTrace:
-    """One run (without or with A&E): the image and, per step, the selected words' maps and scores."""
-
-    image: Image.Image
-    maps: list[torch.Tensor]  # per step: [K, r, r], the smoothed maps at the latent entering the step
-    final_maps: torch.Tensor  # [K, r, r] on the final latent at t=1 (what --save_attention draws)
-    timesteps: list[int]  # per step: the sampler's timestep t
-    guided: list[bool]  # per step: the maps came from a guidance pass
-    refinement: list[int]  # per step: refinement iterations spent
-    method_loss: list[float | None] = field(default_factory=list)  # per step: the method's own loss (guided steps)
-
-    @property
-    def max_attention(self) -> list[list[float]]:
-        """Per step, per word: m_k, the spatial max of the word's smoothed map (the A&E score)."""
-        return [m.flatten(1).max(dim=1).values.tolist() for m in self.maps]
-
-    @property
-    def loss(self) -> list[float]:
-        """Per step: the A&E loss max_k max(0, 1 - m_k) of the latent entering the step (eq. 3)."""
-        return [max(0.0, 1.0 - min(scores)) for scores in self.max_attention]
-
-
-@dataclass
-class RunResult:
-    """A run without and with A&E from the same seed."""
-
-    prompt: str
-    spec: str  # the --ae_tokens string
-    labels: list[str]  # one per excited word
-    plain: RunTrace
-    excited: RunTrace
-    config: Any  # the method's settings with its schedule scaled to the steps run
-    command: str  # the txt2img command that reproduces the run with guidance
-    report: dict = field(default_factory=dict)  # the scripts' token report of the prompt
-    method: str = "ae"  # the registered guidance method of the guided run
-
-    @property
-    def steps(self) -> int:
-        return len(self.excited.maps)
-
-    @property
-    def refinement_total(self) -> int:
-        return sum(self.excited.refinement)
-
-
-def field_text(value: Any) -> str:
-    """An ``AttendExciteConfig`` value in its ``--ae_<field>`` flag syntax."""
-    if isinstance(value, dict):
-        return ",".join(f"{k}:{v}" for k, v in value.items())
-    if isinstance(value, (tuple, list)):
-        return ",".join(str(v) for v in value)
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
 
 
 def _flag_parser() -> argparse.ArgumentParser:
@@ -218,10 +149,17 @@ class Explorer:
         """The registered guidance methods the page offers (all but plain sampling, which every run shows)."""
         return [name for name in method_names() if name != "plain"]
 
+    def _method_base(self, method: str) -> list[str]:
+        """The flags a method's settings start from: ``--guidance`` and, for a toy with its own settings of the
+        method (``configs/toyworld[2]/<method>.yaml``, the model description's), ``--guidance_config`` that file."""
+        toy_file = self.description.method_settings(method)
+        return ["--guidance", method, "--ae_tokens", "x", *(["--guidance_config", str(toy_file)] if toy_file else [])]
+
     def method_fields(self, method: str) -> dict[str, str]:
-        """A method's settings for this model's family (its preset, else its defaults), in ``--g_<field>`` syntax."""
+        """A method's settings for this model (a toy's own settings file, else the family's preset, else the
+        method's defaults), in ``--g_<field>`` syntax."""
         guidance = get_method(method)
-        config = guidance_from_args(_flag_parser().parse_args(["--guidance", method, "--ae_tokens", "x"]),
+        config = guidance_from_args(_flag_parser().parse_args(self._method_base(method)),
                                     model_family(self.config_path)).config  # fmt: skip
         return {name: field_text(getattr(config, name)) for name in guidance.field_names()}
 
@@ -234,7 +172,7 @@ class Explorer:
         changed = [a for name, value in fields.items() if str(value).strip() != base.get(name)
                    for a in (f"--g_{name}", str(value).strip())]  # fmt: skip
         try:
-            args = _flag_parser().parse_args(["--guidance", method, "--ae_tokens", "x", *changed])
+            args = _flag_parser().parse_args([*self._method_base(method), *changed])
         except argparse.ArgumentError as err:
             raise ValueError(str(err)) from err
         return guidance_from_args(args, model_family(self.config_path)).config, changed
@@ -284,6 +222,7 @@ class Explorer:
             raise ValueError("--ae_tokens: select at least one word (click its chip) or type words/positions")
         if settings.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {settings.sampler!r}; use one of {list(SAMPLERS)}")
+        sampler_from_flags(argparse.Namespace(sampler=settings.sampler, ddim_eta=settings.eta))  # eta: DDIM only
         if settings.steps < 1:
             raise ValueError(f"--ddim_steps {settings.steps}: need at least one step")
         check_scale(settings.scale)  # NaN / infinity: refused; 0: a warning that the prompt is ignored
@@ -302,7 +241,8 @@ class Explorer:
                 if progress is not None:
                     progress((k * n_run + step + 1) / (2 * n_run), f"{name}: step {step + 1}/{n_run}")
 
-            traces.append(self._one_run(prompt, spec, settings, run_method, cfg, latent_shape, groups[0], report_step))
+            trace = self.sample_trace(prompt, spec, settings, run_method, cfg, latent_shape, groups[0], report_step)
+            traces.append(trace)
         table = dict(report[prompt]["tokens"])
         items = [s.strip() for s in spec.split(",") if s.strip()]
         labels = [item if not item.lstrip("-").isdigit() else f"{table[g[0]].removesuffix('</w>')} ({item})"
@@ -310,7 +250,7 @@ class Explorer:
         command = self.command(prompt, spec, settings, preset, ae_flags, guidance.name)
         return RunResult(prompt, spec, labels, traces[0], traces[1], used, command, report, guidance.name)
 
-    def _one_run(
+    def sample_trace(
         self,
         prompt: str,
         spec: str,
@@ -321,6 +261,8 @@ class Explorer:
         groups: tuple,
         on_step: Callable[[int], None],
     ) -> RunTrace:
+        """One run from ``settings.seed`` with ``method`` (settings ``config``, schedule already scaled; "ae" with a
+        watch-only config: without guidance) on ``groups``: its image, each step's maps and losses, its cost."""
         device = next(self.model.parameters()).device
         steps: list[StepMaps] = []
 
@@ -330,14 +272,19 @@ class Explorer:
 
         sampler = inference.make_sampler(self.model, settings.sampler)
         generator = torch.Generator(device=device).manual_seed(settings.seed)
-        with inference.sampling_scope(self.model):
+        count, t0 = [0], time.perf_counter()
+        hook = self.model.model.diffusion_model.register_forward_pre_hook(
+            lambda module, args: count.__setitem__(0, count[0] + int(args[0].shape[0]))
+        )
+        with inference.sampling_scope(self.model), contextlib.ExitStack() as stack:
+            stack.callback(hook.remove)
             out = inference.sample_prompts(
                 self.model, sampler, [prompt], latent_shape, settings.steps, settings.scale, eta=settings.eta,
                 generator=generator, ae_tokens=spec, guidance=method, guidance_config=config, on_maps=keep,
             )  # fmt: skip
             t = torch.ones(1, dtype=torch.long, device=device)
-            final = capture_token_maps(self.model, out.latents.float(), t, out.cond.float(), [groups],
-                                       display_config(config))[0]  # fmt: skip
+            cond = out.cond.float() if isinstance(out.cond, torch.Tensor) else out.cond  # SDXL: a dict
+            final = capture_token_maps(self.model, out.latents.float(), t, cond, [groups], display_config(config))[0]
         records = out.guidance.records if out.guidance is not None else []
         per_step = {r["step"]: sum(g.get("refinement", {}).get("iterations", 0) for g in r["groups"])
                     for r in records}  # fmt: skip
@@ -350,6 +297,8 @@ class Explorer:
             guided=[s.guided for s in steps],
             refinement=[per_step.get(s.step, 0) for s in steps],
             method_loss=[losses.get(s.step) for s in steps],
+            seconds=time.perf_counter() - t0,
+            unet_evaluations=count[0],
         )
 
     def command(
@@ -363,7 +312,7 @@ class Explorer:
                  "--seed", str(settings.seed), "--H", str(settings.H), "--W", str(settings.W),
                  "--n_samples", "1", "--n_iter", "1"]  # fmt: skip
         if settings.sampler != "ddim":
-            args.append(f"--{settings.sampler}")
+            args += ["--sampler", settings.sampler]
         if settings.eta:
             args += ["--ddim_eta", str(settings.eta)]
         if self.script.endswith("stable_txt2img.py"):
@@ -371,7 +320,9 @@ class Explorer:
         if method == "ae":
             args += ["--ae_tokens", spec, "--ae_config", repo_relative(self.presets[preset]), *ae_flags]
         else:
-            args += ["--guidance", method, "--ae_tokens", spec, *ae_flags]
+            toy_file = self.description.method_settings(method)
+            args += ["--guidance", method, *(["--guidance_config", repo_relative(toy_file)] if toy_file else []),
+                     "--ae_tokens", spec, *ae_flags]  # fmt: skip
         return "python " + shlex.join([*args, "--save_attention"])
 
 

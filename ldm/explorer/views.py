@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from PIL import Image
 
-from ldm.explorer.plot import run_plot
+from ldm.explorer.comparison import Comparison
+from ldm.explorer.plot import methods_plot, run_plot
 from ldm.explorer.session import RunResult, RunTrace
+from ldm.guidance import get_method
 from ldm.guidance.visualize import overlay
 
-__all__ = ["enlarged", "maps_at", "step_caption", "plot_of", "summary"]
+__all__ = ["enlarged", "maps_at", "step_caption", "plot_of", "summary", "side_by_side_images", "side_by_side_maps",
+           "side_by_side_plot", "side_by_side_summary"]  # fmt: skip
 
 
 def enlarged(image: Image.Image, size: int) -> Image.Image:
@@ -52,21 +55,72 @@ def plot_of(result: RunResult) -> Image.Image:
     )  # fmt: skip
 
 
+def _schedule(config: object, steps: int) -> str:
+    """The method's schedule in words, from the fields it has (A&E's and its successors')."""
+    parts = []
+    if hasattr(config, "max_iter_to_alter"):
+        parts.append(f"updates at steps < {config.max_iter_to_alter}")
+    for name in ("thresholds", "iterative_refinement_steps"):
+        value = getattr(config, name, None)
+        if value:
+            parts.append(f"{name.replace('_', ' ')} {dict(value) if isinstance(value, dict) else list(value)}")
+    if hasattr(config, "max_refinement_steps"):
+        parts.append(f"up to {config.max_refinement_steps} refinement iterations")
+    return f"**Schedule over {steps} steps:** " + (", ".join(parts) or "none")
+
+
 def summary(result: RunResult) -> str:
-    """Markdown: the refinement iterations spent, the final scores, the equivalent command."""
+    """Markdown: the refinement iterations spent, the final scores, the schedule, the equivalent command."""
     per_step = ", ".join(f"step {i + 1}: {r}" for i, r in enumerate(result.excited.refinement) if r) or "none"
     final_plain = result.plain.max_attention[-1]
     final_ae = result.excited.max_attention[-1]
     scores = "; ".join(f"**{w}** {a:.2f} → {b:.2f}" for w, a, b in zip(result.labels, final_plain, final_ae))
-    cfg = result.config
+    short = "A&E" if result.method == "ae" else get_method(result.method).title
     return "\n".join([
         f"**Refinement iterations:** {result.refinement_total} ({per_step})  ",
-        f"**Max attention at the last step, without → with A&E:** {scores}  ",
-        f"**Schedule over {result.steps} steps:** updates at steps < {cfg.max_iter_to_alter}, thresholds "
-        f"{dict(cfg.thresholds)}, up to {cfg.max_refinement_steps} refinement iterations",
+        f"**Max attention at the last step, without → with {short}:** {scores}  ",
+        _schedule(result.config, result.steps),
         "",
         "The same run from the command line:",
         "```",
         result.command,
         "```",
     ])  # fmt: skip
+
+
+def _runs(comparison: Comparison) -> list[tuple[str, RunTrace]]:
+    return [("without guidance", comparison.plain), *((r.title, r.trace) for r in comparison.runs)]
+
+
+def side_by_side_images(comparison: Comparison, size: int) -> list[tuple[Image.Image, str]]:
+    """Every run's image (the same seed), captioned with the method and its final attention loss."""
+    return [(enlarged(trace.image, size), f"{title}: loss {trace.loss[-1]:.2f}") for title, trace in _runs(comparison)]
+
+
+def side_by_side_maps(comparison: Comparison, size: int) -> list[tuple[Image.Image, str]]:
+    """Every run's final maps, word after word (``--save_attention``'s), captioned "method: word (max m)"."""
+    return [(image, f"{title}: {caption}") for title, trace in _runs(comparison)
+            for image, caption in maps_at(trace, comparison.labels, len(trace.maps), size)]  # fmt: skip
+
+
+def side_by_side_plot(comparison: Comparison) -> Image.Image:
+    """Each run's attention loss and each method's own loss per step (:func:`ldm.explorer.plot.methods_plot`)."""
+    runs = _runs(comparison)
+    own = [[None] * len(comparison.plain.maps), *(r.trace.method_loss for r in comparison.runs)]
+    return methods_plot([t for t, _ in runs], [trace.loss for _, trace in runs], own)
+
+
+def side_by_side_summary(comparison: Comparison) -> str:
+    """Markdown: per run, the final max attention per word, the method's last loss, refinement iterations, seconds
+    and UNet evaluations; then each method's command."""
+    words = " | ".join(f"max attention: {w}" for w in comparison.labels)
+    lines = [f"| run | {words} | own loss (last guided step) | refinement iterations | seconds | UNet evaluations |",
+             "|---|" + "---|" * (len(comparison.labels) + 4)]  # fmt: skip
+    for title, trace in _runs(comparison):
+        own = [v for v in trace.method_loss if v is not None]
+        scores = " | ".join(f"{v:.2f}" for v in trace.max_attention[-1])
+        lines.append(f"| {title} | {scores} | {f'{own[-1]:.3g}' if own else '-'} | {sum(trace.refinement)} | "
+                     f"{trace.seconds:.1f} | {trace.unet_evaluations} |")  # fmt: skip
+    lines += ["", "The run without guidance takes one extra pass per step for its maps. The same runs from the "
+              "command line:", "```", *(r.command for r in comparison.runs), "```"]  # fmt: skip
+    return "\n".join(lines)

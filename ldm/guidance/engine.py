@@ -85,13 +85,19 @@ class GroupLoss:
     refine_value: float | None = None
 
 
+def timestep_value(t: torch.Tensor) -> int | float:
+    """The step's timestep for records: an int, or a float for fractional timesteps (Euler's "linspace" spacing)."""
+    value = float(t[0])
+    return int(value) if value.is_integer() else value
+
+
 @dataclass
 class StepMaps:
     """What ``on_maps`` gets at one step."""
 
     step: int  # 0-based step of the run
     num_steps: int
-    t: int  # the timestep of the step
+    t: int | float  # the timestep of the step (a float where the sampler's timesteps are fractional)
     maps: dict[int, torch.Tensor]  # sample -> the method's maps [K, r, r] (CPU) at the latent entering the step
     guided: bool  # True: from the step's guidance pass; False: from a capture-only pass (a step without guidance)
 
@@ -251,7 +257,7 @@ class AttentionLossGuidance:
                 if pending is groups and self.on_maps is not None:  # the first pass: the latent entering the step
                     kept = {s: self.view_maps(maps.rows([rows[s]]), g).detach().cpu() for g in groups
                             for s in g.samples}  # fmt: skip
-                    self.on_maps(StepMaps(step, num_steps, int(t[0]), kept, guided=True))
+                    self.on_maps(StepMaps(step, num_steps, timestep_value(t), kept, guided=True))
                 to_update = []
                 for g, result in zip(pending, results):
                     value = float(result.loss.detach())
@@ -279,7 +285,7 @@ class AttentionLossGuidance:
                         g.phase = "done"
                 pending = [g for g in pending if g.phase in ("refine", "final")]
         records = [g.record | {"samples": g.samples} for g in groups]
-        self.records.append({"step": step, "t": int(t[0]), "groups": records})
+        self.records.append({"step": step, "t": timestep_value(t), "groups": records})
         return z
 
     @torch.no_grad()
@@ -295,7 +301,7 @@ class AttentionLossGuidance:
         maps = CapturedMaps.collect(store, self.capture_spec, len(samples))
         kept = {s: self.view_maps(maps.rows([r]), g).cpu() for r, (g, s) in
                 enumerate((g, s) for g in groups for s in g.samples)}  # fmt: skip
-        self.on_maps(StepMaps(step, num_steps, int(t[0]), kept, guided=False))
+        self.on_maps(StepMaps(step, num_steps, timestep_value(t), kept, guided=False))
 
     def _advance(
         self,

@@ -33,8 +33,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
-    "FAMILIES", "TextTower", "SamplingDefaults", "ModelDescription", "describe", "describe_config",
-    "describe_model", "family_title", "families_for_vectors", "encoder_family",
+    "FAMILIES", "CONFIGS_WITH_TOKENS", "TextTower", "SamplingDefaults", "ModelDescription", "describe",
+    "describe_config", "describe_model", "family_title", "families_for_vectors", "encoder_family",
+    "toy_method_settings",
 ]  # fmt: skip
 
 # family -> what users call it
@@ -52,10 +53,18 @@ RELEASED_WIDTHS: dict[str, dict[str, int]] = {
     "sd2": {"": 1024},
     "sdxl": {"clip_l": 768, "clip_g": 1280},
 }
+# family -> a shipped config of it with an embedding manager (what --embedding_path needs)
+CONFIGS_WITH_TOKENS: dict[str, str] = {
+    "ldm": "configs/latent-diffusion/txt2img-1p4B-eval_with_tokens.yaml",
+    "sd1": "configs/stable-diffusion/v1-inference.yaml",
+    "sd2": "configs/stable-diffusion/v2-inference_with_tokens.yaml",
+    "sdxl": "configs/sdxl/sd_xl_base-inference_with_tokens.yaml",
+}
 # encoder class name -> tower kind
 TOWER_KINDS = {"BERTEmbedder": "bert", "FrozenCLIPEmbedder": "clip", "FrozenOpenCLIPEmbedder": "openclip"}
 CONDITIONERS = ("SDXLConditioner",)
 TOYS = {1: "toyworld1", 2: "toyworld2"}
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CHANNEL_MULT = (1, 2, 4, 8)  # UNetModel's and the first stage's defaults, for configs that leave them out
 DEFAULT_FIRST_STAGE_FACTOR = 8
 
@@ -137,6 +146,16 @@ class ModelDescription:
         h, w = H // self.first_stage_factor, W // self.first_stage_factor
         return sorted({(h // ds, w // ds) for ds in self.attention_ds}, reverse=True)
 
+    def method_settings(self, method: str) -> Path | None:
+        """The toy's own settings file of a guidance method (:func:`toy_method_settings`); None for other models."""
+        return toy_method_settings(self.toy, method)
+
+    @property
+    def sigma_spacing(self) -> str:
+        """The timestep spacing of the sigma samplers (Euler, DPM++ 2M, UniPC; ``ldm.models.diffusion.sigma_schedule``)
+        for this model: SDXL's reference discretization ("sgm") for SDXL, diffusers' default ("linspace") else."""
+        return "sgm" if self.family == "sdxl" else "linspace"
+
     @property
     def defaults(self) -> SamplingDefaults:
         """Steps, guidance scale, image side and A&E preset to start a sampling UI with."""
@@ -148,6 +167,17 @@ class ModelDescription:
             return SamplingDefaults(50, 5.0, self.native_image_size, "guidance/attend_and_excite_sdxl.yaml")
         preset = "guidance/attend_and_excite_sd2.yaml" if self.family == "sd2" else "guidance/attend_and_excite.yaml"
         return SamplingDefaults(50, 7.5, self.native_image_size, preset)
+
+
+def toy_method_settings(toy: str | None, method: str) -> Path | None:
+    """A bundled toy's own settings file of a guidance method (chosen on the toy's tuning seeds): for ToyWorld 2
+    ``configs/toyworld2/<file>.yaml``, else the first toy's ``configs/toyworld/<file>.yaml`` (``<file>``: the registry
+    name, ``attend_and_excite`` for A&E). None for a model that is no toy, or when the toy has none."""
+    if toy not in TOYS.values():
+        return None
+    file = "attend_and_excite" if method == "ae" else method
+    folders = ["toyworld2", "toyworld"] if toy == "toyworld2" else ["toyworld"]
+    return next((p for p in (CONFIGS / d / f"{file}.yaml" for d in folders) if p.is_file()), None)
 
 
 def family_title(family: str) -> str:

@@ -114,6 +114,29 @@ def ae_methods(
     return methods
 
 
+def sample_pairs(
+    model: torch.nn.Module,
+    prompts: Sequence[str],
+    specs: Sequence[str],
+    seeds: Sequence[int],
+    settings: SampleSettings,
+    ae_config: AttendExciteConfig | None,
+    guidance: str = "ae",
+) -> torch.Tensor:
+    """Images ``[N, 3, H, W]`` of all prompts (grouped by token spec so a batch shares one spec), in prompt order,
+    with the guidance method ``guidance`` and its settings ``ae_config`` (None: plain sampling)."""
+    order = sorted(range(len(prompts)), key=lambda i: specs[i] if ae_config is not None else "")
+    images = torch.zeros(len(prompts), 3, settings.size, settings.size)  # [N, 3, H, W]
+    groups = itertools.groupby(order, key=lambda i: specs[i] if ae_config is not None else "")
+    for spec, idx in groups:
+        idx = list(idx)
+        images[idx] = sample_images(
+            model, [prompts[i] for i in idx], [seeds[i] for i in idx], settings,
+            ae_tokens=spec or None, ae_config=ae_config, guidance=guidance,
+        )  # fmt: skip
+    return images
+
+
 def run_pairs(
     model: torch.nn.Module,
     prompts: Sequence[str],
@@ -125,18 +148,10 @@ def run_pairs(
     name: str,
     guidance: str = "ae",
 ) -> tuple[list[Verdict], float]:
-    """Sample all prompts (grouped by A&E spec so a batch shares one spec); verdicts in prompt order, and the
-    seconds it took. The first 32 images are written as ``outdir/{name}.png``."""
+    """Sample all prompts (:func:`sample_pairs`); verdicts in prompt order, and the seconds it took. The first 32
+    images are written as ``outdir/{name}.png``."""
     t0 = time.time()
-    order = sorted(range(len(prompts)), key=lambda i: specs[i] if ae_config is not None else "")
-    images = torch.zeros(len(prompts), 3, settings.size, settings.size)  # [N, 3, H, W]
-    groups = itertools.groupby(order, key=lambda i: specs[i] if ae_config is not None else "")
-    for spec, idx in groups:
-        idx = list(idx)
-        images[idx] = sample_images(
-            model, [prompts[i] for i in idx], [seeds[i] for i in idx], settings,
-            ae_tokens=spec or None, ae_config=ae_config, guidance=guidance,
-        )  # fmt: skip
+    images = sample_pairs(model, prompts, specs, seeds, settings, ae_config, guidance)
     verdicts = judge(images, prompts)
     save_grid(images[:32], outdir / f"{name}.png", nrow=8)
     elapsed = time.time() - t0
@@ -144,17 +159,23 @@ def run_pairs(
     return verdicts, elapsed
 
 
-def invert(steps: int, logdir: Path, seed: int, ckpt: str, finetune: str | Path) -> Path:
-    """Learn "*" with main.py (config ``finetune``) on the held-out images; returns the embeddings file."""
+def invert(
+    steps: int, logdir: Path, seed: int, ckpt: str, finetune: str | Path, data_root: Path = HELDOUT_DIR,
+    init_word: str = "object", placeholder: str = "*", name: str = "eval_star",
+) -> Path:  # fmt: skip
+    """Learn ``placeholder`` ("*" for the held-out images by default; `ldm.toyworld.concepts` for "@") with main.py
+    (config ``finetune``) on the images in ``data_root``; returns the embeddings file."""
     cmd = [
-        sys.executable, "main.py", "-t", "--base", str(finetune), "-n", "eval_star",
+        sys.executable, "main.py", "-t", "--base", str(finetune), "-n", name,
         "--logdir", str(logdir), "--accelerator", "cpu", "--seed", str(seed), "--actual_resume", ckpt,
-        "--data_root", str(HELDOUT_DIR), "--init_word", "object", "--max_steps", str(steps),
+        "--data_root", str(data_root), "--init_word", init_word, "--max_steps", str(steps),
         "lightning.trainer.enable_progress_bar=false",
     ]  # fmt: skip
+    if placeholder != "*":
+        cmd[-1:-1] = ["--placeholder_string", placeholder]
     logger.info("Inversion: %s", " ".join(cmd))
     subprocess.run(cmd, cwd=ROOT, check=True)
-    found = sorted(logdir.glob("*_eval_star/checkpoints/embeddings.pt"))
+    found = sorted(logdir.glob(f"*_{name}/checkpoints/embeddings.pt"))
     if not found:
         raise FileNotFoundError(f"the inversion wrote no embeddings.pt under {logdir}")
     return found[-1]

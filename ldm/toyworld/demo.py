@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ldm.toyworld.sampling import judge
+from ldm.toyworld.sampling import PLACEHOLDERS, judge
 
 
 def load_images(folder: Path) -> torch.Tensor:
@@ -38,7 +38,8 @@ def summarise_run(run: Path) -> tuple[str, str, int, int, list[str], int]:
     ae_tokens = settings.get("options", {}).get("ae_tokens", "")
     mode = f"A&E {ae_setting(settings)} on '{ae_tokens}'" if ae_tokens else "plain"
     if extra.get("embedding_path"):
-        mode += " + learned *"
+        words = [w for w in PLACEHOLDERS if w in prompt]
+        mode += f" + learned {' '.join(words) or 'words'}"
     images = load_images(run / "samples")
     if len(images) == 0:
         return prompt, mode, 0, 0, [], 0

@@ -292,10 +292,13 @@ def scene_matches(
     )
 
 
-def parse_caption(caption: str, placeholders: dict[str, str] | None = None) -> list[tuple[str | None, str]]:
+def parse_caption(
+    caption: str, placeholders: dict[str, str | tuple[str, str]] | None = None
+) -> list[tuple[str | None, str]]:
     """The (colour or None, shape) pairs a caption names, in order, e.g. "a red circle and a square" ->
     [("red", "circle"), (None, "square")]. The generic word yields shape "object"; ``placeholders`` maps tokens such
-    as "*" to shapes (e.g. {"*": "star"})."""
+    as "*" to a shape (e.g. {"*": "star"}) or to a (colour, shape) pair (e.g. {"@": ("yellow", "diamond")}: a
+    learned word whose concept has its own colour; a colour word before it is then ignored)."""
     placeholders = placeholders or {}
     shape_words = set(PROTOTYPES) | {GENERIC_WORD} | set(placeholders)
     tokens = re.findall(r"[a-z]+|[^\sa-z]", caption.lower())
@@ -303,7 +306,8 @@ def parse_caption(caption: str, placeholders: dict[str, str] | None = None) -> l
     for i, tok in enumerate(tokens):
         if tok in shape_words:
             colour = tokens[i - 1] if i > 0 and tokens[i - 1] in COLOURS else None
-            out.append((colour, placeholders.get(tok, tok)))
+            meaning = placeholders.get(tok, tok)
+            out.append(meaning if isinstance(meaning, tuple) else (colour, meaning))
     return out
 
 

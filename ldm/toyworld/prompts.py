@@ -3,7 +3,7 @@
 - `single_subject_prompts`: "a photo of a {colour} {shape}", every colour x shape in turn (benchmark (o));
 - `subject_prompts`: "a {colour} {shape} and a {colour} {shape}" (or three subjects), distinct shapes and colours
   (benchmarks (i) and (i'), and the caption-noise sweep of ToyWorld 2, scripts/toyworld2_neglect.py);
-- `placeholder_prompts`: "a * and a {colour} {shape}" (benchmark (iii));
+- `placeholder_prompts`: "a * and a {colour} {shape}" (benchmark (iii)), "a @ and a {colour} {shape}";
 - `colour_and_shape_specs`: Attend-and-Excite token specs exciting the colour words too.
 """
 
@@ -37,13 +37,16 @@ def subject_prompts(n: int, k: int, seed: int) -> tuple[list[str], list[str]]:
 
 
 def colour_and_shape_specs(prompts: list[str]) -> list[str]:
-    """A&E specs that excite every colour word and every shape word (or "*") a prompt names, in order."""
-    return [",".join(w for c, s in parse_caption(p, {"*": "*"}) for w in ((c, s) if c else (s,))) for p in prompts]
+    """A&E specs that excite every colour word and every shape word (or "*", "@") a prompt names, in order."""
+    return [",".join(w for c, s in parse_caption(p, {"*": "*", "@": "@"}) for w in ((c, s) if c else (s,)))
+            for p in prompts]  # fmt: skip
 
 
-def placeholder_prompts(n: int, seed: int) -> tuple[list[str], list[str]]:
-    """``n`` prompts "a * and a {colour} {shape}" (pairs drawn with replacement) and their A&E specs "*,{shape}"."""
+def placeholder_prompts(n: int, seed: int, word: str = "*", meaning: object = None) -> tuple[list[str], list[str]]:
+    """``n`` prompts "a {word} and a {colour} {shape}" (pairs drawn with replacement) and their A&E specs
+    "{word},{shape}". ``meaning``: the word's own (colour, shape), never drawn as the other subject (for "@", the
+    yellow diamond); None (as for "*", the star, which no caption names) draws from every pair."""
     rng = np.random.default_rng(seed)
-    combos = list(itertools.product(DEFAULT_COLOURS, NAMED_SHAPES))
+    combos = [c for c in itertools.product(DEFAULT_COLOURS, NAMED_SHAPES) if c != meaning]
     picks = [combos[int(i)] for i in rng.integers(len(combos), size=n)]
-    return [f"a * and a {c} {s}" for c, s in picks], [f"*,{s}" for _, s in picks]
+    return [f"a {word} and a {c} {s}" for c, s in picks], [f"{word},{s}" for _, s in picks]

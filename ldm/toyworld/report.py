@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ldm.models.diffusion.samplers import SAMPLERS
 from ldm.outputs import save_image, save_text
 from ldm.toyworld.benchmarks import TOYS, Method
 from ldm.toyworld.sampling import ROOT
@@ -21,11 +22,12 @@ class RunDescription:
     command: str  # the command line that made it
     ckpt: str  # model weights
     config: str  # inference config
-    steps: int  # DDIM steps
+    steps: int  # sampling steps
     scale: float  # classifier-free guidance scale
     finetune_config: str  # inversion config
     embedding: Path  # the learned "*"
     plot: str  # the plot file (linked by its name, next to the results file)
+    sampler: str = "ddim"  # a name of ldm.models.diffusion.samplers.SAMPLERS
 
 
 def rel_path(path: str | Path) -> str:
@@ -82,7 +84,8 @@ def results_section(
         run.command.strip(),
         "```",
         "",
-        f"Model: `{rel_path(run.ckpt)}` with `{rel_path(run.config)}`; DDIM {run.steps} steps, eta 0, guidance scale"
+        f"Model: `{rel_path(run.ckpt)}` with `{rel_path(run.config)}`; {SAMPLERS[run.sampler].title} {run.steps} steps,"
+        f" eta 0, guidance scale"
         f" {run.scale}; one fixed seed per prompt (the same starting noise with and without A&E). A&E excites the"
         f" shape words (and `*`): {described}. Inversion: `main.py` with `{rel_path(run.finetune_config)}`,"
         f' embeddings `{rel_path(run.embedding)}`. Verdicts: `ldm/toyworld/detect.py` ("*" counts as the held-out'

@@ -3,7 +3,8 @@
 Shared by the model test (tests/test_toyworld_model.py), the demo (`ldm.toyworld.demo`) and the benchmarks
 (`ldm.toyworld.benchmarks`). Every sample has its own seed: its starting noise ``x_T`` is drawn from
 ``torch.Generator().manual_seed(seed)``, so a sample does not depend on the batch it is in, and runs with and
-without Attend-and-Excite start from the same noise (paired comparisons). DDIM with eta = 0 is deterministic.
+without Attend-and-Excite start from the same noise (paired comparisons). DDIM with eta = 0 is deterministic; an
+ancestral sampler draws its step noise from the same per-sample generator, after x_T.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ INFERENCE_CONFIG = ROOT / "configs" / "toyworld" / "txt2img-inference.yaml"
 WEIGHTS = ROOT / "models" / "toyworld" / "txt2img.safetensors"
 HELDOUT_DIR = ROOT / "data" / "toyworld" / "heldout"
 AE_CONFIG = ROOT / "configs" / "toyworld" / "attend_and_excite.yaml"  # A&E tuned for the toy model
-PLACEHOLDERS = {"*": "star"}  # what the inverted placeholder should draw, for the detector's verdicts
+# What each learned placeholder should draw, for the detector's verdicts: "*" the held-out star (any colour, learned
+# from data/toyworld/heldout), "@" the yellow diamond (learned from data/toyworld/yellow_diamond; ldm.toyworld.concepts)
+PLACEHOLDERS: dict[str, str | tuple[str, str]] = {"*": "star", "@": ("yellow", "diamond")}
 MAX_OBJECTS = 8  # more detections than this: the sample is judged a failure (scene_matches refuses such lists)
 
 
@@ -44,8 +47,10 @@ def load_toyworld_model(
 
 @dataclass
 class SampleSettings:
-    """Sampler knobs of the ToyWorld runs (DDIM, eta 0, classifier-free guidance)."""
+    """Sampler knobs of the ToyWorld runs (a sampler of the registry, DDIM by default; eta 0; classifier-free
+    guidance)."""
 
+    sampler: str = "ddim"
     steps: int = 25
     scale: float = 3.0
     batch_size: int = 16
@@ -71,15 +76,16 @@ def sample_images(
 
     ``ae_tokens``: the guidance method's token spec (``"circle,square"``), one for all prompts or one per prompt;
     None or "" samples without guidance. ``guidance``: the registered method (default Attend-and-Excite);
-    ``ae_config``: its settings (default for A&E: the ToyWorld preset `AE_CONFIG`), the schedule rescaled to
-    ``settings.steps``.
+    ``ae_config``: its settings (default for A&E: the ToyWorld preset `AE_CONFIG`), the schedule rescaled to the
+    steps the sampler runs. Sample i draws x_T (as ``start_noise``) and then any step noise from
+    ``Generator().manual_seed(seeds[i])``.
     """
     from tqdm import tqdm
 
     from ldm.ae_flags import load_ae_config
     from ldm.guidance import get_method
     from ldm.inference import sample_prompts
-    from ldm.models.diffusion.ddim import DDIMSampler
+    from ldm.models.diffusion.samplers import make_sampler, steps_run
 
     settings = settings or SampleSettings()
     if len(prompts) != len(seeds):
@@ -91,13 +97,13 @@ def sample_images(
     f = 2 ** (len(model.first_stage_model.encoder.down) - 1)
     shape = (model.channels, settings.size // f, settings.size // f)  # [C, h, w]
     device = next(model.parameters()).device
-    sampler = DDIMSampler(model)
+    sampler = make_sampler(model, settings.sampler)
     ae_used = None
     method = get_method(guidance)
     if any(ae_tokens):
         if ae_config is None:
             ae_config = load_ae_config(AE_CONFIG) if method.name == "ae" else method.config_class()
-        ae_used = method.for_steps(ae_config, settings.steps)
+        ae_used = method.for_steps(ae_config, steps_run(settings.sampler, settings.steps, model.num_timesteps))
     out = []
     starts = range(0, len(prompts), settings.batch_size)
     for lo in tqdm(starts, desc="sampling", disable=not progress):
@@ -137,7 +143,7 @@ class Verdict:
 def judge(
     images: torch.Tensor,
     prompts: Sequence[str],
-    placeholders: dict[str, str] | None = None,
+    placeholders: dict[str, str | tuple[str, str]] | None = None,
     detector: DetectorConfig | None = None,
 ) -> list[Verdict]:
     """The detector's verdict for each image against the objects its prompt names."""

@@ -292,12 +292,12 @@ def load_tokenizer(vocab_path: str | Path | None = None, max_length: int = 77):
     Note: in transformers 5 the vocabulary file is passed as ``vocab=``; the old ``vocab_file=`` keyword is silently
     ignored there and yields a 5-token vocabulary that maps every word to [UNK].
     """
-    from transformers import BertTokenizerFast
+    from ldm.modules.encoders.modules import bert_tokenizer
 
     path = Path(vocab_path) if vocab_path is not None else VOCAB_PATH
     if not path.is_file():
         raise FileNotFoundError(f"ToyWorld vocabulary not found at {path}; pass vocab_path= pointing at a vocab.txt")
-    tok = BertTokenizerFast(vocab=str(path), do_lower_case=True, model_max_length=max_length)
+    tok = bert_tokenizer(path, max_length)
     if len(tok) <= 5:
         raise RuntimeError(f"tokenizer built from {path} has only {len(tok)} tokens; is the file a WordPiece vocab?")
     return tok
@@ -317,17 +317,23 @@ def image_to_array(img: Image.Image) -> np.ndarray:
     return (np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1.0).astype(np.float32)
 
 
-def heldout_specs(n: int, shape: str = DEFAULT_HELDOUT, size: int = 64, seed: int = 0) -> list[SceneSpec]:
-    """``n`` single-object scenes of the held-out ``shape`` (the textual-inversion examples, data/toyworld/heldout):
-    centred with a little jitter, large, a different colour per image; a pure function of the arguments."""
+def heldout_specs(
+    n: int, shape: str = DEFAULT_HELDOUT, size: int = 64, seed: int = 0, colour: str | None = None
+) -> list[SceneSpec]:
+    """``n`` single-object scenes of ``shape`` (the textual-inversion examples: data/toyworld/heldout, the held-out
+    star; data/toyworld/yellow_diamond, ``colour`` "yellow"): centred with a little jitter, large, a different colour
+    per image unless ``colour`` fixes one; a pure function of the arguments."""
+    check_names([shape], ALL_SHAPES, "shape")
+    if colour is not None:
+        check_names([colour], tuple(COLOURS), "colour")
     rng = np.random.default_rng([seed, 7])
     specs = []
     for i in range(n):
         k = size / 64.0
         s = float(rng.uniform(11.0, 14.0)) * k
         cx, cy = (float(v) for v in size / 2 + rng.uniform(-6, 6, 2) * k)
-        colour = DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
+        colour_i = colour or DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
         grey = int(rng.integers(232, 251))
         bg = tuple(int(v) for v in np.clip(grey + rng.integers(-5, 6, 3), 0, 255))
-        specs.append(SceneSpec(objects=(ToyObject(shape, colour, (cx, cy), s),), background=bg, canvas=size))
+        specs.append(SceneSpec(objects=(ToyObject(shape, colour_i, (cx, cy), s),), background=bg, canvas=size))
     return specs

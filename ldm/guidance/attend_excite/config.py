@@ -1,17 +1,19 @@
 """The settings of Attend-and-Excite and the schedule arithmetic on them (``method.py`` has the method).
 
 :class:`AttendExciteConfig` holds every knob with the official defaults and validates them; :func:`scale_schedule`
-rescales a schedule written for one step count to another and :func:`step_size` is the update size alpha_i (eq. 4).
+turns a schedule written for one step count into the steps of a run (through its fractions of the run,
+:func:`schedule_fractions`) and :func:`step_size` is the update size alpha_i (eq. 4).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from fractions import Fraction
 
 import numpy as np
 
+from ldm.guidance.schedule import linspace_step_size, rescale_step, rescale_thresholds, step_at  # noqa: F401
 from ldm.guidance.tokens import TokenGroup
 
 LOSS_REDUCTIONS = ("per_sample", "shared")
@@ -38,8 +40,9 @@ class AttendExciteConfig:
         max_refinement_steps: at most this many refinement iterations per threshold step.
         loss_reduction: ``"per_sample"`` (diffusers) or ``"shared"``: one loss on the maps averaged over the batch,
             as the earlier LDM fork did.
-        schedule_steps: the step count ``thresholds`` and ``max_iter_to_alter`` were written for; the scripts rescale
-            them to the steps actually run with :func:`scale_schedule`. ``None``: already absolute.
+        schedule_steps: the step count B ``thresholds`` and ``max_iter_to_alter`` were written for: step i is the
+            fraction i / B of the run, whatever the sampler and its step count (:func:`scale_schedule` gives the
+            steps of a run). ``None``: already absolute.
         checkpoint_guidance: recompute the UNet blocks of the guidance pass in its backward (gradient checkpointing,
             whatever the config's ``use_checkpoint``): less activation memory for one more forward of the blocks per
             backward (README "Benchmarks"). Off: sampling never recomputes.
@@ -87,30 +90,36 @@ def normalize_token_indices(indices: Sequence[int | Sequence[int]]) -> tuple[Tok
     return tuple((int(i),) if isinstance(i, (int, np.integer)) else tuple(int(j) for j in i) for i in indices)
 
 
-def scale_schedule(config: AttendExciteConfig, num_steps: int) -> AttendExciteConfig:
-    """Rescale a schedule written for ``config.schedule_steps`` steps to ``num_steps``: step i -> round(i*S/base).
+def schedule_fractions(config: AttendExciteConfig) -> tuple[Fraction, dict[Fraction, float]]:
+    """The schedule as fractions of the run: (updates at steps before this fraction, {fraction: threshold}).
 
-    Rounding is half-up. Where two thresholds land on one step the higher threshold wins. 10 steps turn the official
-    ``{0: .05, 10: .5, 20: .8}``, ``max_iter_to_alter`` 25 into ``{0: .05, 2: .5, 4: .8}`` and 5. A config whose
-    ``schedule_steps`` is None is returned unchanged.
+    An integer schedule written for ``schedule_steps`` = B means step i = the fraction i / B of the run (the official
+    ``{0: .05, 10: .5, 20: .8}``, ``max_iter_to_alter`` 25 of 50: thresholds at 0, 0.2 and 0.4 of the run, updates in
+    its first half), whatever sampler runs it. A config with ``schedule_steps`` None is already absolute: an error.
     """
     base = config.schedule_steps
     if base is None:
+        raise ValueError("the schedule is absolute (schedule_steps None): it has no fractions")
+    return Fraction(config.max_iter_to_alter, base), {Fraction(i, base): thr for i, thr in config.thresholds.items()}
+
+
+def scale_schedule(config: AttendExciteConfig, num_steps: int) -> AttendExciteConfig:
+    """The schedule (:func:`schedule_fractions`) in absolute steps of a run of ``num_steps`` steps (:func:`step_at`).
+
+    Step i of a B-step schedule -> round(i * N / B), half up (exact rational arithmetic). Where two thresholds land on
+    one step the higher threshold wins. 10 steps turn the official ``{0: .05, 10: .5, 20: .8}``,
+    ``max_iter_to_alter`` 25 into ``{0: .05, 2: .5, 4: .8}`` and 5; 20 steps into ``{0: .05, 4: .5, 8: .8}`` and 10.
+    ``num_steps`` is the number of steps the sampler really runs (``ldm.models.diffusion.samplers.steps_run``). A
+    config whose ``schedule_steps`` is None is returned unchanged.
+    """
+    if config.schedule_steps is None:
         return config
-
-    def rescale(i: int) -> int:
-        return int(math.floor(i * num_steps / base + 0.5))
-
-    thresholds: dict[int, float] = {}
-    for step, thr in config.thresholds.items():
-        new = rescale(step)
-        thresholds[new] = max(thr, thresholds.get(new, -math.inf))
-    return replace(
-        config, thresholds=thresholds, max_iter_to_alter=rescale(config.max_iter_to_alter), schedule_steps=None
-    )
+    base = config.schedule_steps
+    thresholds = rescale_thresholds(config.thresholds, base, num_steps)
+    alter = rescale_step(config.max_iter_to_alter, base, num_steps)
+    return replace(config, thresholds=thresholds, max_iter_to_alter=alter, schedule_steps=None)
 
 
 def step_size(config: AttendExciteConfig, step: int, num_steps: int) -> float:
     """alpha_i = scale_factor * sqrt(linspace(scale_range[0], scale_range[1], num_steps)[i]) (float64 like numpy)."""
-    scale_range = np.linspace(config.scale_range[0], config.scale_range[1], num_steps)
-    return float(config.scale_factor * np.sqrt(scale_range[step]))
+    return linspace_step_size(config.scale_factor, config.scale_range, step, num_steps)

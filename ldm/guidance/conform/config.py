@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
-import numpy as np
+from ldm.guidance.schedule import linspace_step_size, rescale_step
 
 LOSS_REDUCTIONS = ("per_sample", "shared")
 
@@ -94,7 +93,7 @@ def scale_schedule(config: ConformConfig, num_steps: int) -> ConformConfig:
         return config
 
     def rescale(i: int) -> int:
-        return int(math.floor(i * num_steps / base + 0.5))
+        return rescale_step(i, base, num_steps)
 
     anchor = config.previous_attention_map_anchor_step
     return replace(
@@ -108,4 +107,4 @@ def scale_schedule(config: ConformConfig, num_steps: int) -> ConformConfig:
 
 def step_size(config: ConformConfig, step: int, num_steps: int) -> float:
     """alpha_i = scale_factor * sqrt(linspace(scale_range[0], scale_range[1], num_steps)[i]) (float64 like numpy)."""
-    return float(config.scale_factor * np.sqrt(np.linspace(*config.scale_range, num_steps)[step]))
+    return linspace_step_size(config.scale_factor, config.scale_range, step, num_steps)

@@ -7,7 +7,7 @@ from pathlib import Path
 from ldm.guidance.base import GuidanceMethod, GuidanceRequest
 from ldm.guidance.divide_bind.config import DivideBindConfig, scale_schedule
 from ldm.guidance.divide_bind.method import DivideAndBind
-from ldm.guidance.divide_bind.pairs import attributes_of_subjects
+from ldm.guidance.divide_bind.pairs import attributes_of_subjects, parsed_attributes
 from ldm.guidance.engine import SampleTarget
 
 __all__ = ["METHOD", "DivideAndBind", "DivideBindConfig"]
@@ -16,15 +16,19 @@ PRESETS = Path(__file__).resolve().parents[3] / "configs" / "guidance"
 
 
 def build(request: GuidanceRequest) -> DivideAndBind | None:
-    """Divide & Bind on each sample's ``--ae_tokens`` subjects, each bound to its ``--g_pairs`` attribute."""
+    """Divide & Bind on each sample's ``--ae_tokens`` subjects, each bound to its ``--g_pairs`` attribute (or, with
+    ``pairs_from_prompt``, to its modifier in the prompt's parse)."""
     if not any(request.token_groups):
         return None
-    tokenizer = request.model.cond_stage_model.tokenizer if request.config.pairs.strip() else None
-    targets = [
-        SampleTarget(groups, tokens.eot, {"attributes": attributes_of_subjects(request.config.pairs, groups, tokens,
-                                                                                tokenizer)})
-        for tokens, groups in zip(request.tokens, request.token_groups)
-    ]  # fmt: skip
+    config = request.config
+    tokenizer = request.model.cond_stage_model.tokenizer if config.pairs.strip() else None
+    targets = []
+    for tokens, groups in zip(request.tokens, request.token_groups):
+        if not config.pairs.strip() and config.pairs_from_prompt:
+            attributes = parsed_attributes(groups, tokens, config.parser, config.spacy_model)
+        else:
+            attributes = attributes_of_subjects(config.pairs, groups, tokens, tokenizer)
+        targets.append(SampleTarget(groups, tokens.eot, {"attributes": attributes}))
     return DivideAndBind(request.model, request.config, targets, on_maps=request.on_maps)
 
 

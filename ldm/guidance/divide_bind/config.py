@@ -4,12 +4,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from ldm.guidance.attend_excite.config import SOFTMAX_ENDS, normalize_token_indices
 from ldm.guidance.divide_bind.pairs import parse_pair_spec
+from ldm.guidance.schedule import rescale_step, rescale_thresholds
 from ldm.guidance.tokens import TokenGroup
 
 __all__ = ["DivideBindConfig", "scale_schedule"]
@@ -23,7 +23,9 @@ class DivideBindConfig:
         token_indices: subject positions (from ``--ae_tokens``; per-prompt data, not a flag).
         pairs: attribute-subject pairs for the binding term, ``"red:cat,blue:frog"`` (words or 1-based positions,
             modifier first, the same syntax as SynGen's ``--g_pairs``); each noun must be one of the subjects.
-            Empty: no binding term (the official default, ``color_indices=None``).
+            Empty: no binding term (the official default, ``color_indices=None``), unless ``pairs_from_prompt``.
+        pairs_from_prompt: without ``pairs``, bind each subject to its modifier in the prompt's parse (the parser
+            SynGen and CONFORM use, ``ldm/guidance/parse.py``; ``parser``/``spacy_model`` as theirs).
         attention_res: side of the cross-attention maps of the subjects (16: 16x16 maps).
         attribute_res: side of the maps the attributes are read from, resized (nearest) to ``attention_res``.
             None: every cross-attention side above ``attention_res`` (the official code reads the 64x64 and 32x32
@@ -49,6 +51,9 @@ class DivideBindConfig:
 
     token_indices: tuple[int | TokenGroup, ...] = ()
     pairs: str = ""
+    pairs_from_prompt: bool = False
+    parser: str = "auto"
+    spacy_model: str = "en_core_web_trf"
     attention_res: int = 16
     attribute_res: int | None = None
     max_iter_to_alter: int = 25
@@ -99,12 +104,7 @@ def scale_schedule(config: DivideBindConfig, num_steps: int) -> DivideBindConfig
     if base is None:
         return config
 
-    def rescale(i: int) -> int:
-        return int(math.floor(i * num_steps / base + 0.5))
-
-    thresholds: dict[int, float] = {}
-    for step, thr in config.thresholds.items():
-        thresholds[rescale(step)] = max(thr, thresholds.get(rescale(step), -math.inf))
-    weights = {rescale(step): w for step, w in sorted(config.bind_weights.items())}
-    return replace(config, thresholds=thresholds, bind_weights=weights,
-                   max_iter_to_alter=rescale(config.max_iter_to_alter), schedule_steps=None)  # fmt: skip
+    thresholds = rescale_thresholds(config.thresholds, base, num_steps)
+    weights = {rescale_step(step, base, num_steps): w for step, w in sorted(config.bind_weights.items())}
+    alter = rescale_step(config.max_iter_to_alter, base, num_steps)
+    return replace(config, thresholds=thresholds, bind_weights=weights, max_iter_to_alter=alter, schedule_steps=None)

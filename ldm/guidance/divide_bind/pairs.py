@@ -15,7 +15,7 @@ from typing import Any
 from ldm.errors import UserError
 from ldm.guidance.tokens import PromptTokens, TokenGroup, describe_groups, resolve_ae_tokens
 
-__all__ = ["parse_pair_spec", "attributes_of_subjects"]
+__all__ = ["parse_pair_spec", "attributes_of_subjects", "parsed_attributes"]
 
 
 def parse_pair_spec(spec: str) -> list[tuple[str, str]]:
@@ -54,4 +54,20 @@ def attributes_of_subjects(
         if attributes[k] is not None:
             raise UserError(f"--g_pairs: {noun!r} has two attributes; Divide & Bind binds one per subject")
         attributes[k] = _resolve(modifier, tokens, tokenizer)
+    return tuple(attributes)
+
+
+def parsed_attributes(
+    subjects: Sequence[TokenGroup], tokens: PromptTokens, parser: str = "auto", spacy_model: str = "en_core_web_trf"
+) -> tuple[TokenGroup | None, ...]:
+    """Per subject, the positions of its first modifier in the prompt's parse (None: the parse gives it none)."""
+    from ldm.guidance.parse import PLACEHOLDERS, prompt_phrases, prompt_words
+
+    placeholders = set(PLACEHOLDERS) | set(tokens.placeholders.values())
+    words = prompt_words(tokens.table, placeholders)
+    phrases = prompt_phrases(tokens.prompt, words, parser, spacy_model, placeholders)
+    attributes: list[TokenGroup | None] = []
+    for subject in subjects:
+        phrase = next((ph for ph in phrases if set(ph.noun.positions) & set(subject)), None)
+        attributes.append(tuple(phrase.modifiers[0].positions) if phrase and phrase.modifiers else None)
     return tuple(attributes)

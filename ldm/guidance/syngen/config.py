@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
+
+from ldm.guidance.schedule import rescale_step
 
 PARSERS = ("auto", "rules", "spacy")
 LOSS_REDUCTIONS = ("per_sample", "shared")
@@ -62,5 +63,5 @@ def for_steps(config: SynGenConfig, num_steps: int) -> SynGenConfig:
     base = config.schedule_steps
     if base is None:
         return config
-    steps = int(math.floor(config.max_iter_to_alter * num_steps / base + 0.5))
+    steps = rescale_step(config.max_iter_to_alter, base, num_steps)
     return replace(config, max_iter_to_alter=steps, schedule_steps=None)

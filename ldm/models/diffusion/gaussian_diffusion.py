@@ -297,10 +297,18 @@ class DDPM(pl.LightningModule):
             - extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * x_start
         )
 
-    def eps_from_model_output(self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
-        """The one place a (CFG-combined) model output becomes eps, for every sampler and parameterization."""
+    def eps_from_model_output(
+        self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor, alphas_cumprod: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The one place a (CFG-combined) model output becomes eps, for every sampler and parameterization.
+        ``alphas_cumprod`` [B]: abar of x_t's noise level where it is not the schedule's at ``t`` (sigma samplers)."""
         if self.parameterization == "eps":
             return model_output
+        if alphas_cumprod is not None:
+            abar = alphas_cumprod.to(x_t.dtype).reshape(-1, *((1,) * (x_t.dim() - 1)))  # [B, 1, 1, 1]
+            if self.parameterization == "v":  # eps = sqrt(abar) v + sqrt(1 - abar) x_t
+                return abar.sqrt() * model_output + (1.0 - abar).sqrt() * x_t
+            return (x_t / abar.sqrt() - model_output) / (1.0 / abar - 1.0).sqrt()  # from x_0
         if self.parameterization == "v":
             return self.predict_eps_from_z_and_v(x_t, t, model_output)
         return self.predict_eps_from_start(x_t, t, model_output)

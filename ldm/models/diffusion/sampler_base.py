@@ -3,7 +3,13 @@
 A sampler only uses `model.apply_model` (the denoiser), `model.eps_from_model_output` (its output -> eps, for the
 eps/x0/v parameterizations), `model.alphas_cumprod`, and, for the DDPM
 sampler, the model's posterior buffers. It never reaches into the UNet. Subclasses choose the timesteps
-(`timesteps_for`) and the update of one step (`make_step`); `sample` keeps the original call.
+(`timesteps_for`), the update of one step (`make_step`) and, for samplers on another noise scale, the start latent
+(`start_latent`); `sample` keeps the original call.
+
+The loop's latent is always the DDPM-space z_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps: the latent guidance hook,
+the mask, the intermediates and the callbacks see z_t whatever the sampler; a sampler that works on another scale
+(the sigma-space ones, x = z / sqrt(abar)) converts inside its step. Timesteps may be fractional (diffusers' Euler
+"linspace" spacing): the model then gets float timesteps [B] (the UNet's sinusoidal embedding takes any real t).
 """
 
 from __future__ import annotations
@@ -102,24 +108,50 @@ class DiffusionSampler:
         return self.model.alphas_cumprod.device
 
     # --- what subclasses define ------------------------------------------------------------------------------
-    def timesteps_for(self, S: int | None, ddim_discretize: str, eta: float) -> list[int]:
-        """The timesteps to visit, in descending order (and any per-run schedule state)."""
+    def timesteps_for(self, S: int | None, ddim_discretize: str, eta: float) -> list[int] | list[float]:
+        """The timesteps to visit, in descending order (and any per-run schedule state); floats where fractional."""
         raise NotImplementedError
 
     def make_step(self, timesteps: list[int], options: StepOptions) -> StepFn:
         raise NotImplementedError
 
+    def start_latent(self, x_T: torch.Tensor) -> torch.Tensor:
+        """The loop's first latent z from the start noise x_T ~ N(0, I) (identity: DDPM-space samplers)."""
+        return x_T
+
+    def timestep_tensor(self, step: float, batch: int, integral: bool) -> torch.Tensor:
+        """t [B] for the model: long, or float32 in a run with fractional timesteps."""
+        if integral:
+            return torch.full((batch,), int(step), device=self.device, dtype=torch.long)
+        return torch.full((batch,), float(step), device=self.device, dtype=torch.float32)
+
+    def noised(self, x0: torch.Tensor, ts: torch.Tensor, i: int) -> torch.Tensor:
+        """x0 noised to the level of step ``i`` (the mask's known region): DDPM eq. 4 at ``ts``."""
+        return self.model.q_sample(x0, ts)
+
     # --- shared ----------------------------------------------------------------------------------------------
-    def eps(self, x: torch.Tensor, t: torch.Tensor, cond: Any, options: StepOptions) -> torch.Tensor:
+    def eps(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: Any,
+        options: StepOptions,
+        alphas_cumprod: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """eps_theta with classifier-free guidance (and the original's optional score corrector).
 
         CFG combines the raw model outputs (eps, x0 or v, as the reference does for v); the combination is then
         turned into eps once, here, by ``model.eps_from_model_output``: every sampler works on eps alone.
+        ``alphas_cumprod`` [B]: abar of the latent's noise level where it is not the schedule's at ``t`` (fractional
+        timesteps, Karras sigmas); None: the schedule's.
         """
         out = guided_eps(
             self.model.apply_model, x, t, cond, options.unconditional_conditioning, options.unconditional_guidance_scale
         )
-        e_t = self.model.eps_from_model_output(x, t, out)
+        if alphas_cumprod is None:
+            e_t = self.model.eps_from_model_output(x, t, out)
+        else:
+            e_t = self.model.eps_from_model_output(x, t, out, alphas_cumprod=alphas_cumprod)
         if options.score_corrector is not None:
             e_t = options.score_corrector.modify_score(self.model, e_t, x, t, cond, **(options.corrector_kwargs or {}))
         return e_t
@@ -184,16 +216,18 @@ class DiffusionSampler:
         )
         x = x_T.to(self.device) if x_T is not None else noise_like((batch_size, *shape), self.device, generator)
         total = len(timesteps)
+        integral = all(float(step).is_integer() for step in timesteps)
         if latent_guidance is not None and total:  # a method may replace the start noise (INITNO optimises it)
-            first = torch.full((x.shape[0],), int(timesteps[0]), device=self.device, dtype=torch.long)
+            first = self.timestep_tensor(timesteps[0], x.shape[0], integral)
             x = prepare_start_noise(latent_guidance, x, first, total, conditioning, generator)
+        x = self.start_latent(x)  # the noise x_T -> the loop's first latent z
         step_fn = self.make_step(timesteps, options)
         intermediates: dict[str, list[torch.Tensor]] = {"x_inter": [x], "pred_x0": [x]}
         for i, step in enumerate(tqdm(timesteps, desc=f"{self.name} sampler", total=total, disable=not verbose)):
             index = total - i - 1
-            ts = torch.full((x.shape[0],), int(step), device=self.device, dtype=torch.long)
+            ts = self.timestep_tensor(step, x.shape[0], integral)
             if mask is not None:
-                x = self.model.q_sample(x0, ts) * mask + (1.0 - mask) * x
+                x = self.noised(x0, ts, i) * mask + (1.0 - mask) * x
             if latent_guidance is not None:
                 x = latent_guidance(x, ts, i, total, conditioning)
             x, pred_x0 = step_fn(x, conditioning, ts, index, i)

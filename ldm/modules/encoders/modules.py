@@ -49,6 +49,17 @@ logger = logging.getLogger(__name__)
 CLIP_LAYERS = ("last", "hidden")
 
 
+def bert_tokenizer(vocab_file: str | Path, max_length: int = 77) -> Any:
+    """A ``BertTokenizerFast`` over ``vocab_file`` (lower-casing). A vocabulary without ``[MASK]`` (ToyWorld's, whose
+    slot 4 holds the placeholder ``@``) gets no mask token: the tokenizer would otherwise add one at an id past the
+    embedding table."""
+    from transformers import BertTokenizerFast
+
+    lines = Path(vocab_file).read_text(encoding="utf-8").splitlines()
+    extra = {} if "[MASK]" in lines else {"mask_token": None}
+    return BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True, model_max_length=max_length, **extra)
+
+
 class BERTTokenizer(AbstractEncoder):
     """bert-base-uncased WordPiece tokenizer: ``[CLS] words [SEP] [PAD]...`` padded/truncated to ``max_length``."""
 
@@ -60,12 +71,10 @@ class BERTTokenizer(AbstractEncoder):
         vocab_file: str | Path | None = None,
     ) -> None:
         super().__init__()
-        from transformers import BertTokenizerFast
-
         vocab = _require_file(
             vocab_file, BERT_VOCAB_FILE, "BERT vocabulary (bert-base-uncased vocab.txt)", "vocab_file"
         )
-        self.tokenizer = BertTokenizerFast(vocab, model_max_length=max_length)
+        self.tokenizer = bert_tokenizer(vocab, max_length)
         self.device = device
         self.vq_interface = vq_interface
         self.max_length = max_length
