@@ -261,7 +261,7 @@ def main() -> None:
     step_no = [0]
 
     def ours_inversion(checkpointing: bool):
-        ft_unet.use_checkpoint = checkpointing  # shared_step follows the UNet's use_checkpoint (README)
+        ft_unet.use_checkpoint = checkpointing  # shared_step follows the UNet's use_checkpoint (docs/benchmarks.md)
         batch = batches[step_no[0] % 3]
         step_no[0] += 1
         loss, _ = ft.shared_step(batch)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""One prepared GPU check: the device tests and the figures of the README's "GPU check" table, in one run.
+"""One prepared GPU check: the device tests and the figures of docs/benchmarks.md "GPU check", in one run.
 
 On one CUDA device (random weights at SD v1 size; under 8 minutes on a current GPU):
 1. the device-parametrised tests (``tests/test_devices.py`` on this device);

@@ -15,7 +15,7 @@ from ldm.models.diffusion.samplers import SAMPLER_NAMES, sampler_spec
 
 __all__ = ["add_sampler_args", "sampler_from_flags", "SAMPLER_HELP"]
 
-SAMPLER_HELP = "sampler: " + ", ".join(SAMPLER_NAMES) + " (README 'Samplers'; the steps flag sets its step count)"
+SAMPLER_HELP = "sampler: " + ", ".join(SAMPLER_NAMES) + " (docs/samplers.md; the steps flag sets its step count)"
 ALIASES = ("plms", "ddpm")
 
 

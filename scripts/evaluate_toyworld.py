@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                    "also of (iv) and (v)")  # fmt: skip
     p.add_argument("--n_geneval", type=int, default=64, help="--methods: images per GenEval task (0: none)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="sampler (README 'Samplers')")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="sampler (docs/samplers.md)")
     p.add_argument("--sampler_rows", action="store_true", help="measure only benchmark (i), plain and with "
                    "--sampler_ae_config, for --sampler/--steps: its rows of --rows_file, the 'Samplers' section "
                    "of --results and --samplers_plot")  # fmt: skip

@@ -20,14 +20,17 @@ What is checked, in README.md and every docs/*.md page ("the docs"):
    that script: the options listed by its ``--help`` (``main.py``: its parser, ``ldm.training.flags.get_parser``;
    scripts ending in ``ldm.cli.run_cli`` also take ``--debug``). ``--ae_<field>``-style placeholders need one flag
    with that prefix. Short flags are checked for Python scripts only (a shell script may pass them on, as
-   ``scripts/test.sh`` does to pytest). A ``<!-- flags: SCRIPT [SCRIPT ...] -->`` comment makes every flag in the
-   inline code of the paragraph or table below it a flag of each listed script. Every other ``--flag`` in inline
-   code, outside commands of other programs (pip, pytest, git, conda), must be accepted by at least one script,
-   except a flag the same line shows refused (``unrecognized arguments: --x``), which no script may accept.
-4. **Scripts answer --help.** Every ``scripts/*.py`` and ``scripts/*.sh`` exits 0 on ``--help`` (run once per
-   session, in parallel; shell scripts get ``PYTHON`` set to this interpreter).
+   ``scripts/test.sh`` does to pytest). A ``<!-- flags: SCRIPT [SCRIPT ...] -->`` comment on a line of its own makes
+   every flag in the inline code of the paragraph or table below it a flag of each listed script. Every other
+   ``--flag`` in inline code, outside commands of other programs (pip, pytest, git, conda), must be accepted by at
+   least one script, except a flag the same line shows refused (``unrecognized arguments: --x``), which no script may
+   accept.
+4. **Scripts answer --help.** Every ``scripts/*.py`` and ``scripts/*.sh`` exits 0 on ``--help`` with some output (run
+   once per session: shell scripts each in its own process with ``PYTHON`` set to this interpreter; Python scripts one
+   after another, as ``__main__``, in two worker processes, so torch is imported twice, not once per script).
 5. **Cited docs.** Every ``docs/<file>`` that the code (``ldm/``, ``scripts/``, ``benchmarks/``, ``tests/``,
-   ``configs/``, ``main.py``, ``setup.py``) cites exists.
+   ``configs/``, ``main.py``, ``setup.py``) cites exists, and a section it cites by its title in quotes right after
+   the page (``docs/<page>.md "<title>"``, or the README's) is a heading of that page.
 
 ``test_checker_reports_a_renamed_path`` shows, on a temporary copy of the docs and scripts, that a renamed page, a
 renamed script and an unknown flag are reported, so the checks can fail.
@@ -35,6 +38,7 @@ renamed script and an unknown flag are reported, so the checks can fail.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -42,6 +46,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,6 +72,8 @@ FLAG_MARKER_RE = re.compile(r"<!--\s*flags:\s*(.+?)\s*-->")
 SHELL_LANGS = {"", "bash", "sh", "shell", "console"}
 OTHER_PROGRAMS = {"pip", "pytest", "git", "conda", "ruff", "apt-get", "sudo", "curl"}
 CITING_CODE = ("ldm", "scripts", "benchmarks", "tests", "configs", "main.py", "setup.py")
+# a section cited by its title in quotes after a docs page's path or after README (with or without 's)
+SECTION_CITE_RE = re.compile(r"""(?<![\w/.])(docs/[\w.-]+\.md|README(?:\.md)?(?:'s)?),? ["'](\w[^"']*)["']""")
 HELP_TIMEOUT_S = 120  # a --help that takes longer is a script doing work it should not
 
 
@@ -113,7 +120,7 @@ def read_page(path: Path) -> Page:
             else:
                 block.append((number, line))
             continue
-        found = FLAG_MARKER_RE.search(line)
+        found = FLAG_MARKER_RE.fullmatch(stripped)  # a line of its own (not a marker quoted in a sentence)
         if found:
             marker = tuple(found.group(1).split())
             continue
@@ -152,18 +159,26 @@ def _block_snippets(path: Path, block: list[tuple[int, str]], lang: str) -> list
     return snippets
 
 
-@cache
+def slug(title: str) -> str:
+    """GitHub's anchor of a heading's title."""
+    return re.sub(r"[^\w\- ]", "", title.strip().lower().replace("`", "")).replace(" ", "-")
+
+
 def headings(path: Path) -> frozenset[str]:
-    """GitHub's anchors of a page's headings."""
+    """GitHub's anchors of a page's headings (read again when the file changed)."""
+    stat = path.stat()
+    return _headings(path, stat.st_mtime_ns, stat.st_size)
+
+
+@cache
+def _headings(path: Path, mtime_ns: int, size: int) -> frozenset[str]:
     slugs: set[str] = set()
     fence = False
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip().startswith("```"):
             fence = not fence
         elif not fence and line.startswith("#"):
-            title = line.lstrip("#").strip().lower()
-            title = re.sub(r"[^\w\- ]", "", title.replace("`", ""))
-            slugs.add(title.replace(" ", "-"))
+            slugs.add(slug(line.lstrip("#")))
     return frozenset(slugs)
 
 
@@ -250,9 +265,14 @@ def check_cited_docs(root: Path) -> list[str]:
             files += [p for p in (root / name).rglob("*") if p.suffix in (".py", ".yaml", ".sh") and p.is_file()]
     for path in files:
         for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            where = f"{path.relative_to(root)}:{number}"
             for cited in re.findall(r"(?<![\w/.])docs/[\w./-]*\w(?![\w{])", line):
                 if "<" not in cited and not (root / cited).exists():
-                    problems.append(f"{path.relative_to(root)}:{number}: cites {cited}, which does not exist")
+                    problems.append(f"{where}: cites {cited}, which does not exist")
+            for page, section in SECTION_CITE_RE.findall(line):
+                target = root / ("README.md" if page.startswith("README") else page)
+                if target.is_file() and slug(section) not in headings(target):
+                    problems.append(f"{where}: cites the section '{section}' of {page}, which has no such heading")
     return problems
 
 
@@ -264,9 +284,34 @@ class HelpRun:
     output: str
 
 
-def run_help(root: Path, script: str) -> HelpRun:
-    """``script --help`` in its own process group (killed whole if it does not answer in time)."""
-    cmd = ["bash", script, "--help"] if script.endswith(".sh") else [sys.executable, script, "--help"]
+# Python scripts answer --help inside a few worker processes, one after another (runpy, as ``__main__`` with
+# ``sys.argv = [script, "--help"]``): torch and the project are imported once per worker instead of once per script.
+HELP_WORKER = r"""
+import contextlib, io, json, runpy, sys, traceback
+out_path, *scripts = sys.argv[1:]
+results = {}
+for script in scripts:
+    buffer, code = io.StringIO(), 0
+    sys.argv = [script, "--help"]
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+            if isinstance(done.code, str):
+                print(done.code)
+        except BaseException:
+            traceback.print_exc(file=buffer)
+            code = 1
+    results[script] = [code, buffer.getvalue()]
+    with open(out_path, "w") as f:  # after every script, so a hang keeps the answers before it
+        json.dump(results, f)
+"""
+HELP_WORKERS = 2
+
+
+def _run_group(root: Path, cmd: list[str]) -> tuple[int, str]:
+    """A command in its own process group, killed whole if it does not end in time: (status, output)."""
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)  # fmt: skip
@@ -275,8 +320,34 @@ def run_help(root: Path, script: str) -> HelpRun:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        return HelpRun(script, -1, f"no answer within {HELP_TIMEOUT_S} s")
-    return HelpRun(script, process.returncode, output)
+        return -1, f"no answer within {HELP_TIMEOUT_S} s"
+    return process.returncode, output
+
+
+def run_help(root: Path, script: str) -> HelpRun:
+    """``bash script --help`` (a shell script; ``PYTHON`` set to this interpreter)."""
+    return HelpRun(script, *_run_group(root, ["bash", script, "--help"]))
+
+
+def run_python_helps(root: Path, scripts: list[str]) -> list[HelpRun]:
+    """``--help`` of Python scripts, one after another in one worker process."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "helps.json"
+        status, output = _run_group(root, [sys.executable, "-c", HELP_WORKER, str(out), *scripts])
+        answers = json.loads(out.read_text()) if out.exists() else {}
+    lost = f"the worker ended with status {status} before this script answered:\n{output[-2000:]}"
+    return [HelpRun(s, *answers[s]) if s in answers else HelpRun(s, -1, lost) for s in scripts]
+
+
+def run_helps(root: Path, scripts: Iterable[str]) -> list[HelpRun]:
+    """Every script's --help: shell scripts in their own processes, Python ones in HELP_WORKERS workers."""
+    scripts = sorted(set(scripts))
+    python = [s for s in scripts if not s.endswith(".sh")]
+    groups = [python[k::HELP_WORKERS] for k in range(HELP_WORKERS) if python[k::HELP_WORKERS]]
+    with ThreadPoolExecutor(max_workers=HELP_WORKERS + 1) as pool:
+        shell = pool.map(lambda s: run_help(root, s), [s for s in scripts if s.endswith(".sh")])
+        runs = [run for group in pool.map(lambda g: run_python_helps(root, g), groups) for run in group]
+        return runs + list(shell)
 
 
 def help_flags(run: HelpRun) -> set[str]:
@@ -338,10 +409,9 @@ class FlagBook:
         self.runs = dict(runs)
 
     def ensure(self, scripts: Iterable[str]) -> None:
-        missing = sorted({s for s in scripts if s not in self.runs and s != "main.py"})
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            for run in pool.map(lambda s: run_help(self.root, s), missing):
-                self.runs[run.script] = run
+        missing = {s for s in scripts if s not in self.runs and s != "main.py"}
+        for run in run_helps(self.root, missing) if missing else []:
+            self.runs[run.script] = run
 
     def flags(self, script: str) -> set[str]:
         if script == "main.py":
@@ -476,10 +546,12 @@ def test_checker_reports_a_renamed_path(tmp_path, book):
         return check_links(root, pages), check_paths(root, pages), check_flags(root, pages, FlagBook(root, book.runs))
 
     assert problems() == ([], [], [])  # the copy checks clean, as the repository does
+    readme = root / "README.md"
+    readme.write_text(readme.read_text() + "\nSee [the table](docs/bad_inputs.md) (`docs/bad_inputs.md`).\n")
+    assert problems() == ([], [], [])  # a link and a path that exist
 
     (root / "docs" / "bad_inputs.md").rename(root / "docs" / "bad-inputs.md")
     (root / "scripts" / "explore.py").rename(root / "scripts" / "explorer.py")
-    readme = root / "README.md"
     readme.write_text(readme.read_text() + "\n```bash\npython scripts/txt2img.py --ddim_stepz 5\n```\n")
     links, paths, flags = problems()
     assert any("README.md:" in p and "link to docs/bad_inputs.md: no such file" in p for p in links), links
@@ -487,3 +559,17 @@ def test_checker_reports_a_renamed_path(tmp_path, book):
     assert any("scripts/explore.py: no such file" in p for p in paths), paths
     assert any("scripts/txt2img.py does not accept --ddim_stepz" in p for p in flags), flags
     assert not any("--ddim_steps" in p.split("accept ")[-1].split() for p in flags)
+
+    # a cited section whose heading went, and scripts that do not answer --help (one worker per Python script here)
+    benchmarks = root / "docs" / "benchmarks.md"
+    benchmarks.write_text(benchmarks.read_text().replace("## Start-up", "## Startup"))
+    cited = check_cited_docs(root)
+    assert any("latent_diffusion.py" in p and "section 'Start-up' of docs/benchmarks.md" in p for p in cited), cited
+    (root / "scripts" / "starts_work.py").write_text('raise RuntimeError("working instead of answering --help")\n')
+    (root / "scripts" / "starts_work.sh").write_text("echo working; exit 3\n")
+    scripts = ["scripts/make_readme_figure.py", "scripts/starts_work.py", "scripts/starts_work.sh"]
+    runs = {r.script: r for r in run_helps(root, scripts)}
+    assert runs["scripts/starts_work.py"].returncode == 1 and "RuntimeError" in runs["scripts/starts_work.py"].output
+    assert runs["scripts/starts_work.sh"].returncode == 3
+    answered = runs["scripts/make_readme_figure.py"]
+    assert answered.returncode == 0 and "--out" in help_flags(answered)

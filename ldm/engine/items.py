@@ -4,7 +4,7 @@ An item is one image: ``(prompt, sample index, method)`` with the method a regis
 (``"plain"``, ``"ae"`` for Attend-and-Excite on the item's ``ae_tokens``, ``"syngen"``, ...; see ``ldm.guidance``). Its
 seed is :func:`item_seed` of ``(base seed, prompt, index)``, not of the method, so an image with and without guidance
 starts from the same noise, and not of the batch, the process or the order, so an
-image is the same however the run is split (see the README's "Distributed sampling").
+image is the same however the run is split (see docs/distributed.md, the seed rule).
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def sample_items(
 
     A batch of fewer than ``settings.batch_size`` items is filled up with copies of its last item, whose outputs are
     dropped: every model call has ``batch_size`` samples, so an image does not depend on whether its batch was full
-    (kernels may take other code paths for other batch sizes; see the README's "Distributed sampling").
+    (kernels may take other code paths for other batch sizes; see docs/distributed.md).
     """
     methods = {it.method for it in items}
     if len(methods) != 1:

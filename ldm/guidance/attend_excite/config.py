@@ -45,7 +45,7 @@ class AttendExciteConfig:
             steps of a run). ``None``: already absolute.
         checkpoint_guidance: recompute the UNet blocks of the guidance pass in its backward (gradient checkpointing,
             whatever the config's ``use_checkpoint``): less activation memory for one more forward of the blocks per
-            backward (README "Benchmarks"). Off: sampling never recomputes.
+            backward (docs/benchmarks.md "Checkpointing"). Off: sampling never recomputes.
     """
 
     token_indices: tuple[int | TokenGroup, ...] = ()

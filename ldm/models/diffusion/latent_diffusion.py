@@ -54,8 +54,9 @@ class LatentDiffusion(DDPM):
             conditioning_key = None
         ckpt_path = kwargs.pop("ckpt_path", None)
         ignore_keys = kwargs.pop("ignore_keys", [])
-        # Weights that `ckpt_path` overwrites are not drawn at random first (start-up time; README "Benchmarks").
-        # An EMA copy is made from the initial weights, so a model with EMA is built the ordinary way.
+        # Weights that `ckpt_path` overwrites are not drawn at random first (start-up time, see
+        # docs/benchmarks.md "Start-up"). An EMA copy is made from the initial weights, so a model with EMA is built
+        # the ordinary way.
         skip_init = bool(ckpt_path) and not kwargs.get("use_ema", True)
         with skip_random_init(skip_init):
             networks = (first_stage_config, cond_stage_config, conditioning_key, scale_factor, cond_stage_trainable)
@@ -220,7 +221,8 @@ class LatentDiffusion(DDPM):
 
     def shared_step(self, batch: dict, **kwargs: Any):
         # A frozen UNet stays in eval mode, where blocks never recompute; a training step still follows the config's
-        # `use_checkpoint` (per-config choice: README "Benchmarks"). Without gradients nothing recomputes anyway.
+        # `use_checkpoint` (per-config choice: docs/benchmarks.md "Checkpointing"). Without gradients nothing
+        # recomputes anyway.
         with forced_checkpointing(bool(getattr(self.model.diffusion_model, "use_checkpoint", False))):
             z, c = self.get_input(batch, self.first_stage_key)
             return self(z, c)

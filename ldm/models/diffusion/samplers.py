@@ -1,7 +1,7 @@
 """The one registry of sampler names: what ``--sampler NAME`` (scripts, engine, evaluation, explorer) selects.
 
 Each entry names the class and its options, the steps users typically pick, and the equivalents in diffusers and
-AUTOMATIC1111 (the README's sampler table is this registry). :func:`make_sampler` builds one for a model and
+AUTOMATIC1111 (the table of docs/samplers.md is this registry). :func:`make_sampler` builds one for a model and
 :func:`steps_run` says how many steps it really runs (the A&E schedule is scaled to that number).
 """
 
