@@ -29,6 +29,16 @@ from ldm.guidance.engine import AttentionLossGuidance, GroupLoss, LossGroup, Sam
 __all__ = ["AttendAndExcite"]
 
 
+def token_targets(
+    token_indices: Sequence[Sequence[int | Sequence[int]]] | None, eot_positions: Sequence[int | None] | None
+) -> list[SampleTarget] | None:
+    """Per-sample targets from ``--ae_tokens``-style positions (and end-of-text positions); None: the config's."""
+    if token_indices is None:
+        return None
+    eots = list(eot_positions) if eot_positions is not None else [None] * len(token_indices)
+    return [SampleTarget(normalize_token_indices(t), e) for t, e in zip(token_indices, eots)]
+
+
 class AttendAndExcite(AttentionLossGuidance):
     """The A&E latent guidance (``LatentGuidance`` protocol), composed into any sampler.
 
@@ -52,11 +62,7 @@ class AttendAndExcite(AttentionLossGuidance):
         truncate: bool = True,
         on_maps: Callable[[StepMaps], None] | None = None,
     ) -> None:
-        targets = None
-        if token_indices is not None:
-            eots = list(eot_positions) if eot_positions is not None else [None] * len(token_indices)
-            targets = [SampleTarget(normalize_token_indices(t), e) for t, e in zip(token_indices, eots)]
-        super().__init__(model, config, targets, truncate=truncate, on_maps=on_maps)
+        super().__init__(model, config, token_targets(token_indices, eot_positions), truncate=truncate, on_maps=on_maps)
         self.eot_positions = None if eot_positions is None else list(eot_positions)
 
     def default_target(self) -> SampleTarget:

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from ldm.guidance.attend_excite.config import normalize_token_indices, step_size
+from ldm.guidance.attend_excite.config import step_size
+from ldm.guidance.attend_excite.method import token_targets
 from ldm.guidance.capture import CapturedMaps, CaptureSpec
 from ldm.guidance.engine import AttentionLossGuidance, LossGroup, SampleTarget, StepMaps, _context_length
 from ldm.guidance.initno.config import InitNOConfig
@@ -54,11 +55,7 @@ class InitNO(AttentionLossGuidance):
         truncate: bool = True,
         on_maps: Callable[[StepMaps], None] | None = None,
     ) -> None:
-        targets = None
-        if token_indices is not None:
-            eots = list(eot_positions) if eot_positions is not None else [None] * len(token_indices)
-            targets = [SampleTarget(normalize_token_indices(t), e) for t, e in zip(token_indices, eots)]
-        super().__init__(model, config, targets, truncate=truncate, on_maps=on_maps)
+        super().__init__(model, config, token_targets(token_indices, eot_positions), truncate=truncate, on_maps=on_maps)
         self.noise = StartNoiseOptimizer(self.denoiser, config, self.capture_spec, truncate)
         self.caches: dict[int, torch.Tensor] = {}  # sample -> moving average of its maps [r, r, n]
 
