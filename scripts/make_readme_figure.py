@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for prompt, tokens in PROMPTS:
         for label, extra in SETTINGS:
-            grid = sample(REPO / args.work / prompt.replace(" ", "-") / label.replace(" ", "_"), prompt, tokens, extra, args)
+            outdir = REPO / args.work / prompt.replace(" ", "-") / label.replace(" ", "_")
+            grid = sample(outdir, prompt, tokens, extra, args)
             rows.append((f'"{prompt}"', label, Image.open(grid).convert("RGB")))
     label_width, gap = 250, 4
     width = label_width + max(im.width for *_, im in rows)
