@@ -73,3 +73,26 @@ def assert_sampler_matches(sampler, steps: int, scale: float, inputs: dict, gold
         assert rel_err(x_inter, golden["x_inter"]) < 2e-5
         pred_x0 = torch.stack(intermediates["pred_x0"][1:])  # entry 0 is x_T, as in the original
         assert rel_err(pred_x0, golden["pred_x0"]) < 2e-5
+
+
+@pytest.fixture
+def word_max(tmp_path, monkeypatch):
+    """tests/test_guidance_plugins.py's toy method as a folder of its own (outside the repository: nothing in the
+    project is edited), registered with the one call the registry line makes; unregistered afterwards."""
+    import sys
+    import textwrap
+
+    from test_guidance_plugins import TOY_METHOD
+
+    from ldm import guidance
+
+    folder = tmp_path / "plugins" / "word_max"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(textwrap.dedent(TOY_METHOD))
+    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
+    import word_max
+
+    guidance.register(word_max.METHOD)
+    yield word_max
+    guidance.unregister("word_max")
+    sys.modules.pop("word_max", None)

@@ -251,28 +251,6 @@ def test_toyworld2_opens_with_its_own_steps_and_scale(tmp_path):
     assert (plain.steps, plain.scale, plain.H) == (50, 7.5, 64)
 
 
-@pytest.fixture
-def word_max(tmp_path, monkeypatch):
-    """tests/test_guidance_plugins.py's toy method, registered from a folder of its own for one test."""
-    import sys
-    import textwrap
-
-    from test_guidance_plugins import TOY_METHOD
-
-    from ldm import guidance
-
-    folder = tmp_path / "plugins" / "word_max"
-    folder.mkdir(parents=True)
-    (folder / "__init__.py").write_text(textwrap.dedent(TOY_METHOD))
-    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
-    import word_max
-
-    guidance.register(word_max.METHOD)
-    yield word_max
-    guidance.unregister("word_max")
-    sys.modules.pop("word_max", None)
-
-
 def test_methods_side_by_side_on_the_same_seed(explorer, word_max):
     """The picked method (A&E) and a second one ticked: one run without guidance, one per method, each the same as
     that method's own run from the seed; galleries, plot and summary show every run."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -59,22 +57,6 @@ METHOD = GuidanceMethod(name="word_max", title="Word max", paper="a test", confi
 '''
 SD = ["--config", str(REPO / "configs/tests/golden_tiny_sd.yaml"), "--ckpt", str(GOLDEN_WEIGHTS["sd"])]
 SMALL = ["--H", "64", "--W", "64", "--f", "2", "--ddim_steps", "3", "--precision", "full", "--scale", "3"]
-
-
-@pytest.fixture
-def word_max(tmp_path, monkeypatch):
-    """The toy method as a folder of its own (outside the repository: nothing in the project is edited), registered
-    with the one call the registry line makes."""
-    folder = tmp_path / "plugins" / "word_max"
-    folder.mkdir(parents=True)
-    (folder / "__init__.py").write_text(textwrap.dedent(TOY_METHOD))
-    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
-    import word_max
-
-    guidance.register(word_max.METHOD)
-    yield word_max
-    guidance.unregister("word_max")
-    sys.modules.pop("word_max", None)
 
 
 def test_a_registered_method_runs_through_txt2img_the_engine_and_the_explorer(word_max, tmp_path):
