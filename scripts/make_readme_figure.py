@@ -75,4 +75,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(REPO))
+    from ldm.cli import run_cli
+
+    run_cli(main)
