@@ -30,6 +30,14 @@ from ldm.util import repo_path
 logger = logging.getLogger(__name__)
 
 
+def not_one_token(word: str, encoder: str, pieces: list[str]) -> ValueError:
+    """The error for a placeholder or initializer word that ``encoder``'s tokenizer splits into ``pieces``."""
+    return ValueError(
+        f"'{word}' is not a single token for {encoder}: it tokenises to {len(pieces)} tokens {pieces}. Placeholder "
+        "strings and initializer words must be one token each; choose another string (e.g. '*' or a short common word)."
+    )
+
+
 class TokenSplice(Protocol):
     """The textual-inversion hook: ``(ids [B, N], token embeddings [B, N, D]) -> (ids, embeddings)``
     (``ldm.modules.embedding_manager.EmbeddingManager`` is one)."""
@@ -173,10 +181,5 @@ class _TextEncoder(AbstractEncoder):
         if content == [tok.unk_token_id]:
             raise ValueError(f"'{word}' is not in the {type(self).__name__} vocabulary (it maps to the unknown token)")
         if len(content) != 1:
-            pieces = self.tokenizer.convert_ids_to_tokens(content)
-            raise ValueError(
-                f"'{word}' is not a single token for {type(self).__name__}: it tokenises to {len(content)} "
-                f"tokens {pieces}. Placeholder strings and initializer words must be one token each; "
-                "choose another string (e.g. '*' or a short common word)."
-            )
+            raise not_one_token(word, type(self).__name__, self.tokenizer.convert_ids_to_tokens(content))
         return content[0]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.modules.encoders.base import TokenSplice, _TextEncoder
+from ldm.modules.encoders.base import TokenSplice, _TextEncoder, not_one_token
 from ldm.modules.encoders.openclip_tokenizer import OpenCLIPTokenizer
 
 logger = logging.getLogger(__name__)
@@ -235,12 +235,7 @@ class FrozenOpenCLIPEmbedder(_TextEncoder):
         """The id of ``word`` if it is exactly one BPE token; ``ValueError`` naming the pieces otherwise."""
         content = self._tokenizer(word, add_special_tokens=False)["input_ids"]
         if len(content) != 1:
-            pieces = self._tokenizer.convert_ids_to_tokens(content)
-            raise ValueError(
-                f"'{word}' is not a single token for FrozenOpenCLIPEmbedder: it tokenises to {len(content)} tokens "
-                f"{pieces}. Placeholder strings and initializer words must be one token each; choose another string "
-                "(e.g. '*' or a short common word)."
-            )
+            raise not_one_token(word, "FrozenOpenCLIPEmbedder", self._tokenizer.convert_ids_to_tokens(content))
         return int(content[0])
 
     def forward(self, text: str | Sequence[str], embedding_manager: TokenSplice | None = None) -> torch.Tensor:
